@@ -1,0 +1,54 @@
+"""Settings read from the environment (GRAFT_*), with embedded, offline defaults."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRAFT_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".graft")
+    database_url: str | None = None
+    admin_key: str | None = None
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda
+    max_upload_bytes: int = 2 * 1024**3
+    job_concurrency: int = 1
+    max_queued_requests: int = 64
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'graft.db'}"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.home / "blobs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+    def ensure_dirs(self) -> None:
+        for d in (self.home, self.blobs_dir, self.models_dir, self.jobs_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    settings = Settings()
+    settings.ensure_dirs()
+    return settings
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests change GRAFT_HOME between cases)."""
+    get_settings.cache_clear()

@@ -1,0 +1,1 @@
+"""Control-plane store: SQLAlchemy models, Alembic migrations, content-addressed blobs."""

@@ -1,0 +1,90 @@
+"""Engine, sessions and schema upgrades. SQLite runs in WAL mode with foreign keys on."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from graftlm.config import get_settings
+
+_engines: dict[str, Engine] = {}
+_upgraded: set[str] = set()
+_lock = threading.Lock()
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def get_engine(url: str | None = None) -> Engine:
+    url = url or get_settings().db_url
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            if url.startswith("sqlite"):
+                engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+                event.listen(engine, "connect", _sqlite_pragmas)
+            else:
+                engine = create_engine(url, pool_pre_ping=True)
+            _engines[url] = engine
+    return engine
+
+
+def alembic_config(url: str):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str | None = None) -> None:
+    """Bring the schema to the newest migration (idempotent, once per process per URL)."""
+    from alembic import command
+
+    url = url or get_settings().db_url
+    if url in _upgraded:
+        return
+    engine = get_engine(url)
+    cfg = alembic_config(url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    _upgraded.add(url)
+
+
+def dispose_all() -> None:
+    """Close every pooled connection (tests switch GRAFT_HOME between cases)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+        _upgraded.clear()
+
+
+@contextmanager
+def session(url: str | None = None) -> Iterator[Session]:
+    """A unit of work: commits on success, rolls back on error. Upgrades the schema on first use."""
+    upgrade(url)
+    maker = sessionmaker(bind=get_engine(url), expire_on_commit=False)
+    s = maker()
+    try:
+        yield s
+        s.commit()
+    except BaseException:
+        s.rollback()
+        raise
+    finally:
+        s.close()

@@ -1,0 +1,148 @@
+"""The control-plane tables. Times are unix seconds; flexible payloads are JSON columns."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(128), unique=True, index=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class File(Base):
+    __tablename__ = "files"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    filename: Mapped[str] = mapped_column(String(500))
+    purpose: Mapped[str] = mapped_column(String(50))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(20), default="uploaded")
+    status_details: Mapped[str | None] = mapped_column(Text, nullable=True)
+    format: Mapped[str | None] = mapped_column(String(30), nullable=True)
+    report: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now, index=True)
+
+
+class Model(Base):
+    """A base model (pulled or imported) or a custom model (base + adapter or full weights)."""
+    __tablename__ = "models"
+    id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))  # base | custom
+    family: Mapped[str] = mapped_column(String(50), default="llama")
+    parent: Mapped[str | None] = mapped_column(ForeignKey("models.id"), nullable=True, index=True)
+    path: Mapped[str] = mapped_column(Text)
+    parameter_count: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    context_length: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    license: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    source: Mapped[str | None] = mapped_column(Text, nullable=True)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    adapter_type: Mapped[str | None] = mapped_column(String(20), nullable=True)  # lora | ia3 | full
+    lineage: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class FineTuningJob(Base):
+    __tablename__ = "fine_tuning_jobs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(ForeignKey("models.id"))
+    training_file: Mapped[str] = mapped_column(String(64))
+    validation_file: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    suffix: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    seed: Mapped[int] = mapped_column(Integer, default=42)
+    status: Mapped[str] = mapped_column(String(30), default="validating_files", index=True)
+    config: Mapped[dict] = mapped_column(JSON)
+    job_metadata: Mapped[dict | None] = mapped_column("metadata", JSON, nullable=True)
+    error: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    result_files: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    run_info: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    dedicated_ai_cluster_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    requested_action: Mapped[str | None] = mapped_column(String(20), nullable=True)  # cancel | pause
+    worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now, index=True)
+    started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), index=True)
+    level: Mapped[str] = mapped_column(String(10), default="info")
+    type: Mapped[str] = mapped_column(String(10), default="message")
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class JobCheckpoint(Base):
+    __tablename__ = "job_checkpoints"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), index=True)
+    step_number: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict] = mapped_column(JSON)
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class Cluster(Base):
+    __tablename__ = "dedicated_ai_clusters"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    type: Mapped[str] = mapped_column(String(20))  # HOSTING | FINE_TUNING
+    unit_count: Mapped[int] = mapped_column(Integer)
+    base_model: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    lifecycle_state: Mapped[str] = mapped_column(String(30), default="CREATING")
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    deleted_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class Endpoint(Base):
+    __tablename__ = "endpoints"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    model: Mapped[str] = mapped_column(ForeignKey("models.id"))
+    dedicated_ai_cluster_id: Mapped[str] = mapped_column(ForeignKey("dedicated_ai_clusters.id"), index=True)
+    lifecycle_state: Mapped[str] = mapped_column(String(30), default="CREATING")
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    updated_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class UsageRecord(Base):
+    """One metered span of a cluster: unit_count units from started_at to ended_at (open while running)."""
+    __tablename__ = "usage_records"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("dedicated_ai_clusters.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # HOSTING | FINE_TUNING
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    unit_count: Mapped[int] = mapped_column(Integer)
+    minimum_unit_hours: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float] = mapped_column(Float)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
