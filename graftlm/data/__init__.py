@@ -1,0 +1,1 @@
+"""Datasets: formats, streaming validation, tokenization with the chat template, split."""

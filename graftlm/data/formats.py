@@ -1,0 +1,47 @@
+"""The four JSONL dataset formats and their normalization to chat messages or raw text.
+
+Every training example becomes either ``{"messages": [{"role", "content", "weight"}]}`` or
+``{"text": str}``. Prompt/completion pairs are a one-turn chat (user → assistant), so a model
+trained on them answers the same prompt sent through ``/v1/chat/completions``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+FORMATS = ("prompt_completion", "chat", "sharegpt", "text")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system"}
+
+
+def detect_format(record: Any) -> str | None:
+    """The format one JSON line is written in, or None when it matches none."""
+    if not isinstance(record, dict):
+        return None
+    if "messages" in record:
+        return "chat"
+    if "conversations" in record:
+        return "sharegpt"
+    if "prompt" in record or "completion" in record:
+        return "prompt_completion"
+    if "text" in record:
+        return "text"
+    return None
+
+
+def normalize(record: dict, fmt: str) -> dict:
+    """Turn a structurally valid record into ``{"messages": [...]}`` or ``{"text": ...}``."""
+    if fmt == "text":
+        return {"text": record["text"]}
+    if fmt == "prompt_completion":
+        return {"messages": [{"role": "user", "content": record["prompt"], "weight": 0},
+                             {"role": "assistant", "content": record["completion"], "weight": 1}]}
+    if fmt == "sharegpt":
+        messages = [{"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]} for t in record["conversations"]]
+    elif fmt == "chat":
+        messages = [dict(m) for m in record["messages"]]
+    else:
+        raise ValueError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    for m in messages:
+        m["weight"] = int(m.get("weight", 1)) if m["role"] == "assistant" else 0
+    return {"messages": messages}
