@@ -1,0 +1,1 @@
+"""FastAPI app: OpenAI-compatible routes and platform routes."""

@@ -1,0 +1,44 @@
+"""The HTTP server: one FastAPI app, routers per concern, auth on everything but /healthz."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+
+from graftlm import __version__
+from graftlm.api.auth import require_key
+from graftlm.api.errors import install_error_handlers
+from graftlm.api.routes import files, models
+from graftlm.store.db import upgrade
+
+log = logging.getLogger("graftlm.api")
+
+
+def create_app() -> FastAPI:
+    upgrade()  # the server brings the schema up to date on start
+    app = FastAPI(title="graftlm", version=__version__)
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next):
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        request.state.request_id = rid
+        start = time.perf_counter()
+        response = await call_next(request)
+        response.headers["x-request-id"] = rid
+        log.info("%s %s %s %d %.1fms", rid, request.method, request.url.path, response.status_code,
+                 (time.perf_counter() - start) * 1000)
+        return response
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", "version": __version__}
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+    for module in (files, models):
+        v1.include_router(module.router)
+    app.include_router(v1)
+    return app

@@ -1,0 +1,49 @@
+"""Every failure leaves as an OpenAI-shaped error; bad input is a 4xx, never a 500."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from graftlm.errors import GraftError
+
+log = logging.getLogger("graftlm.api")
+
+
+def error_body(message: str, *, type_: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def _loc_to_param(loc) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GraftError)
+    async def graft_error(request: Request, exc: GraftError):
+        headers = {"Retry-After": str(getattr(exc, "retry_after", 1))} if exc.status_code == 429 else None
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = _loc_to_param(first.get("loc", ()))
+        msg = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
+        return JSONResponse(error_body(msg, type_="invalid_request_error", param=param), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(exc.detail), type_=type_), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        rid = getattr(request.state, "request_id", "-")
+        log.exception("request %s failed", rid)
+        return JSONResponse(error_body(f"internal error (request id {rid})", type_="server_error"), status_code=500)

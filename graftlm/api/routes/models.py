@@ -1,0 +1,27 @@
+"""GET /v1/models in OpenAI shape; custom models name their base model in `parent`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+
+from graftlm.models import catalog
+
+router = APIRouter()
+
+
+def openai_model(m: dict) -> dict:
+    return {"id": m["id"], "object": "model", "created": m["created_at"], "owned_by": "graftlm",
+            "parent": m["parent"], "root": m["parent"] or m["id"], "kind": m["kind"],
+            "context_length": m["context_length"], "parameter_count": m["parameter_count"]}
+
+
+@router.get("/models")
+async def list_models():
+    models = await run_in_threadpool(catalog.list_models)
+    return {"object": "list", "data": [openai_model(m) for m in models], "has_more": False}
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: str):
+    return openai_model(await run_in_threadpool(catalog.get_model, model_id))

@@ -1,0 +1,32 @@
+"""Shared CLI helpers: JSON output, clear errors, progress bars."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import orjson
+import typer
+from rich.console import Console
+
+from graftlm.errors import GraftError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+
+
+def friendly_errors(fn):
+    """Turn a GraftError into a one-line message and exit code 2 instead of a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GraftError as e:
+            hint = f" (param: {e.param})" if e.param else ""
+            err_console.print(f"[bold red]error:[/] {e.message}{hint}")
+            raise typer.Exit(2)
+    return wrapper

@@ -1,0 +1,58 @@
+"""graft data validate."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from graftlm.cli.common import console, friendly_errors, print_json
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def load_tokenizer(model_id: str):
+    from transformers import AutoTokenizer
+
+    from graftlm.models.catalog import base_model_of
+
+    base = base_model_of(model_id)
+    return AutoTokenizer.from_pretrained(base["path"]), base["context_length"]
+
+
+@app.command("validate")
+@friendly_errors
+def validate(file: str, model: Optional[str] = typer.Option(None, help="tokenize with this model for token stats"),
+             format: Optional[str] = typer.Option(None, "--format", help="prompt_completion|chat|sharegpt|text"),
+             epochs: int = typer.Option(3, help="epochs for the training-token estimate"),
+             context_length: Optional[int] = typer.Option(None, help="override the model's context length"),
+             json: bool = typer.Option(False, "--json")):
+    """Check a JSONL dataset; exit 0 when valid, 1 when not."""
+    from graftlm.data.validate import validate_file
+
+    tokenizer, ctx = load_tokenizer(model) if model else (None, None)
+    report = validate_file(file, fmt=format, tokenizer=tokenizer, context_length=context_length or ctx,
+                           epochs=epochs)
+    if json:
+        print_json(report)
+    else:
+        print_report(file, report)
+    raise typer.Exit(0 if report["valid"] else 1)
+
+
+def print_report(file: str, report: dict) -> None:
+    status = "[green]valid[/]" if report["valid"] else "[red]invalid[/]"
+    console.print(f"{file}: {status} ({report.get('format') or 'unknown format'})")
+    if report["errors"]:
+        table = Table("line", "field", "problem")
+        for e in report["errors"]:
+            table.add_row(str(e["line"]), e.get("field") or "", e["message"])
+        console.print(table)
+        total = report.get("error_count", len(report["errors"]))
+        if total > len(report["errors"]):
+            console.print(f"... {total - len(report['errors'])} more errors not listed")
+    stats = Table("statistic", "value")
+    for key, value in report.get("stats", {}).items():
+        stats.add_row(key, str(value))
+    console.print(stats)

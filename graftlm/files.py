@@ -1,0 +1,147 @@
+"""Uploaded files: streamed into the blob store, validated in the background, listed OpenAI-style."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from sqlalchemy import func, select
+
+from graftlm.config import get_settings
+from graftlm.errors import GraftError, NotFound
+from graftlm.store import blobs
+from graftlm.store.db import session
+from graftlm.store.models import File, FineTuningJob, new_id
+
+PURPOSES = {"fine-tune", "fine-tune-results", "assistants", "batch", "user_data", "evals", "rag"}
+MAX_DETAILS = 10
+
+
+def file_to_dict(f: File) -> dict:
+    return {"id": f.id, "object": "file", "bytes": f.bytes, "created_at": f.created_at,
+            "filename": f.filename, "purpose": f.purpose, "status": f.status,
+            "status_details": f.status_details}
+
+
+def create_file(fileobj: BinaryIO, filename: str, purpose: str) -> dict:
+    if purpose not in PURPOSES:
+        raise GraftError(f"purpose must be one of {', '.join(sorted(PURPOSES))}", param="purpose")
+    settings = get_settings()
+    try:
+        sha, size, _ = blobs.put_file(settings.blobs_dir, fileobj, settings.max_upload_bytes)
+    except blobs.TooLarge as e:
+        raise GraftError(f"{e}; raise GRAFT_MAX_UPLOAD_BYTES to accept larger files", param="file",
+                         code="file_too_large", status_code=413) from e
+    with session() as s:
+        f = File(id=new_id("file"), filename=filename or "upload.jsonl", purpose=purpose, bytes=size, sha256=sha)
+        s.add(f)
+        s.flush()
+        return file_to_dict(f)
+
+
+def _get(s, file_id: str) -> File:
+    f = s.get(File, file_id)
+    if f is None:
+        raise NotFound(f"no file with id {file_id!r}", param="file_id", code="file_not_found")
+    return f
+
+
+def get_file(file_id: str) -> dict:
+    with session() as s:
+        return file_to_dict(_get(s, file_id))
+
+
+def get_file_record(file_id: str) -> File:
+    with session() as s:
+        return _get(s, file_id)
+
+
+def file_path(file_id: str) -> Path:
+    return blobs.blob_path(get_settings().blobs_dir, get_file_record(file_id).sha256)
+
+
+def list_files(*, after: str | None = None, limit: int = 100, purpose: str | None = None) -> dict:
+    if not 1 <= limit <= 10000:
+        raise GraftError("limit must be between 1 and 10000", param="limit")
+    with session() as s:
+        q = select(File).order_by(File.created_at.desc(), File.id.desc())
+        if purpose:
+            q = q.where(File.purpose == purpose)
+        if after:
+            anchor = _get(s, after)
+            q = q.where((File.created_at < anchor.created_at)
+                        | ((File.created_at == anchor.created_at) & (File.id < anchor.id)))
+        rows = list(s.scalars(q.limit(limit + 1)))
+        return {"object": "list", "data": [file_to_dict(f) for f in rows[:limit]],
+                "has_more": len(rows) > limit}
+
+
+def iter_content(file_id: str) -> Iterator[bytes]:
+    f = get_file_record(file_id)
+    return blobs.iter_blob(get_settings().blobs_dir, f.sha256)
+
+
+def delete_file(file_id: str) -> dict:
+    with session() as s:
+        f = _get(s, file_id)
+        active = s.scalar(select(func.count()).select_from(FineTuningJob).where(
+            ((FineTuningJob.training_file == file_id) | (FineTuningJob.validation_file == file_id))
+            & FineTuningJob.status.in_(["validating_files", "queued", "running", "paused"])))
+        if active:
+            raise GraftError(f"file {file_id} is used by a fine-tuning job that has not finished; "
+                             "cancel the job first", param="file_id", code="file_in_use", status_code=409)
+        sha = f.sha256
+        s.delete(f)
+        s.flush()
+        shared = s.scalar(select(func.count()).select_from(File).where(File.sha256 == sha))
+    if not shared:
+        blobs.delete_blob(get_settings().blobs_dir, sha)
+    return {"id": file_id, "object": "file", "deleted": True}
+
+
+def _format_details(report: dict) -> str:
+    lines = [f"line {e['line']}: {e['field']}: {e['message']}" if e.get("field")
+             else f"line {e['line']}: {e['message']}" for e in report["errors"][:MAX_DETAILS]]
+    total = report.get("error_count", len(report["errors"]))
+    if total > len(lines):
+        lines.append(f"... and {total - len(lines)} more errors")
+    return "; ".join(lines)
+
+
+def validate_stored_file(file_id: str, *, tokenizer=None, context_length: int | None = None) -> dict:
+    """Validate an uploaded file and record the outcome: status processed or error with line details."""
+    from graftlm.data.validate import validate_file
+
+    f = get_file_record(file_id)
+    path = blobs.blob_path(get_settings().blobs_dir, f.sha256)
+    try:
+        report = validate_file(path, tokenizer=tokenizer, context_length=context_length)
+    except Exception as e:  # the validator must not crash, but a stored file is never left "uploaded"
+        report = {"valid": False, "format": None, "errors": [{"line": 0, "field": None,
+                  "message": f"validator failed: {e}"}], "error_count": 1, "stats": {}}
+    with session() as s:
+        row = _get(s, file_id)
+        row.status = "processed" if report["valid"] else "error"
+        row.status_details = None if report["valid"] else _format_details(report)
+        row.format = report.get("format")
+        row.report = report
+    return report
+
+
+def is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def open_text(path: Path):
+    """Open a dataset file as bytes, transparently gunzipping."""
+    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
+
+
+def mark_processed(file_id: str) -> dict:
+    """Files not meant for fine-tuning are stored as they are."""
+    with session() as s:
+        row = _get(s, file_id)
+        row.status = "processed"
+        return file_to_dict(row)

@@ -1,0 +1,80 @@
+"""API keys: random secrets shown once, stored as sha256 hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+
+from sqlalchemy import select
+
+from graftlm.config import get_settings
+from graftlm.errors import NotFound
+from graftlm.store.db import session
+from graftlm.store.models import ApiKey, new_id, now
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _key_dict(k: ApiKey) -> dict:
+    return {"id": k.id, "name": k.name, "prefix": k.prefix, "is_admin": k.is_admin,
+            "created_at": k.created_at, "revoked_at": k.revoked_at}
+
+
+def create_key(name: str, *, is_admin: bool = False, secret: str | None = None) -> tuple[str, dict]:
+    """Returns (the secret, shown once; its record)."""
+    secret = secret or "gk-" + secrets.token_urlsafe(32)
+    with session() as s:
+        k = ApiKey(id=new_id("key"), name=name, prefix=secret[:8], key_hash=hash_key(secret), is_admin=is_admin)
+        s.add(k)
+        s.flush()
+        return secret, _key_dict(k)
+
+
+def list_keys() -> list[dict]:
+    with session() as s:
+        return [_key_dict(k) for k in s.scalars(select(ApiKey).order_by(ApiKey.created_at))]
+
+
+def revoke_key(key_id: str) -> dict:
+    with session() as s:
+        k = s.get(ApiKey, key_id)
+        if k is None:
+            raise NotFound(f"no API key with id {key_id!r}", param="key_id")
+        k.revoked_at = k.revoked_at or now()
+        return _key_dict(k)
+
+
+def check_key(secret: str) -> bool:
+    admin = get_settings().admin_key
+    if admin and secrets.compare_digest(secret, admin):
+        return True
+    with session() as s:
+        k = s.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret)))
+        return k is not None and k.revoked_at is None
+
+
+def ensure_admin_key() -> str | None:
+    """On first start without GRAFT_ADMIN_KEY: create an admin key, save it (mode 600), return it once."""
+    settings = get_settings()
+    if settings.admin_key:
+        return None
+    path: Path = settings.home / "admin.key"
+    if path.exists():
+        return None
+    secret, _ = create_key("admin", is_admin=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret
+
+
+def read_admin_key() -> str | None:
+    settings = get_settings()
+    if settings.admin_key:
+        return settings.admin_key
+    path = settings.home / "admin.key"
+    return path.read_text().strip() if path.exists() else None

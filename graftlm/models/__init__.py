@@ -1,0 +1,1 @@
+"""Base-model catalog (pull, import) and custom models."""

@@ -1,0 +1,91 @@
+"""Shared fixtures: an isolated GRAFT_HOME per test, a tiny random Llama, a live server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ADMIN_KEY = "gk-test-admin-key"
+
+
+@pytest.fixture(autouse=True)
+def graft_home(tmp_path, monkeypatch):
+    """Every test gets its own GRAFT_HOME (and so its own SQLite DB and blob store)."""
+    from graftlm.config import reset_settings
+    from graftlm.store.db import dispose_all
+
+    home = tmp_path / "graft-home"
+    monkeypatch.setenv("GRAFT_HOME", str(home))
+    monkeypatch.setenv("GRAFT_ADMIN_KEY", ADMIN_KEY)
+    monkeypatch.delenv("GRAFT_DATABASE_URL", raising=False)
+    reset_settings()
+    dispose_all()
+    yield home
+    dispose_all()
+    reset_settings()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from graftlm.testing import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def tiny_model(tiny_model_dir):
+    """The tiny model registered as base model `tiny` in this test's GRAFT_HOME."""
+    from graftlm.models.catalog import import_model
+
+    return import_model(tiny_model_dir, "tiny")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live_server(graft_home):
+    """A real uvicorn server on a free port; yields its base URL (…/v1)."""
+    import uvicorn
+
+    from graftlm.api.app import create_app
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        if time.time() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def client(live_server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=live_server, api_key=ADMIN_KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture
+def http(live_server):
+    import httpx
+
+    with httpx.Client(base_url=live_server.removesuffix("/v1"), timeout=60,
+                      headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
+        yield c
