@@ -1,0 +1,158 @@
+"""Fine-tuning hyperparameters: one pydantic model, OCI names and defaults, OpenAI/Databricks aliases.
+
+Method-specific defaults (learning rate, early stopping) are resolved at validation time, so a
+validated ``FineTuneConfig`` never holds ``None`` for them. Aliases (``n_epochs``, ``batch_size``,
+``learning_rate_multiplier``, ``training_duration``, ``method``, ``max_seq_length``) are mapped onto
+the OCI names and kept as given, so a job records what the user asked for.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from graftlm.errors import GraftError
+
+Method = Literal["tfew", "lora", "qlora", "vanilla"]
+TaskType = Literal["CHAT_COMPLETION", "CONTINUED_PRETRAIN"]
+
+DEFAULT_LEARNING_RATE = {"tfew": 1e-2, "lora": 2e-4, "qlora": 2e-4, "vanilla": 1e-5}
+DEFAULT_PATIENCE = {"tfew": 6, "lora": 15, "qlora": 15, "vanilla": 15}
+DEFAULT_THRESHOLD = {"tfew": 1e-2, "lora": 1e-4, "qlora": 1e-4, "vanilla": 1e-4}
+LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(ep|ba)\s*$")
+
+
+class FineTuneConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True)
+
+    training_method: Method = Field("lora", validation_alias=AliasChoices("training_method", "method"))
+    task_type: TaskType = "CHAT_COMPLETION"
+    total_training_epochs: int = Field(3, ge=1, description="passes over the training split")
+    learning_rate: float | None = Field(None, gt=0, le=1, description="None: the method's default")
+    training_batch_size: int = Field(8, ge=1, description="examples per optimizer step")
+    early_stopping_patience: int | None = Field(None, ge=0, description="evaluations without improvement; 0 disables")
+    early_stopping_threshold: float | None = Field(None, ge=0, description="minimum decrease of validation loss")
+    log_model_metrics_interval_in_steps: int = Field(10, ge=0, description="every step up to 20, then every N; 0 disables")
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(8, ge=1)
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    lora_target_modules: list[str] = Field(default_factory=lambda: list(LLAMA_LINEAR_MODULES))
+    num_of_last_layers: int | None = Field(None, ge=1, description="vanilla: train only the last N decoder layers; None = all")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides total_training_epochs")
+    eval_interval_steps: int | None = Field(None, ge=1, description="None: evaluate at the end of every epoch")
+    checkpoint_interval_steps: int | None = Field(None, ge=1, description="extra checkpoints between evaluations")
+    seed: int = 42
+    context_length: int = Field(2048, ge=8, validation_alias=AliasChoices("context_length", "max_seq_length"))
+    gradient_checkpointing: bool = False
+    micro_batch_size: int | None = Field(None, ge=1, description="max examples per forward pass; None = token budget only")
+    max_tokens_per_micro_batch: int = Field(2048, ge=8, description="token budget of one packed forward pass")
+    warmup_ratio: float = Field(0.03, ge=0, le=1)
+    lr_scheduler: Literal["cosine", "linear"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+
+    # aliases from other APIs, mapped onto the fields above
+    n_epochs: int | Literal["auto"] | None = Field(None, description="OpenAI alias of total_training_epochs")
+    batch_size: int | Literal["auto"] | None = Field(None, description="OpenAI alias of training_batch_size")
+    learning_rate_multiplier: float | Literal["auto"] | None = Field(
+        None, description="OpenAI: scales the method's default learning rate")
+    training_duration: str | None = Field(None, description='Databricks: "3ep" (epochs) or "100ba" (batches)')
+
+    @field_validator("n_epochs", "batch_size")
+    @classmethod
+    def _positive_or_auto(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be an integer >= 1 or \"auto\"")
+        return v
+
+    @field_validator("learning_rate_multiplier")
+    @classmethod
+    def _positive_multiplier(cls, v):
+        if isinstance(v, float) and v <= 0:
+            raise ValueError("must be > 0 or \"auto\"")
+        return v
+
+    @field_validator("training_duration")
+    @classmethod
+    def _duration(cls, v):
+        if v is not None and not _DURATION.match(v):
+            raise ValueError('must look like "3ep" (epochs) or "100ba" (batches)')
+        return v
+
+    @field_validator("lora_target_modules")
+    @classmethod
+    def _targets(cls, v):
+        if not v:
+            raise ValueError("name at least one module")
+        return v
+
+    @model_validator(mode="after")
+    def _resolve(self):
+        method = self.training_method
+        if isinstance(self.n_epochs, int):
+            self.total_training_epochs = self.n_epochs
+        if isinstance(self.batch_size, int):
+            self.training_batch_size = self.batch_size
+        if self.training_duration is not None:
+            n, unit = _DURATION.match(self.training_duration).groups()
+            if int(n) < 1:
+                raise _field_error("training_duration", "must be at least 1")
+            if unit == "ep":
+                self.total_training_epochs = int(n)
+            else:
+                self.max_steps = int(n)
+        if self.learning_rate_multiplier not in (None, "auto"):
+            if self.learning_rate is not None:
+                raise _field_error("learning_rate_multiplier", "give learning_rate or learning_rate_multiplier, not both")
+            lr = DEFAULT_LEARNING_RATE[method] * self.learning_rate_multiplier
+            if lr > 1:
+                raise _field_error("learning_rate_multiplier", f"gives a learning rate of {lr:g}, above 1")
+            self.learning_rate = lr
+        if self.learning_rate is None:
+            self.learning_rate = DEFAULT_LEARNING_RATE[method]
+        if self.early_stopping_patience is None:
+            self.early_stopping_patience = DEFAULT_PATIENCE[method]
+        if self.early_stopping_threshold is None:
+            self.early_stopping_threshold = DEFAULT_THRESHOLD[method]
+        return self
+
+
+def _field_error(field: str, message: str) -> ValidationError:
+    from pydantic_core import InitErrorDetails, PydanticCustomError
+    return ValidationError.from_exception_data("FineTuneConfig", [InitErrorDetails(
+        type=PydanticCustomError("value_error", message), loc=(field,), input=None)])
+
+
+def graft_error(exc: ValidationError) -> GraftError:
+    """The first validation problem as a GraftError whose param names the field."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or None
+    msg = err["msg"].removeprefix("Value error, ")
+    return GraftError(f"invalid hyperparameter {field}: {msg}", param=field, code="invalid_hyperparameter")
+
+
+def parse_config(data: dict | FineTuneConfig | None = None, **overrides) -> FineTuneConfig:
+    """Validate user hyperparameters; raises GraftError(param=field) on the first bad one."""
+    if isinstance(data, FineTuneConfig):
+        data = data.model_dump(exclude_unset=True)
+    try:
+        return FineTuneConfig.model_validate({**(data or {}), **overrides})
+    except ValidationError as exc:
+        raise graft_error(exc) from None
+
+
+def check_runtime(cfg: FineTuneConfig) -> None:
+    """Refuse what this machine cannot run, before a job is queued."""
+    if cfg.training_method == "qlora":
+        import torch
+        if not torch.cuda.is_available():
+            raise GraftError("training_method qlora needs a CUDA GPU (4-bit NF4 via bitsandbytes); "
+                             "this machine has none: use lora instead", param="training_method")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise GraftError("training_method qlora needs the bitsandbytes package; install it or use lora",
+                             param="training_method") from None

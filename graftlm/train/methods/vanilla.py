@@ -1,0 +1,36 @@
+"""Vanilla: full fine-tuning, or only the last N decoder layers.
+
+With ``num_of_last_layers`` = N, the last N decoder layers and the final norm train; the
+embeddings and the LM head stay frozen (they are usually tied, and the embedding matrix of a small
+model is a large share of its weights, so training it would not be "the last N layers").
+Without N every weight trains. The result is a complete model directory with its tokenizer.
+"""
+
+from __future__ import annotations
+
+
+def load_kwargs(cfg) -> dict:
+    return {}
+
+
+def prepare(model, cfg):
+    n = cfg.num_of_last_layers
+    layers = model.model.layers
+    if n is None or n >= len(layers):
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for layer in layers[len(layers) - n:]:
+        for p in layer.parameters():
+            p.requires_grad_(True)
+    for p in model.model.norm.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def save(model, out_dir, tokenizer=None) -> None:
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out_dir))
