@@ -1,0 +1,250 @@
+"""The engine: one copy of the base model, many adapters, one continuous batch.
+
+``step()`` is the whole loop: drop cancelled rows, admit waiting requests (prefill), decode one token for
+every running row, retire the finished. ``start()`` runs it on a background thread; ``submit()`` returns
+a handle to stream from; ``generate()`` is the synchronous form.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from graftlm.errors import GraftError
+
+from .adapter_cache import AdapterCache
+from .adapters import AdapterPool
+from .kv_cache import KVCache
+from .model import Llama
+from .sampler import SamplingParams, sample
+from .scheduler import QueueFull, Scheduler
+from .sequence import Output, RequestHandle, Sequence
+
+__all__ = ["Engine", "QueueFull", "SamplingParams", "Output", "RequestHandle", "default_dtype"]
+
+
+def default_device() -> torch.device:
+    want = os.environ.get("GRAFT_DEVICE", "auto")
+    if want == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(want)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """GRAFT_DTYPE if set; else bf16 on CUDA and on CPUs with a native bf16 matmul path, fp32 elsewhere."""
+    want = os.environ.get("GRAFT_DTYPE", "auto")
+    if want != "auto":
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16, "float16": torch.float16}[want]
+    if device.type == "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
+def eos_token_ids(model_path: Path, tokenizer) -> set[int]:
+    ids = set()
+    for name in ("generation_config.json", "config.json"):
+        f = model_path / name
+        if f.exists():
+            import json
+            eos = json.loads(f.read_text()).get("eos_token_id")
+            ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+class Engine:
+    def __init__(self, model_path: str | Path, dtype: torch.dtype | str | None = None,
+                 device: torch.device | str | None = None, max_batch_size: int = 32, max_seq_len: int = 2048,
+                 max_queue: int = 64, max_adapters: int = 8, max_lora_rank: int = 64,
+                 max_cpu_adapters: int | None = None, max_prefill_tokens: int = 4096):
+        self.model_path = Path(model_path)
+        self.device = torch.device(device) if device is not None else default_device()
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        self.dtype = dtype or default_dtype(self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.eos_ids = eos_token_ids(self.model_path, self.tokenizer)
+        self.model = Llama(self.model_path, self.dtype, self.device, max_seq_len)
+        s = self.model.shape
+        self.max_seq_len = max_seq_len
+        self.cache = KVCache(s.layers, max_batch_size, s.kv_heads, max_seq_len, s.head_dim, self.dtype, self.device)
+        self.pool = AdapterPool(s, max_adapters, max_lora_rank, self.dtype, self.device)
+        self._wake = threading.Event()
+        self.adapters = AdapterCache(self.pool, max_cpu_adapters or 4 * max_adapters, on_loaded=self._wake.set)
+        self.scheduler = Scheduler(self.cache, self.adapters, max_queue, max_prefill_tokens)
+        self._step_lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._cancelled: list[Sequence] = []
+        self._cancel_lock = threading.Lock()
+        self.error: BaseException | None = None
+
+    # --- adapters --------------------------------------------------------------------------------
+
+    def register_adapter(self, name: str, path: str | Path) -> None:
+        self.adapters.register(name, path)
+
+    def unregister_adapter(self, name: str) -> None:
+        """Forget an adapter (endpoint deactivated); rows already running with it finish normally."""
+        with self._step_lock:
+            self.adapters.unregister(name)
+
+    # --- requests --------------------------------------------------------------------------------
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams | None = None, adapter: str | None = None,
+               *, _bounded: bool = True) -> RequestHandle:
+        """Queue a request; raises QueueFull when max_queue requests are already waiting."""
+        params = params or SamplingParams()
+        if not prompt_ids:
+            raise GraftError("the prompt is empty", param="prompt")
+        if len(prompt_ids) >= self.max_seq_len:
+            raise GraftError(f"the prompt has {len(prompt_ids)} tokens; this engine serves at most "
+                             f"{self.max_seq_len} tokens per sequence", param="prompt")
+        if adapter is not None:
+            self.adapters.check(adapter)
+        generator = None
+        if params.seed is not None and params.temperature > 0:
+            generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        seq = Sequence(prompt_ids, params, adapter, self.tokenizer, generator)
+        seq.handle = RequestHandle(seq, self._cancel)
+        self.scheduler.add(seq, bounded=_bounded)
+        self._wake.set()
+        return seq.handle
+
+    def _cancel(self, seq: Sequence) -> None:
+        seq.cancelled = True
+        with self._cancel_lock:
+            self._cancelled.append(seq)
+        self._wake.set()
+
+    def generate(self, requests: list[tuple[list[int], SamplingParams | None, str | None]]) -> list[Output]:
+        """Serve a list of (prompt_ids, params, adapter name or None) to completion; outputs in order."""
+        handles = [self.submit(p, sp, a, _bounded=False) for p, sp, a in requests]
+        if self._thread is None:
+            while not all(h.done for h in handles):
+                if not self.step():
+                    self._wake.wait(0.01)
+                    self._wake.clear()
+        return [h.result() for h in handles]
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return self.scheduler.num_waiting
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """One engine iteration; returns whether any work was done."""
+        with self._step_lock:
+            self._drop_cancelled()
+            new = self.scheduler.admit()
+            if new:
+                self._prefill(new)
+                self._retire_finished()
+            running = list(self.scheduler.running)
+            if running:
+                self._decode(running)
+                self._retire_finished()
+            return bool(new or running)
+
+    def _retire_finished(self) -> None:
+        finished = [s for s in self.scheduler.running if s.finish_reason is not None]
+        if finished:
+            self.scheduler.retire(finished)
+
+    def _drop_cancelled(self) -> None:
+        with self._cancel_lock:
+            cancelled, self._cancelled = self._cancelled, []
+        running = [s for s in cancelled if s in self.scheduler.running]
+        for s in running:
+            if s.finish_reason is None:
+                s.finish("cancelled")
+        if running:
+            self.scheduler.retire(running)
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        row0 = len(self.scheduler.running) - len(seqs)
+        lengths = [len(s.prompt_ids) for s in seqs]
+        tokens = torch.zeros(len(seqs), max(lengths), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            tokens[i, :lengths[i]] = torch.tensor(s.prompt_ids)
+        logits = self.model.prefill(tokens.to(self.device), torch.tensor(lengths, device=self.device),
+                                    self.pool.rows([s.slot for s in seqs]), self.cache, row0)
+        self._append(seqs, logits)
+
+    def _decode(self, seqs: list[Sequence]) -> None:
+        # finished rows were retired, so running[i] is cache row i
+        tokens = torch.tensor([s.last_token for s in seqs], device=self.device)
+        positions = torch.tensor([len(s) - 1 for s in seqs], device=self.device)
+        logits = self.model.decode(tokens, positions, self.pool.rows([s.slot for s in seqs]), self.cache)
+        self._append(seqs, logits)
+
+    def _append(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        tokens, logprobs = sample(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        for s, t, lp in zip(seqs, tokens, logprobs):
+            is_eos = not s.params.ignore_eos and (t in self.eos_ids or t in s.params.stop_token_ids)
+            s.append(t, lp, is_eos, self.max_seq_len)
+
+    def start(self) -> None:
+        """Step the batch on a background thread until ``stop()``."""
+        if self._thread is not None:
+            return
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="graft-engine", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        try:
+            while not self._stopping:
+                if not self.step():
+                    self._wake.wait(0.05)
+                    self._wake.clear()
+        except BaseException as e:  # noqa: BLE001 - fail every request rather than hang them
+            self.error = e
+            for s in list(self.scheduler.running) + list(self.scheduler.waiting):
+                s.fail(e)
+            raise
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.adapters.shutdown()
+
+    # --- raw logits (tests, RAG-Token mixtures) ------------------------------------------------------
+
+    def logits(self, rows: list[tuple[list[int], str | None]]) -> torch.Tensor:
+        """Next-token fp32 logits [N, vocab] after each prompt, each row with its own adapter (no KV cache)."""
+        for _, adapter in rows:
+            if adapter is not None:
+                self.adapters.load_now(adapter)
+        with self._step_lock:
+            slots = []
+            try:
+                for _, adapter in rows:
+                    slot = None if adapter is None else self.adapters.acquire(adapter)
+                    if adapter is not None and slot is None:
+                        raise GraftError("too many different adapters in one logits() call for max_adapters")
+                    slots.append((adapter, slot or 0))
+                lengths = [len(p) for p, _ in rows]
+                tokens = torch.zeros(len(rows), max(lengths), dtype=torch.long)
+                for i, (p, _) in enumerate(rows):
+                    tokens[i, :len(p)] = torch.tensor(p)
+                return self.model.prefill(tokens.to(self.device), torch.tensor(lengths, device=self.device),
+                                          self.pool.rows([s for _, s in slots]))
+            finally:
+                for adapter, _ in slots:
+                    if adapter is not None:
+                        self.adapters.release(adapter)
