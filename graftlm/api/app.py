@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from graftlm import __version__
 from graftlm.api.auth import require_key
 from graftlm.api.errors import install_error_handlers
-from graftlm.api.routes import files, models
+from graftlm.api.routes import clusters, files, models
 from graftlm.store.db import upgrade
 
 log = logging.getLogger("graftlm.api")
@@ -38,7 +38,7 @@ def create_app() -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
-    for module in (files, models):
+    for module in (files, models, clusters):
         v1.include_router(module.router)
     app.include_router(v1)
     return app

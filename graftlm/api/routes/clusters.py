@@ -1,0 +1,99 @@
+"""Dedicated AI clusters, endpoints and usage."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict
+
+from graftlm.clusters import clusters, endpoints, metering
+
+router = APIRouter()
+
+
+class ClusterIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["HOSTING", "FINE_TUNING"]
+    unit_count: int | None = None
+    base_model: str | None = None
+    name: str | None = None
+
+
+class EndpointIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    dedicated_ai_cluster_id: str
+    name: str | None = None
+
+
+class EndpointPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    name: str | None = None
+
+
+def as_list(items: list[dict]) -> dict:
+    return {"object": "list", "data": items, "has_more": False}
+
+
+@router.post("/dedicated_ai_clusters")
+async def create_cluster(body: ClusterIn):
+    return await run_in_threadpool(clusters.create_cluster, body.type, unit_count=body.unit_count,
+                                   base_model=body.base_model, name=body.name)
+
+
+@router.get("/dedicated_ai_clusters")
+async def list_clusters(type: str | None = None):
+    return as_list(await run_in_threadpool(clusters.list_clusters, type))
+
+
+@router.get("/dedicated_ai_clusters/{cluster_id}")
+async def get_cluster(cluster_id: str):
+    return await run_in_threadpool(clusters.get_cluster, cluster_id)
+
+
+@router.delete("/dedicated_ai_clusters/{cluster_id}")
+async def delete_cluster(cluster_id: str):
+    return await run_in_threadpool(clusters.delete_cluster, cluster_id)
+
+
+@router.post("/endpoints")
+async def create_endpoint(body: EndpointIn):
+    return await run_in_threadpool(endpoints.create_endpoint, body.model, body.dedicated_ai_cluster_id, body.name)
+
+
+@router.get("/endpoints")
+async def list_endpoints(dedicated_ai_cluster_id: str | None = None):
+    return as_list(await run_in_threadpool(endpoints.list_endpoints, dedicated_ai_cluster_id))
+
+
+@router.get("/endpoints/{endpoint_id}")
+async def get_endpoint(endpoint_id: str):
+    return await run_in_threadpool(endpoints.get_endpoint, endpoint_id)
+
+
+@router.patch("/endpoints/{endpoint_id}")
+async def update_endpoint(endpoint_id: str, body: EndpointPatch):
+    return await run_in_threadpool(endpoints.update_endpoint, endpoint_id, name=body.name, model=body.model)
+
+
+@router.delete("/endpoints/{endpoint_id}")
+async def delete_endpoint(endpoint_id: str):
+    return await run_in_threadpool(endpoints.delete_endpoint, endpoint_id)
+
+
+@router.post("/endpoints/{endpoint_id}/deactivate")
+async def deactivate_endpoint(endpoint_id: str):
+    return await run_in_threadpool(endpoints.deactivate_endpoint, endpoint_id)
+
+
+@router.post("/endpoints/{endpoint_id}/activate")
+async def activate_endpoint(endpoint_id: str):
+    return await run_in_threadpool(endpoints.activate_endpoint, endpoint_id)
+
+
+@router.get("/usage")
+async def usage(price_per_unit_hour: float | None = None):
+    return await run_in_threadpool(metering.usage_report, price_per_unit_hour)

@@ -1,0 +1,1 @@
+"""Dedicated AI clusters (hosting, fine-tuning), endpoints, and unit-hour metering."""

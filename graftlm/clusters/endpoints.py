@@ -1,0 +1,146 @@
+"""Endpoints: a named, activatable route to one model on one hosting cluster."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sqlalchemy import select
+
+from graftlm.clusters.clusters import ENDPOINT_CAPACITY, LIVE_ENDPOINT_STATES, get_cluster_row, used_capacity
+from graftlm.errors import Conflict, GraftError, NotFound
+from graftlm.models.catalog import get_model
+from graftlm.store.db import session
+from graftlm.store.models import Endpoint, new_id, now
+
+
+class EndpointInactive(GraftError):
+    status_code = 409
+
+
+# Called with the endpoint dict after it is deactivated, reactivated, updated or deleted, so the
+# serving runtime can free or load adapters. Set by graftlm.clusters.hosting when it is in use.
+listeners: list[Callable[[dict, str], None]] = []
+
+
+def endpoint_to_dict(e: Endpoint) -> dict:
+    return {"id": e.id, "object": "endpoint", "name": e.name, "model": e.model,
+            "dedicated_ai_cluster_id": e.dedicated_ai_cluster_id, "lifecycle_state": e.lifecycle_state,
+            "created_at": e.created_at, "updated_at": e.updated_at}
+
+
+def _notify(endpoint: dict, event: str) -> None:
+    for listener in listeners:
+        listener(endpoint, event)
+
+
+def _get_row(s, endpoint_id: str) -> Endpoint:
+    e = s.get(Endpoint, endpoint_id)
+    if e is None or e.lifecycle_state == "DELETED":
+        raise NotFound(f"no endpoint with id {endpoint_id!r}", param="endpoint_id")
+    return e
+
+
+def _check_model_fits(cluster, model_id: str) -> dict:
+    model = get_model(model_id)
+    base = model["parent"] if model["kind"] == "custom" else model["id"]
+    if base != cluster.base_model:
+        raise GraftError(f"model {model_id} is built on base model {base}, but cluster {cluster.id} hosts "
+                         f"{cluster.base_model}; create a hosting cluster for {base}",
+                         param="model", code="base_model_mismatch")
+    return model
+
+
+def _name_taken(s, name: str, exclude: str | None = None) -> bool:
+    q = select(Endpoint).where(Endpoint.name == name, Endpoint.lifecycle_state.in_(LIVE_ENDPOINT_STATES))
+    return any(e.id != exclude for e in s.scalars(q))
+
+
+def create_endpoint(model: str, dedicated_ai_cluster_id: str, name: str | None = None) -> dict:
+    with session() as s:
+        cluster = get_cluster_row(s, dedicated_ai_cluster_id)
+        if cluster.type != "HOSTING":
+            raise GraftError(f"cluster {cluster.id} is a {cluster.type} cluster; endpoints need a HOSTING cluster",
+                             param="dedicated_ai_cluster_id")
+        _check_model_fits(cluster, model)
+        if used_capacity(s, cluster.id) >= ENDPOINT_CAPACITY:
+            raise Conflict(f"cluster {cluster.id} already hosts {ENDPOINT_CAPACITY} endpoints "
+                           f"(total_endpoint_capacity); delete one or create another hosting cluster",
+                           param="dedicated_ai_cluster_id", code="endpoint_capacity_exceeded")
+        eid = new_id("ep")
+        name = name or eid
+        if _name_taken(s, name):
+            raise Conflict(f"an endpoint named {name!r} already exists", param="name", code="name_taken")
+        e = Endpoint(id=eid, name=name, model=model, dedicated_ai_cluster_id=cluster.id, lifecycle_state="ACTIVE")
+        s.add(e)
+        s.flush()
+        out = endpoint_to_dict(e)
+    _notify(out, "activated")
+    return out
+
+
+def get_endpoint(endpoint_id: str) -> dict:
+    with session() as s:
+        return endpoint_to_dict(_get_row(s, endpoint_id))
+
+
+def find_endpoint(name_or_id: str) -> dict | None:
+    with session() as s:
+        e = s.get(Endpoint, name_or_id)
+        if e is None:
+            e = s.scalar(select(Endpoint).where(Endpoint.name == name_or_id,
+                                                Endpoint.lifecycle_state.in_(LIVE_ENDPOINT_STATES)))
+        return endpoint_to_dict(e) if e is not None and e.lifecycle_state != "DELETED" else None
+
+
+def list_endpoints(cluster_id: str | None = None) -> list[dict]:
+    with session() as s:
+        q = select(Endpoint).where(Endpoint.lifecycle_state != "DELETED").order_by(Endpoint.created_at, Endpoint.id)
+        if cluster_id:
+            q = q.where(Endpoint.dedicated_ai_cluster_id == cluster_id)
+        return [endpoint_to_dict(e) for e in s.scalars(q)]
+
+
+def update_endpoint(endpoint_id: str, *, name: str | None = None, model: str | None = None) -> dict:
+    with session() as s:
+        e = _get_row(s, endpoint_id)
+        if name is not None:
+            if _name_taken(s, name, exclude=e.id):
+                raise Conflict(f"an endpoint named {name!r} already exists", param="name", code="name_taken")
+            e.name = name
+        if model is not None:
+            _check_model_fits(get_cluster_row(s, e.dedicated_ai_cluster_id), model)
+            e.model = model
+        e.updated_at = now()
+        out = endpoint_to_dict(e)
+    _notify(out, "updated")
+    return out
+
+
+def _set_state(endpoint_id: str, state: str, event: str) -> dict:
+    with session() as s:
+        e = _get_row(s, endpoint_id)
+        e.lifecycle_state = state
+        e.updated_at = now()
+        out = endpoint_to_dict(e)
+    _notify(out, event)  # returns once the serving runtime has stopped (or started) serving it
+    return out
+
+
+def deactivate_endpoint(endpoint_id: str) -> dict:
+    return _set_state(endpoint_id, "INACTIVE", "deactivated")
+
+
+def activate_endpoint(endpoint_id: str) -> dict:
+    return _set_state(endpoint_id, "ACTIVE", "activated")
+
+
+def delete_endpoint(endpoint_id: str) -> dict:
+    out = _set_state(endpoint_id, "DELETED", "deleted")
+    return {"id": out["id"], "object": "endpoint", "deleted": True}
+
+
+def require_active(endpoint: dict) -> None:
+    if endpoint["lifecycle_state"] != "ACTIVE":
+        raise EndpointInactive(f"endpoint {endpoint['name']} is {endpoint['lifecycle_state']}; "
+                               f"activate it with POST /v1/endpoints/{endpoint['id']}/activate",
+                               param="model", code="endpoint_inactive")

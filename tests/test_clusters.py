@@ -1,0 +1,130 @@
+"""Hosting clusters, endpoint capacity and lifecycle, and unit-hour metering."""
+
+from __future__ import annotations
+
+import pytest
+
+from graftlm.clusters import clusters, endpoints, metering
+from graftlm.errors import Conflict, GraftError, NotFound
+from graftlm.store.db import session
+from graftlm.store.models import Cluster, Model
+
+
+def add_custom(model_id: str, parent: str, path: str = "/nonexistent") -> None:
+    with session() as s:
+        s.add(Model(id=model_id, kind="custom", parent=parent, path=path, adapter_type="lora"))
+
+
+def test_capacity_counts_every_endpoint_and_refuses_the_51st(tiny_model):
+    c = clusters.create_cluster("HOSTING", base_model="tiny", name="h")
+    assert c["total_endpoint_capacity"] == 50 and c["used_endpoint_capacity"] == 0
+    add_custom("ft:tiny:a:1", "tiny")
+    endpoints.create_endpoint("tiny", c["id"], "base")
+    for i in range(49):  # several endpoints may serve the same model
+        endpoints.create_endpoint("ft:tiny:a:1", c["id"], f"ep{i}")
+    assert clusters.get_cluster(c["id"])["used_endpoint_capacity"] == 50
+    with pytest.raises(Conflict) as e:
+        endpoints.create_endpoint("tiny", c["id"], "one-too-many")
+    assert e.value.code == "endpoint_capacity_exceeded"
+    endpoints.delete_endpoint(endpoints.find_endpoint("ep0")["id"])
+    assert clusters.get_cluster(c["id"])["used_endpoint_capacity"] == 49
+    endpoints.create_endpoint("tiny", c["id"], "fits-again")
+
+
+def test_custom_model_of_another_base_is_refused(tiny_model, tiny_model_dir):
+    from graftlm.models.catalog import import_model
+
+    import_model(tiny_model_dir, "other-base")
+    add_custom("ft:other-base:x:1", "other-base")
+    c = clusters.create_cluster("HOSTING", base_model="tiny")
+    with pytest.raises(GraftError) as e:
+        endpoints.create_endpoint("ft:other-base:x:1", c["id"])
+    assert e.value.code == "base_model_mismatch" and e.value.status_code == 400
+
+
+def test_deactivate_and_activate(tiny_model):
+    events = []
+    endpoints.listeners.append(lambda ep, ev: events.append((ep["name"], ev)))
+    try:
+        c = clusters.create_cluster("HOSTING", base_model="tiny")
+        ep = endpoints.create_endpoint("tiny", c["id"], "main")
+        assert endpoints.deactivate_endpoint(ep["id"])["lifecycle_state"] == "INACTIVE"
+        with pytest.raises(GraftError) as e:
+            endpoints.require_active(endpoints.find_endpoint("main"))
+        assert e.value.code == "endpoint_inactive" and e.value.status_code == 409
+        assert endpoints.activate_endpoint(ep["id"])["lifecycle_state"] == "ACTIVE"
+        endpoints.require_active(endpoints.find_endpoint("main"))
+        assert events == [("main", "activated"), ("main", "deactivated"), ("main", "activated")]
+    finally:
+        endpoints.listeners.clear()
+
+
+def test_cluster_validation_errors(tiny_model):
+    with pytest.raises(GraftError) as e:
+        clusters.create_cluster("HOSTING")
+    assert e.value.param == "base_model"
+    with pytest.raises(GraftError) as e:
+        clusters.create_cluster("HOSTING", base_model="tiny", unit_count=0)
+    assert e.value.param == "unit_count"
+    with pytest.raises(NotFound):
+        clusters.create_cluster("HOSTING", base_model="missing")
+    ft = clusters.create_cluster("FINE_TUNING")
+    assert ft["unit_count"] == 2
+    with pytest.raises(GraftError):
+        endpoints.create_endpoint("tiny", ft["id"])
+
+
+def test_cluster_with_endpoints_cannot_be_deleted(tiny_model):
+    c = clusters.create_cluster("HOSTING", base_model="tiny")
+    ep = endpoints.create_endpoint("tiny", c["id"])
+    with pytest.raises(Conflict):
+        clusters.delete_cluster(c["id"])
+    endpoints.delete_endpoint(ep["id"])
+    assert clusters.delete_cluster(c["id"])["lifecycle_state"] == "DELETED"
+    with pytest.raises(NotFound):
+        clusters.get_cluster(c["id"])
+
+
+def test_usage_reproduces_the_spec_example(tiny_model):
+    """2-unit fine-tuning cluster × 5 h a week × 4 weeks = 40; plus one hosting cluster 744 → 784."""
+    t0 = 1_000_000.0
+    ft = clusters.create_cluster("FINE_TUNING", unit_count=2)
+    with session() as s:
+        cluster = s.get(Cluster, ft["id"])
+        for week in range(4):
+            start = t0 + week * 7 * 86400
+            rec = metering.open_span(s, cluster, minimum_unit_hours=1.0, job_id=f"job{week}", started_at=start)
+            rec.ended_at = start + 5 * 3600
+    hosting = clusters.create_cluster("HOSTING", base_model="tiny")
+    report = metering.usage_report(price_per_unit_hour=10.0, at=None)
+    rows = {r["dedicated_ai_cluster_id"]: r for r in report["data"]}
+    assert rows[ft["id"]]["unit_hours"] == pytest.approx(40.0)
+    assert rows[hosting["id"]]["unit_hours"] == pytest.approx(744.0)  # the monthly commitment
+    assert report["total_unit_hours"] == pytest.approx(784.0)
+    assert report["cost"] == pytest.approx(7840.0)
+
+
+def test_a_short_job_bills_one_unit_hour(tiny_model):
+    ft = clusters.create_cluster("FINE_TUNING", unit_count=2)
+    metering.start_job(ft["id"], "job-short")
+    metering.end_job("job-short")
+    rows = {r["dedicated_ai_cluster_id"]: r for r in metering.usage_report()["data"]}
+    assert rows[ft["id"]]["unit_hours"] == pytest.approx(1.0)
+
+
+def test_clusters_and_endpoints_over_http(http, tiny_model):
+    r = http.post("/v1/dedicated_ai_clusters", json={"type": "HOSTING", "unit_count": 1, "base_model": "tiny",
+                                                      "name": "h"})
+    assert r.status_code == 200 and r.json()["lifecycle_state"] == "ACTIVE"
+    cid = r.json()["id"]
+    r = http.post("/v1/endpoints", json={"model": "tiny", "dedicated_ai_cluster_id": cid, "name": "base"})
+    assert r.status_code == 200
+    eid = r.json()["id"]
+    assert http.post(f"/v1/endpoints/{eid}/deactivate").json()["lifecycle_state"] == "INACTIVE"
+    assert http.post(f"/v1/endpoints/{eid}/activate").json()["lifecycle_state"] == "ACTIVE"
+    assert http.patch(f"/v1/endpoints/{eid}", json={"name": "renamed"}).json()["name"] == "renamed"
+    assert http.get("/v1/dedicated_ai_clusters").json()["data"][0]["used_endpoint_capacity"] == 1
+    r = http.post("/v1/dedicated_ai_clusters", json={"type": "GPU"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "type"
+    assert http.get("/v1/endpoints/ep-missing").status_code == 404
+    assert http.get("/v1/usage").json()["total_unit_hours"] >= 744
