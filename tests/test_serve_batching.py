@@ -1,0 +1,161 @@
+"""Continuous batching, the adapter cache, queue limits, cancellation, stop strings, seeds, streaming."""
+
+import asyncio
+import time
+
+import pytest
+import torch
+
+from graftlm.errors import NotFound
+from graftlm.serve import Engine, QueueFull, SamplingParams
+from graftlm.serve.testing import build_test_llama, make_peft_adapter
+
+P = [[1, 20, 31, 45, 99, 7], [1, 5, 6, 7], [1, 200, 300, 12, 13, 14, 15, 16, 17], [1, 42]]
+
+
+def greedy(n):
+    return SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    model = build_test_llama(root / "model")
+    paths = {f"lora{i}": make_peft_adapter(model, root / f"lora{i}", "lora", r=4 + 4 * (i % 2), seed=i)
+             for i in range(3)}
+    paths["ia3"] = make_peft_adapter(model, root / "ia3", "ia3", seed=9)
+    return model, paths
+
+
+def make_engine(setup, **kw):
+    model, paths = setup
+    kw = {"dtype": torch.float32, "device": "cpu", "max_seq_len": 64, "max_adapters": 4, **kw}
+    e = Engine(model, **kw)
+    for name, path in paths.items():
+        e.register_adapter(name, path)
+    return e
+
+
+@pytest.fixture(scope="module")
+def engine(setup):
+    return make_engine(setup)
+
+
+def test_requests_join_and_leave_mid_flight(engine):
+    reqs = [(P[i % 4], greedy(3 + 4 * i), [None, "lora0", "lora1", "ia3"][i % 4]) for i in range(6)]
+    solo = [engine.generate([r])[0].token_ids for r in reqs]
+    handles = []
+    for r in reqs:  # a new request joins after every step while earlier ones decode and retire
+        handles.append(engine.submit(*r))
+        engine.step()
+    while not all(h.done for h in handles):
+        engine.step()
+    assert [h.result().token_ids for h in handles] == solo
+    assert engine.num_running == 0
+
+
+def test_lru_eviction_and_reload_give_identical_outputs(setup):
+    e = make_engine(setup, max_adapters=2, max_cpu_adapters=1)
+    names = ["lora0", "lora1", "lora2", "ia3"]
+    first = {n: e.generate([(P[0], greedy(6), n)])[0].token_ids for n in names}
+    assert len(e.adapters.resident) == 2 and e.adapters.loads == 4
+    again = {n: e.generate([(P[0], greedy(6), n)])[0].token_ids for n in names}
+    assert again == first
+    assert e.adapters.loads == 8  # evicted from the device and from CPU memory, then re-read from disk
+    # more adapters in one batch than slots: later ones wait for a slot, outputs unchanged
+    outs = e.generate([(P[0], greedy(6), n) for n in names])
+    assert {o.adapter: o.token_ids for o in outs} == first
+
+
+def test_adapter_loads_in_background_without_stalling_the_batch(setup, monkeypatch):
+    import graftlm.serve.adapter_cache as ac
+
+    e = make_engine(setup)
+    slow_read = ac.read_adapter
+
+    def read_slowly(*a, **kw):
+        time.sleep(0.3)
+        return slow_read(*a, **kw)
+
+    monkeypatch.setattr(ac, "read_adapter", read_slowly)
+    base = e.submit(P[0], greedy(20))
+    e.step()
+    waiting = e.submit(P[1], greedy(3), "lora0")
+    t0 = time.perf_counter()
+    steps = 0
+    while not base.done:
+        e.step()
+        steps += 1
+    assert time.perf_counter() - t0 < 0.3 and steps >= 18  # the base row kept decoding while lora0 loaded
+    assert not waiting.done
+    while not waiting.done:
+        e.step()
+    assert waiting.result().completion_tokens == 3
+
+
+def test_queue_full_raises(setup):
+    e = make_engine(setup, max_queue=2)
+    e.submit(P[0], greedy(2))
+    e.submit(P[0], greedy(2))
+    with pytest.raises(QueueFull) as err:
+        e.submit(P[0], greedy(2))
+    assert err.value.status_code == 429 and err.value.retry_after > 0
+    e.step()  # both admitted: the queue has room again
+    e.submit(P[0], greedy(2))
+
+
+def test_cancel_frees_the_row(engine):
+    h = engine.submit(P[0], greedy(50))
+    other = engine.submit(P[1], greedy(5))
+    engine.step()
+    assert engine.num_running == 2
+    h.cancel()
+    engine.step()
+    assert engine.num_running == 1 and h.done and h.result().finish_reason == "cancelled"
+    while not other.done:
+        engine.step()
+    assert other.result().token_ids == engine.generate([(P[1], greedy(5), None)])[0].token_ids
+
+
+def test_stop_strings_and_eos(engine):
+    full = engine.generate([(P[0], greedy(12), None)])[0]
+    stop = full.text[3:6]
+    out = engine.generate([(P[0], SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, stop=[stop]),
+                            None)])[0]
+    assert out.finish_reason == "stop" and out.text == full.text[:full.text.find(stop)]
+    eos = full.token_ids[2]
+    out = engine.generate([(P[0], SamplingParams(max_tokens=12, temperature=0, stop_token_ids=[eos]), None)])[0]
+    assert out.finish_reason == "stop" and out.token_ids == full.token_ids[:full.token_ids.index(eos) + 1]
+
+
+def test_seeded_sampling_is_reproducible(engine):
+    sp = SamplingParams(max_tokens=10, temperature=1.0, top_p=0.9, top_k=50, seed=123, ignore_eos=True,
+                        logprobs=3)
+    a = engine.generate([(P[0], sp, "lora1"), (P[1], greedy(4), None)])[0]
+    b = engine.generate([(P[0], sp, "lora1")])[0]
+    assert a.token_ids == b.token_ids
+    assert len(a.logprobs[0].top) == 3 and a.logprobs[0].top[0][1] >= a.logprobs[0].logprob
+    c = engine.generate([(P[0], SamplingParams(**{**sp.__dict__, "seed": 124}), "lora1")])[0]
+    assert c.token_ids != a.token_ids
+
+
+def test_streaming_from_asyncio_with_background_loop(setup):
+    e = make_engine(setup)
+    expected = e.generate([(P[2], greedy(8), "ia3")])[0]
+    e.start()
+    try:
+        async def consume():
+            h = e.submit(P[2], greedy(8), "ia3")
+            return [d async for d in h]
+
+        deltas = asyncio.run(consume())
+        assert "".join(d.text for d in deltas) == expected.text
+        assert sum((d.token_ids for d in deltas), []) == expected.token_ids
+        assert deltas[-1].finish_reason == "length"
+        with pytest.raises(NotFound):
+            e.submit(P[0], greedy(2), "missing")
+        e.unregister_adapter("ia3")
+        with pytest.raises(NotFound):
+            e.submit(P[0], greedy(2), "ia3")
+    finally:
+        e.stop()
