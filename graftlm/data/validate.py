@@ -1,0 +1,162 @@
+"""Validate a JSONL dataset in one streaming pass: every problem with line, field and reason, plus stats.
+
+Memory is constant except for duplicate detection, which keeps one 8-byte hash per example
+(8 MB per million examples). Token statistics keep a histogram of lengths, not the lengths.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import Counter
+from itertools import chain, islice
+from pathlib import Path
+from typing import Iterator
+
+import orjson
+
+from graftlm.data.checks import check_record, fast_chat_ok
+from graftlm.data.formats import FORMATS, detect_format, normalize
+from graftlm.data.reader import (NO_ERRORS, NOT_PARSED, READ_ERRORS, ParsedLine, iter_line_batches, iter_parsed,
+                                 parse_line)
+from graftlm.errors import GraftError
+
+DETECT_WINDOW = 1000  # lines buffered to pick the file's format by majority
+TRUNCATION = "right"  # what training does to an example longer than the context length
+
+
+def detect_file_format(lines: list[ParsedLine]) -> str | None:
+    """The majority format among parsed lines; a tie goes to the format seen first."""
+    counts: Counter = Counter()
+    first: dict = {}
+    for i, (_, obj, _) in enumerate(lines):
+        f = detect_format(obj) if obj is not NOT_PARSED else None
+        if f is not None:
+            counts[f] += 1
+            first.setdefault(f, i)
+    if not counts:
+        return None
+    return max(counts, key=lambda f: (counts[f], -first[f]))
+
+
+def scan(path: str | Path, fmt: str | None = None) -> Iterator[tuple[int, object, list, str | None]]:
+    """``(line, value, errors, file_format)`` per line; the format is auto-detected unless given.
+
+    Detection reads the first DETECT_WINDOW lines (majority wins); if none of them has a known
+    format, the first later line that has one sets it. The loop is flat on purpose: it is the
+    validator's hot path.
+    """
+    if fmt is not None and fmt not in FORMATS:
+        raise GraftError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}", param="format")
+    if fmt is None:
+        fmt = detect_file_format(list(islice(iter_parsed(path), DETECT_WINDOW)))
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    n = 0
+    try:
+        for batch in iter_line_batches(path):
+            for raw in batch:
+                n += 1
+                try:
+                    obj = loads(raw)
+                except (decode_error, TypeError):
+                    _, obj, errors = parse_line(n, raw)
+                    if obj is NOT_PARSED:
+                        yield n, obj, errors, fmt
+                        continue
+                else:
+                    if fmt == "chat" and type(obj) is dict and fast_chat_ok(obj):
+                        yield n, obj, NO_ERRORS, fmt
+                        continue
+                    errors = NO_ERRORS
+                if fmt is None:
+                    fmt = detect_format(obj)
+                yield n, obj, [*errors, *check_record(obj, fmt)], fmt
+    except READ_ERRORS as e:
+        yield n + 1, NOT_PARSED, [(None, f"cannot read past this point: {e}")], fmt
+
+
+def _token_stats(hist: Counter, trainable: int, over: int, no_target: int, context_length: int | None,
+                 epochs: int) -> dict:
+    n = sum(hist.values())
+    if n == 0:
+        return {"examples": 0, "min": None, "mean": None, "p95": None, "max": None, "total": 0,
+                "total_after_truncation": 0, "trainable_total": 0, "over_context_length": 0,
+                "context_length": context_length, "truncation": TRUNCATION,
+                "no_trainable_tokens_after_truncation": 0, "estimated_training_tokens": 0}
+    lengths = sorted(hist)
+    total = sum(k * c for k, c in hist.items())
+    rank, seen, p95 = -(-95 * n // 100), 0, lengths[-1]  # nearest-rank 95th percentile
+    for k in lengths:
+        seen += hist[k]
+        if seen >= rank:
+            p95 = k
+            break
+    kept = total if context_length is None else sum(min(k, context_length) * c for k, c in hist.items())
+    return {"examples": n, "min": lengths[0], "mean": round(total / n, 2), "p95": p95, "max": lengths[-1],
+            "total": total, "total_after_truncation": kept, "trainable_total": trainable,
+            "over_context_length": over, "context_length": context_length, "truncation": TRUNCATION,
+            "no_trainable_tokens_after_truncation": no_target, "estimated_training_tokens": kept * epochs}
+
+
+def _duplicates(hashes: array) -> int:
+    if len(hashes) < 2:
+        return 0
+    import numpy as np
+    h = np.frombuffer(hashes, dtype=np.int64)
+    h.sort()  # in place: no second copy of the hashes
+    return int(np.count_nonzero(h[1:] == h[:-1]))
+
+
+def validate_file(path: str | Path, fmt: str | None = None, tokenizer=None, context_length: int | None = None,
+                  epochs: int = 3, max_errors: int = 100) -> dict:
+    """Validate a dataset file; see the module docstring. Never raises on bad content."""
+    from graftlm.data.render import IGNORE_INDEX, encode_example
+
+    file_format = fmt
+    errors: list = []
+    error_count = lines = examples = 0
+    bad_lines = 0
+    hashes = array("q")
+    hist: Counter = Counter()
+    trainable = over = no_target = 0
+    dumps, sort_keys = orjson.dumps, orjson.OPT_SORT_KEYS
+    add_hash = hashes.append
+    for n, obj, errs, file_format in scan(path, fmt):
+        lines += 1
+        if errs:
+            bad_lines += 1
+            error_count += len(errs)
+            for field, message in errs[: max(0, max_errors - len(errors))]:
+                errors.append({"line": n, "field": field, "message": message})
+            continue
+        examples += 1
+        add_hash(hash(dumps(obj, option=sort_keys)))
+        if tokenizer is None:
+            continue
+        try:
+            enc = encode_example(tokenizer, normalize(obj, file_format))
+        except Exception as e:  # a template that cannot render this example is the dataset's problem too
+            error_count += 1
+            if len(errors) < max_errors:
+                errors.append({"line": n, "field": None, "message": f"cannot tokenize: {e}"})
+            continue
+        n = len(enc["input_ids"])
+        hist[n] += 1
+        labels = enc["labels"]
+        trainable += sum(1 for t in labels if t != IGNORE_INDEX)
+        if context_length is not None and n > context_length:
+            over += 1
+            if all(t == IGNORE_INDEX for t in labels[:context_length]):
+                no_target += 1
+    if lines == 0:
+        error_count += 1
+        errors.append({"line": None, "field": None, "message": "the file is empty"})
+    elif examples == 0 and error_count == 0:
+        error_count += 1
+        errors.append({"line": None, "field": None, "message": "the file has no examples"})
+    stats = {"lines": lines, "examples": examples, "invalid_lines": bad_lines, "duplicates": _duplicates(hashes),
+             "epochs": epochs, "tokens": None, "estimated_training_tokens": None}
+    if tokenizer is not None:
+        stats["tokens"] = _token_stats(hist, trainable, over, no_target, context_length, epochs)
+        stats["estimated_training_tokens"] = stats["tokens"]["estimated_training_tokens"]
+    return {"valid": error_count == 0, "format": file_format, "errors": errors, "error_count": error_count,
+            "stats": stats}
