@@ -91,40 +91,12 @@ def _order(roles: list, field: str, errors: list) -> None:
         previous = role
     if "assistant" not in roles:
         errors.append((field, "has no assistant message; there is nothing to learn"))
-    elif roles[-1] != "assistant":
+    elif roles[-1] == "user":  # a trailing system message was reported above
         errors.append((f"{field}[{len(roles) - 1}].role", "the conversation ends with a user message; the last message must be from the assistant"))
-
-
-def _well_formed(items, role_key: str, text_key: str, roles: dict) -> bool:
-    """Fast path for the common valid case: plain turns, [system] user assistant ... assistant.
-
-    Only a True answer is trusted; on False the detailed checks run and say what is wrong.
-    """
-    if type(items) is not list or len(items) < 2:
-        return False
-    expected, first = "user", True
-    for m in items:
-        if type(m) is not dict or len(m) != 2:
-            return False
-        text = m.get(text_key)
-        if type(text) is not str or not text or text.isspace():
-            return False
-        role = m.get(role_key)
-        if type(role) is not str:
-            return False
-        role = roles.get(role)
-        if role == expected:
-            expected = "assistant" if role == "user" else "user"
-        elif not (first and role == "system"):
-            return False
-        first = False
-    return expected == "user"
 
 
 def check_chat(record: dict) -> list:
     messages = record["messages"]
-    if _well_formed(messages, "role", "content", _CHAT_ROLE_MAP):
-        return []
     errors: list = []
     roles = _turns(messages, "messages", "role", "content", _CHAT_ROLE_MAP, True, errors)
     _order(roles, "messages", errors)
@@ -135,8 +107,6 @@ def check_chat(record: dict) -> list:
 
 
 def check_sharegpt(record: dict) -> list:
-    if _well_formed(record["conversations"], "from", "value", SHAREGPT_ROLES):
-        return []
     errors: list = []
     roles = _turns(record["conversations"], "conversations", "from", "value", SHAREGPT_ROLES, False, errors)
     _order(roles, "conversations", errors)
@@ -165,7 +135,10 @@ CHECKS = {"chat": check_chat, "sharegpt": check_sharegpt, "prompt_completion": c
 
 
 def fast_chat_ok(record: dict) -> bool:
-    """True for the common valid chat line; the validator's hot path (about a third of its time)."""
+    """True for the common valid chat line: plain messages, [system] user assistant ... assistant.
+
+    The validator's hot path; only True is trusted, on False ``check_chat`` says what is wrong.
+    """
     messages = record.get("messages")
     if type(messages) is not list or len(messages) < 2:
         return False
