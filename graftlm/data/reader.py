@@ -59,6 +59,10 @@ def iter_line_batches(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) ->
             tail = parts.pop()
             if len(tail) > max_line_bytes:
                 tail, skipping = b"", True
+            if parts and parts[0] is not None and len(parts[0]) > max_line_bytes:
+                parts[0] = None
+            if max_line_bytes < CHUNK_BYTES:  # only then can a line inside one chunk be too long
+                parts = [p if p is None or len(p) <= max_line_bytes else None for p in parts]
             yield parts
         if skipping:
             yield [None]
