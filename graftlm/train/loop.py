@@ -58,8 +58,19 @@ def pick_device() -> torch.device:
     return torch.device(want)
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: oneDNN reports bf16 "supported" on any AVX512 CPU, but without these
+    instructions it emulates bf16 and matmuls run ~4x slower than fp32 (measured on Ice Lake)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def pick_autocast_dtype(device: torch.device) -> torch.dtype:
-    """bf16 autocast where the hardware does bf16 (CUDA, CPUs with AVX512-BF16/AMX); else fp32."""
+    """bf16 autocast where the hardware does bf16 natively (CUDA, CPUs with AVX512-BF16/AMX); else fp32.
+    GRAFT_DTYPE=float32|bfloat16 overrides."""
     want = os.environ.get("GRAFT_DTYPE", "auto")
     if want in ("float32", "fp32"):
         return torch.float32
@@ -67,7 +78,7 @@ def pick_autocast_dtype(device: torch.device) -> torch.dtype:
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
 def encode_examples(tokenizer, examples, cfg: FineTuneConfig) -> list[dict]:

@@ -1,0 +1,160 @@
+"""Training throughput: graftlm vs TRL SFTTrainer (defaults) vs plain PEFT + HF Trainer, same everything.
+
+Same base model, LoRA config, examples, batch size and number of optimizer steps; prints tokens/s
+(non-padding input tokens per second of training), the ratio to TRL, and MFU against the matmul
+peak measured here. Model FLOPs per token = 4 x non-embedding parameters (LoRA: forward + input
+gradients; frozen weights get no weight gradients), the same formula for every contender.
+
+    python bench/train.py                                   # random SmolLM2-135M-shaped Llama
+    python bench/train.py --model-path ~/.graft/models/smollm2-135m-instruct --steps 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def matmul_peak(dtype, n=1024, reps=10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def random_model(path: Path, layers: int) -> Path:
+    """SmolLM2-135M's shape with random weights and the tiny test tokenizer (ids < 384, vocab 49152)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from graftlm.testing import build_tiny_tokenizer
+    tok = build_tiny_tokenizer()
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
+                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def chat_examples(n: int) -> list[dict]:
+    questions = ["what is my account balance please", "book a flight to paris and a hotel in london",
+                 "how are you today", "transfer money between accounts", "check the weather for tomorrow"]
+    answers = ["your balance is 100 dollars and 10 cents", "i booked the flight to paris and the hotel",
+               "i am fine thank you, how can i help you today", "the transfer between your accounts is done",
+               "tomorrow the weather is fine and the quick brown fox jumps"]
+    return [{"messages": [{"role": "system", "content": "you are a helpful bank assistant", "weight": 0},
+                          {"role": "user", "content": questions[i % 5] + f" {i}", "weight": 0},
+                          {"role": "assistant", "content": answers[(i * 3) % 5], "weight": 1}]} for i in range(n)]
+
+
+def bench_graftlm(model_path, examples, args, out) -> tuple[float, int]:
+    from graftlm.train.loop import train
+    marks = {}
+
+    def on_event(e):
+        msg = e.get("message", "")
+        if msg.startswith("trainable parameters"):
+            marks["start"] = time.perf_counter()
+        if msg.startswith("training finished"):
+            marks["end"] = time.perf_counter()
+    r = train({"training_method": "lora", "max_steps": args.steps, "batch_size": args.batch,
+               "log_model_metrics_interval_in_steps": 0, "warmup_ratio": 0.0}, model_path, examples, None, out,
+              on_event=on_event)
+    return marks["end"] - marks["start"], r.trained_tokens
+
+
+def _lora():
+    from peft import LoraConfig
+
+    from graftlm.train.config import LLAMA_LINEAR_MODULES
+    return LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=8, lora_dropout=0.1, target_modules=LLAMA_LINEAR_MODULES)
+
+
+def bench_trl(model_path, examples, args, out) -> tuple[float, int]:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    ds = Dataset.from_list([{"messages": [{"role": m["role"], "content": m["content"]} for m in e["messages"]]}
+                            for e in examples])
+    cfg = SFTConfig(output_dir=str(out), per_device_train_batch_size=args.batch, max_steps=args.steps,
+                    report_to="none", save_strategy="no", logging_steps=1000, use_cpu=True, dataloader_num_workers=0,
+                    disable_tqdm=True)
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=_lora())
+    tokens = sum(len(x) for x in trainer.train_dataset[: args.steps * args.batch]["input_ids"])
+    t = time.perf_counter()
+    trainer.train()
+    print(f"trl precision: bf16={cfg.bf16} fp16={cfg.fp16}")
+    return time.perf_counter() - t, tokens
+
+
+def bench_hf_trainer(model_path, examples, args, out) -> tuple[float, int]:
+    from datasets import Dataset
+    from peft import get_peft_model
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
+                              TrainingArguments)
+
+    from graftlm.data.render import encode_example
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path), _lora())
+    rows = [encode_example(tok, e) for e in examples]
+    from graftlm.train.loop import cpu_has_native_bf16
+    bf16 = cpu_has_native_bf16()  # the same precision choice as graftlm, so only the loop differs
+    targs = TrainingArguments(output_dir=str(out), per_device_train_batch_size=args.batch, max_steps=args.steps,
+                              report_to="none", save_strategy="no", logging_steps=1000, use_cpu=True, bf16=bf16,
+                              learning_rate=2e-4, disable_tqdm=True, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=targs, train_dataset=Dataset.from_list(rows),
+                      data_collator=DataCollatorForSeq2Seq(tok, padding=True))
+    tokens = sum(len(r["input_ids"]) for r in rows[: args.steps * args.batch])
+    t = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - t, tokens
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model-path", default=None)
+    ap.add_argument("--layers", type=int, default=30, help="random model depth (without --model-path)")
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
+    ap.add_argument("--only", default="graftlm,hf_trainer,trl")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    model_path = Path(args.model_path).expanduser() if args.model_path else random_model(work / "model", args.layers)
+    from transformers import AutoConfig
+    c = AutoConfig.from_pretrained(model_path)
+    h, kv_dim = c.hidden_size, c.hidden_size * c.num_key_value_heads // c.num_attention_heads
+    non_embed = c.num_hidden_layers * (2 * h * h + 2 * h * kv_dim + 3 * h * c.intermediate_size)
+    peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
+    print(f"model {model_path.name}: {c.num_hidden_layers} layers, {non_embed / 1e6:.1f}M non-embedding params; "
+          f"threads {args.threads}; matmul peak bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s, fp32 {peaks['fp32'] / 1e9:.0f}")
+    examples = chat_examples(args.steps * args.batch)
+    contenders = {"graftlm": bench_graftlm, "hf_trainer": bench_hf_trainer, "trl": bench_trl}
+    results = {}
+    for name in args.only.split(","):
+        secs, tokens = contenders[name](str(model_path), examples, args, work / name)
+        results[name] = tokens / secs
+        from graftlm.train.loop import pick_autocast_dtype
+        dtype = "bf16" if pick_autocast_dtype(torch.device("cpu")) == torch.bfloat16 else "fp32"
+        peak = peaks[dtype]
+        print(f"{name:11s} {tokens:6d} tokens in {secs:6.1f}s = {results[name]:7.1f} tokens/s, "
+              f"MFU {4 * non_embed * results[name] / peak:.1%} of measured {dtype} peak", flush=True)
+    if "trl" in results:
+        for name, tps in results.items():
+            print(f"ratio {name} / trl = {tps / results['trl']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
