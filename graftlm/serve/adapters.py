@@ -122,6 +122,8 @@ class AdapterPool:
         self.ia3_in: dict[str, torch.Tensor] = {}  # [L, S+1, in]
         self.rank = [0] * (slots + 1)
         self.ia3_modules: list[set[str]] = [set() for _ in range(slots + 1)]
+        self.version = 0  # bumped on every change, invalidating gathered rows
+        self._rows_cache = None
 
     def _lora_tensors(self, module: str, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         L, S = self.shape.layers, self.slots + 1
@@ -143,6 +145,7 @@ class AdapterPool:
         return table[module]
 
     def install(self, slot: int, w: AdapterWeights) -> None:
+        self.version += 1
         if w.rank > self.max_rank:
             raise GraftError(f"LoRA rank {w.rank} exceeds the engine's max_lora_rank {self.max_rank}")
         self.clear(slot)
@@ -161,6 +164,7 @@ class AdapterPool:
                 self.ia3_modules[slot].add(f"{side}:{module}")
 
     def clear(self, slot: int) -> None:
+        self.version += 1
         for a in self.lora_a.values():
             a[:, slot] = 0
         for b in self.lora_b.values():
@@ -171,34 +175,64 @@ class AdapterPool:
         self.ia3_modules[slot] = set()
 
     def rows(self, slots: list[int]) -> AdapterRows | None:
-        """Gather the weights of one step's rows (None when every row is a base row)."""
+        """Gather the weights of one step's rows (None when every row is a base row).
+
+        Linears that share an input are fused as in the model (q|k|v, gate|up): one x @ A for the group
+        and a block-diagonal B, so a layer costs 4 pairs of batched matmuls whatever the targets. The
+        result is reused while the batch's slots and the pool are unchanged (most decode steps).
+        """
         if not any(slots):
             return None
+        key = (tuple(slots), self.version)
+        if self._rows_cache is not None and self._rows_cache[0] == key:
+            return self._rows_cache[1]
         idx = torch.tensor(slots, device=self.device)
         rank = max(self.rank[s] for s in slots)
-        lora = {}
-        if rank:
-            for m in self.lora_a:
-                lora[m] = (self.lora_a[m][..., :rank][:, idx], self.lora_b[m][:, :, :rank][:, idx])
         used = set().union(*(self.ia3_modules[s] for s in slots))
-        out = {m: self.ia3_out[m][:, idx, None] for m in self.ia3_out if f"out:{m}" in used}
+        lora, out = {}, {}
+        for group, modules in GROUPS.items():
+            targeted = [m for m in modules if m in self.lora_a] if rank else []
+            if targeted:
+                ranks = {m: min(rank, self.lora_a[m].shape[-1]) for m in targeted}
+                a = torch.cat([self.lora_a[m][..., :ranks[m]][:, idx] for m in targeted], dim=-1)
+                outs = [self.shape.module_dims[m][1] for m in modules]
+                b = a.new_zeros(a.shape[0], len(slots), a.shape[-1], sum(outs))
+                row = col = 0
+                for m, width in zip(modules, outs):
+                    if m in targeted:
+                        b[:, :, row:row + ranks[m], col:col + width] = self.lora_b[m][:, :, :ranks[m]][:, idx]
+                        row += ranks[m]
+                    col += width
+                lora[group] = (a, b)
+            if any(f"out:{m}" in used for m in modules):
+                out[group] = torch.cat([self.ia3_out[m][:, idx, None] if m in self.ia3_out else
+                                        self.ia3_out[next(iter(self.ia3_out))].new_ones(
+                                            self.shape.layers, len(slots), 1, self.shape.module_dims[m][1])
+                                        for m in modules], dim=-1)
         inp = {m: self.ia3_in[m][:, idx, None] for m in self.ia3_in if f"in:{m}" in used}
-        return AdapterRows(lora, out, inp)
+        rows = AdapterRows(lora, out, inp)
+        self._rows_cache = (key, rows)
+        return rows
+
+
+# linears fused in the model, by shared input: their adapters are applied to the fused output
+GROUPS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o_proj": ("o_proj",), "gate_up": ("gate_proj", "up_proj"),
+          "down_proj": ("down_proj",)}
 
 
 @dataclass
 class AdapterRows:
-    """Per-row adapter weights for one step, indexed [layer][row]."""
-    lora: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module -> A [L,B,in,r], B*scaling [L,B,r,out]
-    ia3_out: dict[str, torch.Tensor]  # module -> [L,B,1,out]
+    """Per-row adapter weights for one step, indexed [layer][row], by fused group."""
+    lora: dict[str, tuple[torch.Tensor, torch.Tensor]]  # group -> A [L,B,in,n*r], B*scaling [L,B,n*r,out]
+    ia3_out: dict[str, torch.Tensor]  # group -> [L,B,1,out]
     ia3_in: dict[str, torch.Tensor]  # module -> [L,B,1,in]
 
-    def project(self, layer: int, module: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def project(self, layer: int, group: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """y = base(x) for rows [B,T,*]; add the rows' LoRA deltas and apply their (IA)³ output scaling."""
-        ab = self.lora.get(module)
+        ab = self.lora.get(group)
         if ab is not None:
             y = torch.baddbmm(y, torch.bmm(x, ab[0][layer]), ab[1][layer])
-        s = self.ia3_out.get(module)
+        s = self.ia3_out.get(group)
         return y if s is None else y * s[layer]
 
     def scale_input(self, layer: int, module: str, x: torch.Tensor) -> torch.Tensor:

@@ -123,18 +123,20 @@ class Llama:
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
         for i, L in enumerate(self.layers):
             h = rms_norm(x, L["attn_norm"], s.eps)
-            q, k, v = F.linear(h, L["wqkv"]).split(self._qkv_split, dim=-1)
+            qkv = F.linear(h, L["wqkv"])
             if adapters is not None:
-                q, k, v = (adapters.project(i, m, h, y) for m, y in (("q_proj", q), ("k_proj", k), ("v_proj", v)))
+                qkv = adapters.project(i, "qkv", h, qkv)
+            q, k, v = qkv.split(self._qkv_split, dim=-1)
             q = rotate(q.view(b, t, s.heads, s.head_dim).transpose(1, 2), cos, sin)
             k = rotate(k.view(b, t, s.kv_heads, s.head_dim).transpose(1, 2), cos, sin)
             v = v.view(b, t, s.kv_heads, s.head_dim).transpose(1, 2)
             o = attend(i, q, k, v).transpose(1, 2).reshape(b, t, s.heads * s.head_dim)
             x = x + self._linear(i, "o_proj", o, L["wo"], adapters)
             h = rms_norm(x, L["mlp_norm"], s.eps)
-            gate, up = F.linear(h, L["w_gate_up"]).chunk(2, dim=-1)
+            gate_up = F.linear(h, L["w_gate_up"])
             if adapters is not None:
-                gate, up = adapters.project(i, "gate_proj", h, gate), adapters.project(i, "up_proj", h, up)
+                gate_up = adapters.project(i, "gate_up", h, gate_up)
+            gate, up = gate_up.chunk(2, dim=-1)
             x = x + self._linear(i, "down_proj", F.silu(gate) * up, L["w_down"], adapters)
         return x
 

@@ -11,6 +11,13 @@ def make_peft_adapter(model_path: str | Path, out: str | Path, kind: str = "lora
                       target_modules: list[str] | str | None = None, scale: float = 0.5) -> Path:
     """Save a PEFT LoRA or IA3 adapter for ``model_path`` whose weights are random (LoRA B is not zero,
     (IA)³ vectors are not one), so serving it changes the outputs."""
+    return make_peft_adapters(model_path, [out], kind, r, [seed], target_modules, scale)[0]
+
+
+def make_peft_adapters(model_path: str | Path, outs: list, kind: str = "lora", r: int = 8,
+                       seeds: list[int] | None = None, target_modules: list[str] | str | None = None,
+                       scale: float = 0.5) -> list[Path]:
+    """Several adapters of one kind from one PEFT model, re-randomized before each save."""
     from peft import IA3Config, LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -23,15 +30,16 @@ def make_peft_adapter(model_path: str | Path, out: str | Path, kind: str = "lora
     else:
         raise ValueError(kind)
     peft_model = get_peft_model(model, config)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name or "lora_A" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * scale / p.shape[-1] ** 0.5)
-            elif "ia3_l" in name:
-                p.copy_(1 + torch.randn(p.shape, generator=g) * scale)
-    peft_model.save_pretrained(out)
-    return Path(out)
+    for out, seed in zip(outs, seeds or range(len(outs))):
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "lora_B" in name or "lora_A" in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * scale / p.shape[-1] ** 0.5)
+                elif "ia3_l" in name:
+                    p.copy_(1 + torch.randn(p.shape, generator=g) * scale)
+        peft_model.save_pretrained(out)
+    return [Path(o) for o in outs]
 
 
 def build_test_llama(path: str | Path, seed: int = 0, weight_scale: float = 6.0) -> Path:
