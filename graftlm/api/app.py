@@ -5,21 +5,35 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 
 from graftlm import __version__
 from graftlm.api.auth import require_key
 from graftlm.api.errors import install_error_handlers
-from graftlm.api.routes import clusters, files, models
+from graftlm.api.routes import clusters, files, fine_tuning, models
 from graftlm.store.db import upgrade
 
 log = logging.getLogger("graftlm.api")
 
 
-def create_app() -> FastAPI:
+def create_app(run_scheduler: bool = True) -> FastAPI:
     upgrade()  # the server brings the schema up to date on start
-    app = FastAPI(title="graftlm", version=__version__)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        scheduler = None
+        if run_scheduler:
+            from graftlm.jobs.scheduler import Scheduler
+
+            scheduler = Scheduler()
+            scheduler.start()
+        yield
+        if scheduler:
+            scheduler.stop()
+
+    app = FastAPI(title="graftlm", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
 
     @app.middleware("http")
@@ -38,7 +52,7 @@ def create_app() -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
-    for module in (files, models, clusters):
+    for module in (files, models, clusters, fine_tuning):
         v1.include_router(module.router)
     app.include_router(v1)
     return app

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from graftlm.cli import data, keys, models, serve
+from graftlm.cli import clusters, data, finetune, keys, models, serve
 
 app = typer.Typer(help="graftlm: fine-tune open LLMs and serve many adapters from one batch.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(models.app, name="models", help="Pull, import, list and export models.")
 app.add_typer(data.app, name="data", help="Validate datasets.")
 app.add_typer(keys.app, name="keys", help="Manage API keys.")
+app.add_typer(finetune.app, name="finetune", help="Create fine-tuning jobs.")
+app.add_typer(finetune.jobs_app, name="jobs", help="List, watch and control fine-tuning jobs.")
+app.add_typer(clusters.clusters_app, name="clusters", help="Dedicated AI clusters.")
+app.add_typer(clusters.endpoints_app, name="endpoints", help="Endpoints on hosting clusters.")
 app.command("serve")(serve.serve)
 app.command("chat")(models.chat)
+app.command("worker")(finetune.worker)
+app.command("usage")(clusters.usage)

@@ -1,0 +1,68 @@
+"""OpenAI fine-tuning API: create, list, retrieve, cancel, pause, resume, events, checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict
+
+from graftlm.jobs import service
+from graftlm.train.config import FineTuneConfig
+
+router = APIRouter()
+
+
+class JobIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    suffix: str | None = None
+    seed: int | None = None
+    method: dict[str, Any] | None = None
+    hyperparameters: dict[str, Any] | None = None
+    metadata: dict[str, str] | None = None
+    integrations: list[Any] | None = None
+    dedicated_ai_cluster_id: str | None = None
+
+
+@router.post("/fine_tuning/jobs")
+async def create_job(body: JobIn):
+    return await run_in_threadpool(lambda: service.create_job(**body.model_dump(exclude={"integrations"})))
+
+
+@router.get("/fine_tuning/jobs")
+async def list_jobs(after: str | None = None, limit: int = 20):
+    return await run_in_threadpool(lambda: service.list_jobs(after=after, limit=limit))
+
+
+@router.get("/fine_tuning/schema")
+async def config_schema():
+    """JSON schema of the hyperparameters (the same fields as YAML job specs and CLI flags)."""
+    return FineTuneConfig.model_json_schema()
+
+
+@router.get("/fine_tuning/jobs/{job_id}")
+async def get_job(job_id: str):
+    return await run_in_threadpool(service.get_job, job_id)
+
+
+@router.post("/fine_tuning/jobs/{job_id}/{action}")
+async def job_action(job_id: str, action: str):
+    if action not in ("cancel", "pause", "resume"):
+        from graftlm.errors import NotFound
+
+        raise NotFound(f"unknown action {action!r}; use cancel, pause or resume")
+    return await run_in_threadpool(service.request_action, job_id, action)
+
+
+@router.get("/fine_tuning/jobs/{job_id}/events")
+async def list_events(job_id: str, after: str | None = None, limit: int = 20):
+    return await run_in_threadpool(lambda: service.list_events(job_id, after=after, limit=limit))
+
+
+@router.get("/fine_tuning/jobs/{job_id}/checkpoints")
+async def list_checkpoints(job_id: str, after: str | None = None, limit: int = 10):
+    return await run_in_threadpool(lambda: service.list_checkpoints(job_id, after=after, limit=limit))

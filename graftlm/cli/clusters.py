@@ -1,0 +1,95 @@
+"""graft clusters create|list|show|delete, graft endpoints ..., graft usage."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from graftlm.cli.common import console, friendly_errors, print_json
+from graftlm.clusters import clusters, endpoints, metering
+
+clusters_app = typer.Typer(no_args_is_help=True)
+endpoints_app = typer.Typer(no_args_is_help=True)
+
+
+@clusters_app.command("create")
+@friendly_errors
+def create_cluster(type: str = typer.Option("HOSTING", "--type", help="HOSTING | FINE_TUNING"),
+                   base_model: Optional[str] = typer.Option(None, "--base-model"),
+                   units: Optional[int] = typer.Option(None, "--units"),
+                   name: Optional[str] = typer.Option(None, "--name")):
+    c = clusters.create_cluster(type.upper(), unit_count=units, base_model=base_model, name=name)
+    console.print(f"created [bold]{c['id']}[/] ({c['type']}, {c['unit_count']} units)")
+
+
+@clusters_app.command("list")
+@friendly_errors
+def list_clusters():
+    table = Table("id", "name", "type", "units", "base model", "endpoints", "state")
+    for c in clusters.list_clusters():
+        used = f"{c['used_endpoint_capacity']}/{c['total_endpoint_capacity']}" if c["type"] == "HOSTING" else ""
+        table.add_row(c["id"], c["name"], c["type"], str(c["unit_count"]), c.get("base_model") or "", used,
+                      c["lifecycle_state"])
+    console.print(table)
+
+
+@clusters_app.command("show")
+@friendly_errors
+def show_cluster(cluster_id: str):
+    print_json(clusters.get_cluster(cluster_id))
+
+
+@clusters_app.command("delete")
+@friendly_errors
+def delete_cluster(cluster_id: str):
+    clusters.delete_cluster(cluster_id)
+    console.print(f"deleted {cluster_id}")
+
+
+@endpoints_app.command("create")
+@friendly_errors
+def create_endpoint(model: str = typer.Option(..., "--model"), cluster: str = typer.Option(..., "--cluster"),
+                    name: Optional[str] = typer.Option(None, "--name")):
+    e = endpoints.create_endpoint(model, cluster, name)
+    console.print(f"created endpoint [bold]{e['name']}[/] ({e['id']}) → {e['model']}")
+
+
+@endpoints_app.command("list")
+@friendly_errors
+def list_endpoints(cluster: Optional[str] = typer.Option(None, "--cluster")):
+    table = Table("id", "name", "model", "cluster", "state")
+    for e in endpoints.list_endpoints(cluster):
+        table.add_row(e["id"], e["name"], e["model"], e["dedicated_ai_cluster_id"], e["lifecycle_state"])
+    console.print(table)
+
+
+def _endpoint_action(fn, verb: str):
+    @friendly_errors
+    def command(endpoint_id: str):
+        e = fn(endpoints.find_endpoint(endpoint_id)["id"] if endpoints.find_endpoint(endpoint_id) else endpoint_id)
+        console.print(f"{verb} {endpoint_id}" + (f": {e['lifecycle_state']}" if "lifecycle_state" in e else ""))
+    command.__doc__ = f"{verb.capitalize()} an endpoint (by id or name)."
+    return command
+
+
+endpoints_app.command("activate")(_endpoint_action(endpoints.activate_endpoint, "activated"))
+endpoints_app.command("deactivate")(_endpoint_action(endpoints.deactivate_endpoint, "deactivated"))
+endpoints_app.command("delete")(_endpoint_action(endpoints.delete_endpoint, "deleted"))
+
+
+@friendly_errors
+def usage(price_per_unit_hour: Optional[float] = typer.Option(None, "--price-per-unit-hour"),
+          json: bool = typer.Option(False, "--json")):
+    """Unit-hours per dedicated AI cluster, and the cost at a price per unit-hour."""
+    report = metering.usage_report(price_per_unit_hour)
+    if json:
+        return print_json(report)
+    table = Table("cluster", "name", "type", "units", "jobs", "unit-hours")
+    for r in report["data"]:
+        table.add_row(r["dedicated_ai_cluster_id"], r["name"] or "", r["type"], str(r["unit_count"]),
+                      str(r["jobs"]), f"{r['unit_hours']:.2f}")
+    console.print(table)
+    console.print(f"total: {report['total_unit_hours']:.2f} unit-hours"
+                  + (f" × {price_per_unit_hour} = {report['cost']:.2f}" if price_per_unit_hour is not None else ""))

@@ -1,0 +1,163 @@
+"""graft finetune create, graft jobs list|show|events|cancel|pause|resume, graft worker."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+import yaml
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from graftlm.cli.common import console, friendly_errors, print_json
+from graftlm.errors import GraftError
+from graftlm.jobs import service
+
+app = typer.Typer(no_args_is_help=True)
+jobs_app = typer.Typer(no_args_is_help=True)
+
+
+def upload_local(path: str) -> str:
+    """Store a local dataset in the blob store and validate it now (no server needed)."""
+    from graftlm import files
+
+    p = Path(path)
+    if not p.exists():
+        raise GraftError(f"{path} does not exist", param="training_file")
+    with open(p, "rb") as fh:
+        record = files.create_file(fh, p.name, "fine-tune")
+    report = files.validate_stored_file(record["id"])
+    if not report["valid"]:
+        raise GraftError(f"{path} is not a valid dataset: {files.get_file(record['id'])['status_details']}; "
+                         f"run `graft data validate {path}` for the full report", param="training_file")
+    return record["id"]
+
+
+@app.command("create")
+@friendly_errors
+def create(model: Optional[str] = typer.Option(None, "--model"),
+           train: Optional[str] = typer.Option(None, "--train", help="training JSONL (path or file id)"),
+           validation: Optional[str] = typer.Option(None, "--validation"),
+           method: Optional[str] = typer.Option(None, "--method", help="tfew | lora | qlora | vanilla"),
+           epochs: Optional[int] = typer.Option(None, "--epochs"),
+           learning_rate: Optional[float] = typer.Option(None, "--learning-rate"),
+           batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+           suffix: Optional[str] = typer.Option(None, "--suffix"),
+           seed: Optional[int] = typer.Option(None, "--seed"),
+           config: Optional[str] = typer.Option(None, "--config", help="YAML job spec with the same fields"),
+           set_: list[str] = typer.Option([], "--set", help="any hyperparameter as name=value"),
+           watch: bool = typer.Option(False, "--watch", help="run here and show progress")):
+    """Create a fine-tuning job (embedded: runs on this machine's GRAFT_HOME)."""
+    spec = yaml.safe_load(Path(config).read_text()) if config else {}
+    hyper = dict(spec.pop("hyperparameters", {}) or {})
+    for key in list(spec):
+        if key not in ("model", "training_file", "validation_file", "suffix", "seed", "metadata"):
+            hyper[key] = spec.pop(key)
+    flags = {"training_method": method, "total_training_epochs": epochs, "learning_rate": learning_rate,
+             "training_batch_size": batch_size}
+    hyper |= {k: v for k, v in flags.items() if v is not None}
+    for item in set_:
+        key, _, value = item.partition("=")
+        hyper[key] = yaml.safe_load(value)
+    model = model or spec.get("model")
+    train = train or spec.get("training_file")
+    if not model or not train:
+        raise GraftError("give --model and --train (or model and training_file in --config)", param="model")
+    validation = validation or spec.get("validation_file")
+    to_id = lambda f: f if f.startswith("file-") else upload_local(f)  # noqa: E731
+    job = service.create_job(model=model, training_file=to_id(train),
+                             validation_file=to_id(validation) if validation else None,
+                             suffix=suffix or spec.get("suffix"), seed=seed if seed is not None else spec.get("seed"),
+                             hyperparameters=hyper, metadata=spec.get("metadata"))
+    console.print(f"created [bold]{job['id']}[/] ({job['hyperparameters']['training_method']})")
+    if watch:
+        watch_job(job["id"], run_here=True)
+
+
+def watch_job(job_id: str, run_here: bool = False) -> dict:
+    """Rich progress bar (step/total, loss, accuracy, ETA) until the job finishes."""
+    from graftlm.jobs.scheduler import Scheduler
+
+    scheduler = Scheduler() if run_here else None
+    seen = set()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task(job_id, total=None, stats="")
+        while True:
+            if scheduler:
+                scheduler.tick()
+            job = service.get_job(job_id)
+            for e in reversed(service.list_events(job_id, limit=50)["data"]):
+                if e["id"] in seen:
+                    continue
+                seen.add(e["id"])
+                d = e["data"] or {}
+                if "total_steps" in d:
+                    bar.update(task, total=d["total_steps"])
+                if e["type"] == "metrics":
+                    stats = f"loss {d['train_loss']:.3f} acc {d['train_mean_token_accuracy']:.2f}"
+                    if "valid_loss" in d:
+                        stats += f" | valid {d['valid_loss']:.3f}"
+                    bar.update(task, completed=d["step"], stats=stats)
+                elif e["type"] == "message":
+                    bar.console.print(f"[dim]{e['message']}[/]")
+            if job["status"] in ("succeeded", "failed", "cancelled", "paused"):
+                break
+            time.sleep(0.5)
+    color = "green" if job["status"] == "succeeded" else "red"
+    console.print(f"[{color}]{job['status']}[/] {job['fine_tuned_model'] or ''}")
+    if job["error"]:
+        console.print(f"[red]{job['error']['message']}[/]")
+    return job
+
+
+@jobs_app.command("list")
+@friendly_errors
+def list_(limit: int = 20):
+    table = Table("id", "model", "method", "status", "fine-tuned model")
+    for j in service.list_jobs(limit=limit)["data"]:
+        table.add_row(j["id"], j["model"], j["hyperparameters"]["training_method"], j["status"],
+                      j["fine_tuned_model"] or "")
+    console.print(table)
+
+
+@jobs_app.command("show")
+@friendly_errors
+def show(job_id: str):
+    print_json(service.get_job(job_id))
+
+
+@jobs_app.command("events")
+@friendly_errors
+def events(job_id: str, limit: int = 100):
+    for e in reversed(service.list_events(job_id, limit=limit)["data"]):
+        console.print(f"{e['created_at']} {e['level']:5} {e['message']}")
+
+
+@jobs_app.command("watch")
+@friendly_errors
+def watch(job_id: str, run_here: bool = typer.Option(False, help="also schedule jobs from this process")):
+    watch_job(job_id, run_here=run_here)
+
+
+def _action(name: str):
+    @friendly_errors
+    def command(job_id: str):
+        job = service.request_action(job_id, name)
+        console.print(f"{job_id}: {job['status']}" + (" (requested)" if job["status"] == "running" else ""))
+    command.__doc__ = f"{name.capitalize()} a job."
+    return command
+
+
+for _name in ("cancel", "pause", "resume"):
+    jobs_app.command(_name)(_action(_name))
+
+
+def worker(concurrency: Optional[int] = typer.Option(None, help="jobs at once (default GRAFT_JOB_CONCURRENCY)")):
+    """Run the job scheduler standalone (without the HTTP server)."""
+    from graftlm.jobs.scheduler import Scheduler
+
+    console.print("graft worker: scheduling fine-tuning jobs (Ctrl-C to stop)")
+    Scheduler(concurrency=concurrency).run()

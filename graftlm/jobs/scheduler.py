@@ -1,0 +1,170 @@
+"""The job scheduler: starts queued jobs as worker subprocesses and recovers from crashes.
+
+Runs inside `graft serve` (a background thread) or standalone as `graft worker`. All state lives
+in the DB, so a scheduler that dies (kill -9 of the server) loses nothing: on its next start it
+finds jobs marked running whose worker is gone and requeues them; the worker resumes from the
+newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from sqlalchemy import func, select
+
+from graftlm.config import get_settings
+from graftlm.jobs.service import add_event
+from graftlm.store.db import session
+from graftlm.store.models import Cluster, File, FineTuningJob, now
+
+log = logging.getLogger("graftlm.jobs")
+MAX_RESTARTS = 3
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child counts as dead
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return True
+
+
+def spawn_worker(job_id: str) -> subprocess.Popen:
+    log_path = get_settings().jobs_dir / f"{job_id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log_path, "ab")
+    return subprocess.Popen([sys.executable, "-m", "graftlm.jobs.worker", job_id], stdout=out, stderr=out,
+                            env={**os.environ, "GRAFT_HOME": str(get_settings().home)}, start_new_session=True)
+
+
+class Scheduler:
+    """Owns the worker processes it started; everything else is read from the DB each tick."""
+
+    def __init__(self, concurrency: int | None = None, interval: float = 0.5):
+        self.concurrency = concurrency or get_settings().job_concurrency
+        self.interval = interval
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="graft-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # keep scheduling; the DB is the source of truth
+                log.exception("scheduler tick failed")
+            self._stop.wait(self.interval)
+
+    def tick(self) -> None:
+        self.reap()
+        with session() as s:
+            promote_validated(s)
+            recover_orphans(s, owned=set(self.procs))
+        self.start_queued()
+
+    def reap(self) -> None:
+        for job_id, proc in list(self.procs.items()):
+            if proc.poll() is None:
+                continue
+            del self.procs[job_id]
+            with session() as s:
+                job = s.get(FineTuningJob, job_id)
+                if job is not None and job.status == "running":  # died without recording an outcome
+                    requeue_or_fail(s, job, f"worker exited with code {proc.returncode}")
+
+    def start_queued(self) -> None:
+        with session() as s:
+            queued = list(s.scalars(select(FineTuningJob).where(FineTuningJob.status == "queued")
+                                    .order_by(FineTuningJob.created_at, FineTuningJob.id)))
+            running = dict(s.execute(select(FineTuningJob.dedicated_ai_cluster_id, func.count())
+                                     .where(FineTuningJob.status == "running")
+                                     .group_by(FineTuningJob.dedicated_ai_cluster_id)).all())
+            units = {c.id: c.unit_count for c in s.scalars(select(Cluster))}
+            total = sum(running.values())
+            to_start = []
+            for job in queued:
+                cluster = job.dedicated_ai_cluster_id
+                if total >= self.concurrency or running.get(cluster, 0) >= units.get(cluster, 1):
+                    continue  # a cluster's units bound how many of its jobs run at once
+                running[cluster] = running.get(cluster, 0) + 1
+                total += 1
+                job.status, job.heartbeat_at = "running", time.time()
+                to_start.append(job.id)
+        for job_id in to_start:
+            proc = spawn_worker(job_id)
+            self.procs[job_id] = proc
+            with session() as s:
+                s.get(FineTuningJob, job_id).worker_pid = proc.pid
+
+    def run_until_idle(self, timeout: float = 600) -> None:
+        """Tick until no job is waiting or running (the embedded SDK and tests use this)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            self.tick()
+            with session() as s:
+                busy = s.scalar(select(func.count()).select_from(FineTuningJob).where(
+                    FineTuningJob.status.in_(["validating_files", "queued", "running"])))
+            if not busy and not self.procs:
+                return
+            time.sleep(self.interval)
+        raise TimeoutError("jobs still running after the timeout")
+
+
+def promote_validated(s) -> None:
+    for job in s.scalars(select(FineTuningJob).where(FineTuningJob.status == "validating_files")):
+        files = [s.get(File, fid) for fid in (job.training_file, job.validation_file) if fid]
+        bad = [f for f in files if f is None or f.status == "error"]
+        if bad:
+            f = bad[0]
+            param = "training_file" if f is not None and f.id == job.training_file else "validation_file"
+            job.status, job.finished_at = "failed", now()
+            job.error = {"code": "invalid_file", "param": param,
+                         "message": f"{param} failed validation: {f.status_details if f else 'file deleted'}"}
+            add_event(s, job.id, job.error["message"], level="error")
+        elif all(f.status == "processed" for f in files):
+            job.status = "queued"
+            add_event(s, job.id, "files validated: job queued")
+
+
+def recover_orphans(s, owned: set[str]) -> None:
+    """Jobs marked running whose worker process is gone (server or worker killed) go back to the queue."""
+    for job in s.scalars(select(FineTuningJob).where(FineTuningJob.status == "running")):
+        if job.id in owned or pid_alive(job.worker_pid):
+            continue
+        requeue_or_fail(s, job, "worker process is gone")
+
+
+def requeue_or_fail(s, job: FineTuningJob, why: str) -> None:
+    info = dict(job.run_info or {})
+    info["restarts"] = info.get("restarts", 0) + 1
+    job.run_info = info
+    if info["restarts"] > MAX_RESTARTS:
+        job.status, job.finished_at = "failed", now()
+        job.error = {"code": "worker_crashed", "param": None,
+                     "message": f"{why}; gave up after {MAX_RESTARTS} restarts (see GRAFT_HOME/jobs/{job.id}.log)"}
+        add_event(s, job.id, job.error["message"], level="error")
+    else:
+        job.status, job.worker_pid = "queued", None
+        add_event(s, job.id, f"{why}: requeued to resume from the last checkpoint", level="warn")

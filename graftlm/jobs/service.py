@@ -1,0 +1,190 @@
+"""Create, list, control and inspect fine-tuning jobs (OpenAI shapes, OCI hyperparameters)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from graftlm.clusters.clusters import ensure_default_fine_tuning_cluster, get_cluster_row
+from graftlm.errors import Conflict, GraftError, NotFound
+from graftlm.files import get_file_record
+from graftlm.models.catalog import get_model
+from graftlm.store.db import session
+from graftlm.store.models import FineTuningJob, JobCheckpoint, JobEvent, new_id, now
+from graftlm.train.config import check_runtime, parse_config
+
+ACTIVE = ("validating_files", "queued", "running", "paused")
+FINISHED = ("succeeded", "failed", "cancelled")
+OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+
+
+def job_to_dict(j: FineTuningJob) -> dict:
+    cfg = j.config
+    hyper = {"n_epochs": cfg.get("total_training_epochs"), "batch_size": cfg.get("training_batch_size"),
+             "learning_rate_multiplier": cfg.get("learning_rate_multiplier") or "auto", **cfg}
+    return {"object": "fine_tuning.job", "id": j.id, "model": j.model, "status": j.status,
+            "fine_tuned_model": j.fine_tuned_model, "trained_tokens": j.trained_tokens, "error": j.error,
+            "result_files": j.result_files or [], "hyperparameters": hyper,
+            "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+            "training_file": j.training_file, "validation_file": j.validation_file, "suffix": j.suffix,
+            "seed": j.seed, "metadata": j.job_metadata, "created_at": j.created_at,
+            "finished_at": j.finished_at, "estimated_finish": None, "integrations": [],
+            "organization_id": "graftlm", "dedicated_ai_cluster_id": j.dedicated_ai_cluster_id,
+            "run_info": j.run_info}
+
+
+def _hyperparameters(method: dict | None, hyperparameters: dict | None) -> dict:
+    """OpenAI puts them under method.supervised.hyperparameters (or the legacy top-level field)."""
+    merged = dict(hyperparameters or {})
+    if method:
+        kind = method.get("type", "supervised")
+        if kind != "supervised":
+            raise GraftError(f"method.type {kind!r} is not supported; use \"supervised\"", param="method.type")
+        merged |= (method.get("supervised") or {}).get("hyperparameters") or {}
+    for name in OPENAI_HYPERPARAMETERS:  # "auto" means: the OCI default
+        if merged.get(name) == "auto":
+            merged.pop(name)
+    return merged
+
+
+def _check_file(file_id: str | None, param: str) -> str | None:
+    if file_id is None:
+        return None
+    try:
+        f = get_file_record(file_id)
+    except NotFound as e:
+        raise NotFound(f"{param} {file_id!r} does not exist; upload it with POST /v1/files", param=param) from e
+    if f.purpose != "fine-tune":
+        raise GraftError(f"{param} {file_id} has purpose {f.purpose!r}; upload it with purpose \"fine-tune\"",
+                         param=param)
+    if f.status == "error":
+        raise GraftError(f"{param} {file_id} failed validation: {f.status_details}", param=param,
+                         code="invalid_file")
+    return f.status
+
+
+def create_job(*, model: str, training_file: str, validation_file: str | None = None, suffix: str | None = None,
+               seed: int | None = None, method: dict | None = None, hyperparameters: dict | None = None,
+               metadata: dict | None = None, dedicated_ai_cluster_id: str | None = None) -> dict:
+    base = get_model(model)
+    if base["kind"] != "base":
+        raise GraftError(f"{model} is a custom model; fine-tune its base model {base['parent']}", param="model")
+    if suffix is not None and (not suffix or len(suffix) > 64 or ":" in suffix):
+        raise GraftError("suffix must be 1-64 characters without ':'", param="suffix")
+    hyper = _hyperparameters(method, hyperparameters)
+    if seed is not None:
+        hyper["seed"] = seed
+    cfg = parse_config(hyper)
+    check_runtime(cfg)
+    statuses = [_check_file(training_file, "training_file"), _check_file(validation_file, "validation_file")]
+    if dedicated_ai_cluster_id:
+        with session() as s:
+            cluster = get_cluster_row(s, dedicated_ai_cluster_id)
+            if cluster.type != "FINE_TUNING":
+                raise GraftError(f"cluster {cluster.id} is a {cluster.type} cluster; jobs run on FINE_TUNING clusters",
+                                 param="dedicated_ai_cluster_id")
+    else:
+        dedicated_ai_cluster_id = ensure_default_fine_tuning_cluster()
+    status = "validating_files" if "uploaded" in statuses else "queued"
+    with session() as s:
+        job = FineTuningJob(id=new_id("ftjob"), model=model, training_file=training_file,
+                            validation_file=validation_file, suffix=suffix, seed=cfg.seed, status=status,
+                            config=cfg.model_dump(mode="json", exclude_none=True), job_metadata=metadata,
+                            dedicated_ai_cluster_id=dedicated_ai_cluster_id)
+        s.add(job)
+        s.flush()
+        add_event(s, job.id, f"job created: {cfg.training_method} on {model}")
+        return job_to_dict(job)
+
+
+def add_event(s, job_id: str, message: str, *, level: str = "info", type: str = "message",
+              data: dict | None = None) -> None:
+    s.add(JobEvent(id=new_id("ftevent"), job_id=job_id, level=level, type=type, message=message, data=data))
+
+
+def _get(s, job_id: str) -> FineTuningJob:
+    job = s.get(FineTuningJob, job_id)
+    if job is None:
+        raise NotFound(f"no fine-tuning job with id {job_id!r}", param="fine_tuning_job_id")
+    return job
+
+
+def get_job(job_id: str) -> dict:
+    with session() as s:
+        return job_to_dict(_get(s, job_id))
+
+
+def _page(s, query, model, after: str | None, limit: int):
+    if not 1 <= limit <= 1000:
+        raise GraftError("limit must be between 1 and 1000", param="limit")
+    if after:
+        anchor = s.scalar(select(model).where(model.id == after))
+        if anchor is None:
+            raise NotFound(f"no item with id {after!r} to page after", param="after")
+        query = query.where(model.seq < anchor.seq) if hasattr(model, "seq") else query
+    rows = list(s.scalars(query.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def list_jobs(*, after: str | None = None, limit: int = 20, metadata: dict | None = None) -> dict:
+    if not 1 <= limit <= 1000:
+        raise GraftError("limit must be between 1 and 1000", param="limit")
+    with session() as s:
+        q = select(FineTuningJob).order_by(FineTuningJob.created_at.desc(), FineTuningJob.id.desc())
+        if after:
+            anchor = _get(s, after)
+            q = q.where((FineTuningJob.created_at < anchor.created_at)
+                        | ((FineTuningJob.created_at == anchor.created_at) & (FineTuningJob.id < anchor.id)))
+        rows = list(s.scalars(q.limit(limit + 1)))
+        return {"object": "list", "data": [job_to_dict(j) for j in rows[:limit]], "has_more": len(rows) > limit}
+
+
+def list_events(job_id: str, *, after: str | None = None, limit: int = 20) -> dict:
+    with session() as s:
+        _get(s, job_id)
+        q = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq.desc())
+        rows, more = _page(s, q, JobEvent, after, limit)
+        return {"object": "list", "has_more": more, "data": [
+            {"object": "fine_tuning.job.event", "id": e.id, "created_at": e.created_at, "level": e.level,
+             "message": e.message, "type": e.type, "data": e.data or {}} for e in rows]}
+
+
+def list_checkpoints(job_id: str, *, after: str | None = None, limit: int = 10) -> dict:
+    with session() as s:
+        job = _get(s, job_id)
+        q = select(JobCheckpoint).where(JobCheckpoint.job_id == job_id).order_by(JobCheckpoint.seq.desc())
+        rows, more = _page(s, q, JobCheckpoint, after, limit)
+        return {"object": "list", "has_more": more, "data": [
+            {"object": "fine_tuning.job.checkpoint", "id": c.id, "created_at": c.created_at,
+             "fine_tuning_job_id": job_id, "step_number": c.step_number, "metrics": c.metrics,
+             "fine_tuned_model_checkpoint": f"{job.fine_tuned_model or 'ft:' + job.model}:ckpt-step-{c.step_number}"}
+            for c in rows]}
+
+
+def request_action(job_id: str, action: str) -> dict:
+    """cancel / pause / resume. A running worker notices cancel and pause at its next step."""
+    with session() as s:
+        job = _get(s, job_id)
+        if action == "cancel":
+            if job.status in FINISHED:
+                raise Conflict(f"job {job_id} is already {job.status}", param="fine_tuning_job_id")
+            if job.status == "running":
+                job.requested_action = "cancel"
+            else:
+                job.status, job.finished_at = "cancelled", now()
+                add_event(s, job.id, "job cancelled")
+        elif action == "pause":
+            if job.status not in ("queued", "running", "validating_files"):
+                raise Conflict(f"job {job_id} is {job.status}; only queued or running jobs can be paused",
+                               param="fine_tuning_job_id")
+            if job.status == "running":
+                job.requested_action = "pause"
+            else:
+                job.status = "paused"
+                add_event(s, job.id, "job paused")
+        elif action == "resume":
+            if job.status != "paused":
+                raise Conflict(f"job {job_id} is {job.status}; only paused jobs can be resumed",
+                               param="fine_tuning_job_id")
+            job.status, job.requested_action = "queued", None
+            add_event(s, job.id, "job resumed: queued")
+        return job_to_dict(job)

@@ -1,0 +1,196 @@
+"""One fine-tuning job in its own process: `python -m graftlm.jobs.worker JOB_ID`.
+
+Reads the job from the DB, trains (resuming from the newest checkpoint if one exists), streams
+events, metrics and checkpoints into the DB, obeys cancel/pause, and registers the custom model.
+A crash or kill of this process never touches the server; the scheduler requeues the job.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from graftlm.clusters import metering
+from graftlm.config import get_settings
+from graftlm.errors import GraftError
+from graftlm.files import create_file, file_path
+from graftlm.jobs.service import add_event
+from graftlm.models.catalog import get_model
+from graftlm.store.db import session
+from graftlm.store.models import FineTuningJob, JobCheckpoint, Model, new_id, now
+
+HEARTBEAT_SECONDS = 5.0
+
+
+def job_dir(job_id: str) -> Path:
+    return get_settings().jobs_dir / job_id
+
+
+def custom_model_id(base: str, suffix: str | None, job_id: str) -> str:
+    return f"ft:{base}:{suffix or 'custom'}:{job_id}"
+
+
+def load_datasets(job: FineTuningJob, task_type: str) -> tuple[list[dict], list[dict], dict]:
+    """Training and validation examples; 80:20 split from the seed when no validation file."""
+    from graftlm.data.split import dataset_hash, load_examples, split_examples
+
+    train_path = file_path(job.training_file)
+    fmt, examples = load_examples(train_path)
+    hashes = {"training_file": dataset_hash(train_path)}
+    if task_type == "CONTINUED_PRETRAIN" and fmt != "text":
+        raise GraftError(f"continued pretraining needs raw text ({{\"text\": ...}} lines); {job.training_file} "
+                         f"is {fmt}", param="training_file", code="invalid_file")
+    if job.validation_file:
+        valid_path = file_path(job.validation_file)
+        _, valid = load_examples(valid_path)
+        hashes["validation_file"] = dataset_hash(valid_path)
+        return examples, valid, hashes
+    train, valid = split_examples(examples, seed=job.seed)
+    return train, valid, hashes
+
+
+def _update(job_id: str, **fields) -> None:
+    with session() as s:
+        job = s.get(FineTuningJob, job_id)
+        for k, v in fields.items():
+            setattr(job, k, v)
+
+
+def make_event_sink(job_id: str):
+    last_beat = [0.0]
+
+    def on_event(event: dict) -> None:
+        data = event.get("data") or {}
+        with session() as s:
+            if event["type"] == "checkpoint":
+                s.add(JobCheckpoint(id=new_id("ftckpt"), job_id=job_id, step_number=data["step"],
+                                    metrics={k: v for k, v in (data.get("metrics") or {}).items() if k != "step"},
+                                    path=data["path"]))
+            elif event["type"] == "metrics":
+                parts = [f"{k}={v:.4f}" for k, v in data.items() if k != "step" and isinstance(v, float)]
+                add_event(s, job_id, f"step {data['step']}: " + ", ".join(parts), type="metrics", data=data)
+            else:
+                add_event(s, job_id, event["message"], level=event.get("level", "info"), data=data)
+            if time.time() - last_beat[0] > HEARTBEAT_SECONDS or event["type"] != "message":
+                s.get(FineTuningJob, job_id).heartbeat_at = last_beat[0] = time.time()
+
+    return on_event
+
+
+def make_stop_check(job_id: str):
+    def should_stop() -> str | None:
+        with session() as s:
+            return s.get(FineTuningJob, job_id).requested_action
+    return should_stop
+
+
+def metrics_csv(job_id: str) -> bytes:
+    from sqlalchemy import select
+
+    from graftlm.store.models import JobEvent
+
+    cols = ["step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    lines = [",".join(cols)]
+    with session() as s:
+        for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
+                           .order_by(JobEvent.seq)):
+            lines.append(",".join("" if e.data.get(c) is None else str(e.data[c]) for c in cols))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def register_custom_model(job: FineTuningJob, result, cfg: dict, hashes: dict) -> str:
+    base = get_model(job.model)
+    model_id = custom_model_id(job.model, job.suffix, job.id)
+    target = get_settings().models_dir / model_id.replace(":", "_")
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(result.model_dir, target)
+    adapter_type = {"tfew": "ia3", "lora": "lora", "qlora": "lora", "vanilla": "full"}[cfg["training_method"]]
+    lineage = {"base_model": job.model, "base_model_sha256": base["sha256"], "job_id": job.id,
+               "method": cfg["training_method"], "task_type": cfg.get("task_type"), "datasets": hashes,
+               "hyperparameters": cfg, "metrics": result.metrics, "best_step": result.best_step,
+               "steps": result.steps, "trained_tokens": result.trained_tokens,
+               "trainable_params": result.trainable_params, "versions": result.run_info}
+    with session() as s:
+        s.merge(Model(id=model_id, kind="custom", family=base["family"], parent=job.model, path=str(target),
+                      parameter_count=base["parameter_count"], context_length=base["context_length"],
+                      license=base["license"], source=f"fine-tune:{job.id}", adapter_type=adapter_type,
+                      lineage=lineage))
+    return model_id
+
+
+def classify_error(exc: BaseException) -> dict:
+    if isinstance(exc, GraftError):
+        return {"code": exc.code or "invalid_request", "message": exc.message, "param": exc.param}
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return {"code": "out_of_memory", "message": f"training ran out of memory: {exc}; lower "
+                "training_batch_size or max_tokens_per_micro_batch, or enable gradient_checkpointing",
+                "param": "training_batch_size"}
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return {"code": "disk_full", "message": f"the disk under GRAFT_HOME is full: {exc}", "param": None}
+    if isinstance(exc, (FileNotFoundError, OSError)) and "config.json" in str(exc):
+        return {"code": "base_model_missing", "message": f"the base model's files are missing: {exc}",
+                "param": "model"}
+    return {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}", "param": None}
+
+
+def run_job(job_id: str) -> str:
+    from graftlm.train.checkpoint import latest_checkpoint
+    from graftlm.train.loop import train
+
+    with session() as s:
+        job = s.get(FineTuningJob, job_id)
+        resumed = job.started_at is not None
+        job.status, job.worker_pid, job.heartbeat_at = "running", os.getpid(), time.time()
+        job.started_at = job.started_at or now()
+        add_event(s, job_id, "worker started" + (" (resuming)" if resumed else ""))
+    metering.end_job(job_id)  # close a span left open by a crashed worker
+    metering.start_job(job.dedicated_ai_cluster_id, job_id)
+    out = job_dir(job_id)
+    try:
+        base = get_model(job.model)
+        if not Path(base["path"], "config.json").exists():
+            raise GraftError(f"base model {job.model} is registered but its files are gone from {base['path']}; "
+                             f"pull or import it again", param="model", code="base_model_missing")
+        train_set, valid_set, hashes = load_datasets(job, job.config.get("task_type", "CHAT_COMPLETION"))
+        result = train(job.config, base["path"], train_set, valid_set, out, on_event=make_event_sink(job_id),
+                       should_stop=make_stop_check(job_id), resume_from=latest_checkpoint(out))
+        fields = {"trained_tokens": result.trained_tokens, "requested_action": None,
+                  "run_info": {**result.run_info, "dataset_hashes": hashes, "metrics": result.metrics,
+                               "trainable_params": result.trainable_params, "total_params": result.total_params}}
+        if result.status == "succeeded":
+            fields["fine_tuned_model"] = register_custom_model(job, result, job.config, hashes)
+            results = create_file(io.BytesIO(metrics_csv(job_id)), f"{job_id}-metrics.csv", "fine-tune-results")
+            fields |= {"result_files": [results["id"]], "finished_at": now()}
+        elif result.status == "cancelled":
+            fields["finished_at"] = now()
+        _update(job_id, status=result.status, **fields)
+        with session() as s:
+            add_event(s, job_id, f"job {result.status}" + (f": {fields.get('fine_tuned_model')}"
+                                                            if result.status == "succeeded" else ""))
+        return result.status
+    except BaseException as exc:  # the job fails with a reason; the process exits cleanly
+        error = classify_error(exc)
+        traceback.print_exc()
+        _update(job_id, status="failed", error=error, finished_at=now(), requested_action=None)
+        with session() as s:
+            add_event(s, job_id, f"job failed: {error['message']}", level="error", data=error)
+        return "failed"
+    finally:
+        metering.end_job(job_id)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    status = run_job(sys.argv[1])
+    sys.exit(0 if status in ("succeeded", "paused", "cancelled") else 3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Fine-tuning jobs end to end: the official SDK drives a job; bad hyperparameters are 400s;
+cancel; a killed worker is resumed from its checkpoint with the same loss curve."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import time
+
+import openai
+import pytest
+
+WORDS = ["hello", "weather", "flight", "balance", "transfer", "hotel"]
+
+
+def toy_dataset(n: int = 16) -> bytes:
+    rows = [{"messages": [{"role": "user", "content": f"say {WORDS[i % len(WORDS)]}"},
+                          {"role": "assistant", "content": WORDS[i % len(WORDS)]}]} for i in range(n)]
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def upload(client, data: bytes, name="train.jsonl"):
+    f = client.files.create(file=(name, io.BytesIO(data)), purpose="fine-tune")
+    deadline = time.time() + 30
+    while client.files.retrieve(f.id).status == "uploaded" and time.time() < deadline:
+        time.sleep(0.1)
+    return f.id
+
+
+def wait_job(client, job_id, statuses=("succeeded", "failed", "cancelled"), timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in statuses:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job stuck in {job.status}")
+
+
+def hyper(**kw):
+    return {"type": "supervised", "supervised": {"hyperparameters": kw}}
+
+
+def test_sdk_drives_a_tfew_job_to_a_custom_model(client, tiny_model):
+    fid = upload(client, toy_dataset())
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=fid, suffix="toy", seed=7,
+                                         method=hyper(training_method="tfew", n_epochs=2, batch_size=4,
+                                                      log_model_metrics_interval_in_steps=1))
+    assert job.status in ("queued", "validating_files") and job.id.startswith("ftjob-")
+    job = wait_job(client, job.id)
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model == f"ft:tiny:toy:{job.id}"
+    assert job.trained_tokens > 0 and job.result_files
+    # 16 examples, 80:20 split → 13 train (ceil(13/4) = 4 steps per epoch) × 2 epochs
+    events = [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
+    steps = sorted(e.data["step"] for e in events)
+    assert steps == list(range(1, 9))
+    assert any("valid_loss" in e.data for e in events)
+    ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert ckpts and all(c.metrics.valid_loss is not None for c in ckpts)
+    models = {m.id: m for m in client.models.list().data}
+    assert models[job.fine_tuned_model].parent == "tiny"
+    # the adapter is plain PEFT: it loads unchanged
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from graftlm.models.catalog import get_model
+
+    custom = get_model(job.fine_tuned_model)
+    assert custom["lineage"]["method"] == "tfew" and custom["lineage"]["datasets"]["training_file"]
+    base = AutoModelForCausalLM.from_pretrained(get_model("tiny")["path"])
+    PeftModel.from_pretrained(base, custom["path"])
+
+
+@pytest.mark.parametrize("params,param", [
+    ({"learning_rate": 0}, "learning_rate"),
+    ({"learning_rate": 1.5}, "learning_rate"),
+    ({"training_batch_size": 0}, "training_batch_size"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"n_epochs": 0}, "n_epochs"),
+    ({"total_training_epochs": 0}, "total_training_epochs"),
+    ({"early_stopping_patience": -1}, "early_stopping_patience"),
+    ({"early_stopping_threshold": -0.1}, "early_stopping_threshold"),
+    ({"log_model_metrics_interval_in_steps": -1}, "log_model_metrics_interval_in_steps"),
+    ({"training_method": "magic"}, "training_method"),
+    ({"lora_r": 0}, "lora_r"),
+    ({"training_method": "qlora"}, "training_method"),
+])
+def test_invalid_hyperparameters_are_400_with_param(client, tiny_model, params, param):
+    fid = upload(client, toy_dataset())
+    with pytest.raises(openai.BadRequestError) as e:
+        client.fine_tuning.jobs.create(model="tiny", training_file=fid, method=hyper(**params))
+    assert e.value.body["param"] == param
+
+
+def test_invalid_files_and_models_are_refused(client, tiny_model):
+    bad = upload(client, b'{"messages": []}\n')
+    with pytest.raises(openai.BadRequestError) as e:
+        client.fine_tuning.jobs.create(model="tiny", training_file=bad)
+    assert e.value.body["param"] == "training_file"
+    with pytest.raises(openai.NotFoundError):
+        client.fine_tuning.jobs.create(model="tiny", training_file="file-missing")
+    good = upload(client, toy_dataset())
+    with pytest.raises(openai.NotFoundError) as e:
+        client.fine_tuning.jobs.create(model="no-such-model", training_file=good)
+    assert e.value.body["param"] == "model"
+
+
+def test_no_epoch_cap_and_any_threshold(client, tiny_model):
+    fid = upload(client, toy_dataset())
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=fid,
+                                         method=hyper(total_training_epochs=500, early_stopping_threshold=7.5))
+    assert job.hyperparameters.n_epochs == 500
+    client.fine_tuning.jobs.cancel(job.id)
+
+
+def test_cancel_a_running_job(client, tiny_model):
+    fid = upload(client, toy_dataset(64))
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=fid,
+                                         method=hyper(training_method="lora", n_epochs=200, batch_size=2))
+    wait_job(client, job.id, statuses=("running",))
+    deadline = time.time() + 60  # wait for the first metrics so the worker is inside the loop
+    while not [e for e in client.fine_tuning.jobs.list_events(job.id).data if e.type == "metrics"]:
+        assert time.time() < deadline
+        time.sleep(0.2)
+    client.fine_tuning.jobs.cancel(job.id)
+    job = wait_job(client, job.id)
+    assert job.status == "cancelled" and job.fine_tuned_model is None
+
+
+def test_killed_worker_resumes_with_the_same_loss_curve(client, tiny_model):
+    from graftlm.store.db import session
+    from graftlm.store.models import FineTuningJob
+
+    fid = upload(client, toy_dataset(24))
+    spec = hyper(training_method="lora", n_epochs=3, batch_size=4, learning_rate=0.01,
+                 log_model_metrics_interval_in_steps=1, checkpoint_interval_steps=1)
+    straight = wait_job(client, client.fine_tuning.jobs.create(model="tiny", training_file=fid, seed=3,
+                                                               method=spec).id)
+    assert straight.status == "succeeded"
+
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=fid, seed=3, method=spec)
+    deadline = time.time() + 120
+    while True:  # kill -9 the worker once it has a checkpoint, mid-run
+        ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
+        with session() as s:
+            pid = s.get(FineTuningJob, job.id).worker_pid
+        if ckpts and pid:
+            os.kill(pid, signal.SIGKILL)
+            break
+        assert time.time() < deadline
+        time.sleep(0.05)
+    resumed = wait_job(client, job.id)
+    assert resumed.status == "succeeded"
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data]
+    assert any("requeued" in m for m in messages)
+
+    def curve(job_id):
+        events = client.fine_tuning.jobs.list_events(job_id, limit=1000).data
+        return {e.data["step"]: e.data["train_loss"] for e in events if e.type == "metrics"}
+
+    a, b = curve(straight.id), curve(job.id)
+    assert set(a) == set(b) == set(range(1, 16))  # 24 examples → 19 train → 5 steps × 3 epochs
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4, abs=1e-5), step
