@@ -217,3 +217,12 @@ def test_continued_pretraining_learns_every_token(tmp_path, base):
     curve = losses(events)
     assert result.status == "succeeded" and curve[max(curve)] < 0.5 * curve[1]
     assert result.trained_tokens % (6 * 8) == 0  # every window of every text, every epoch
+
+
+def test_accumulation_and_checkpointing_do_not_change_the_math(tmp_path, base):
+    curves = []
+    for i, extra in enumerate([{}, {"max_tokens_per_micro_batch": 16, "gradient_checkpointing": True}]):
+        events = []
+        run(base, tmp_path / str(i), events, max_steps=3, batch_size=8, lora_dropout=0.0, **extra)
+        curves.append(losses(events))
+    assert curves[1] == pytest.approx(curves[0], rel=1e-4)
