@@ -51,20 +51,21 @@ def generate(path: Path, lines: int) -> None:
 
 def child_ours(path: str) -> dict:
     from graftlm.data.validate import validate_file
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     report = validate_file(path)
     assert report["valid"], report["errors"][:3]
     return {"lines": report["stats"]["lines"], "duplicates": report["stats"]["duplicates"],
-            "seconds_inside": time.perf_counter() - start}
+            "seconds_inside": time.perf_counter() - start, "cpu_inside": time.process_time() - cpu}
 
 
 def child_tokenized(path: str) -> dict:
     from graftlm.data.validate import validate_file
     from graftlm.testing import build_tiny_tokenizer
     tokenizer = build_tiny_tokenizer()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     report = validate_file(path, tokenizer=tokenizer, context_length=512)
     return {"lines": report["stats"]["lines"], "seconds_inside": time.perf_counter() - start,
+            "cpu_inside": time.process_time() - cpu,
             "total_tokens": report["stats"]["tokens"]["total"]}
 
 
@@ -91,7 +92,7 @@ def child_naive(path: str) -> dict:
                 raise ValueError("roles must alternate user/assistant, ending with assistant")
             return self
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     errors, seen, duplicates, lines = [], set(), 0, 0
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -105,21 +106,26 @@ def child_naive(path: str) -> dict:
             duplicates += h in seen
             seen.add(h)
     assert not errors, errors[:3]
-    return {"lines": lines, "duplicates": duplicates, "seconds_inside": time.perf_counter() - start}
+    return {"lines": lines, "duplicates": duplicates, "seconds_inside": time.perf_counter() - start,
+            "cpu_inside": time.process_time() - cpu}
 
 
 def child_pandas(path: str) -> dict:
     import pandas as pd
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     frame = pd.read_json(path, lines=True)
-    return {"lines": len(frame), "seconds_inside": time.perf_counter() - start}
+    return {"lines": len(frame), "seconds_inside": time.perf_counter() - start, "cpu_inside": time.process_time() - cpu}
 
 
 CHILDREN = {"ours": child_ours, "naive": child_naive, "pandas": child_pandas, "tokenized": child_tokenized}
 
 
 def measure(kind: str, path: Path) -> dict:
-    """Run one measurement in a fresh interpreter; lines/s count the work, not start-up and imports."""
+    """Run one measurement in a fresh interpreter; lines/s count the work, not start-up and imports.
+
+    Both wall-clock and CPU-time rates are kept: on a shared machine the CPU-time ratio is the
+    stable one.
+    """
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, "--child", kind, str(path)], stdout=subprocess.PIPE)
     out = proc.stdout.read()
@@ -130,7 +136,8 @@ def measure(kind: str, path: Path) -> dict:
         raise SystemExit(f"{kind} failed with exit code {proc.returncode}")
     result = json.loads(out)
     result.update(seconds=seconds, peak_rss_mb=usage.ru_maxrss / 1024,
-                  lines_per_s=result["lines"] / result["seconds_inside"])
+                  lines_per_s=result["lines"] / result["seconds_inside"],
+                  lines_per_cpu_s=result["lines"] / result["cpu_inside"])
     return result
 
 
@@ -166,7 +173,7 @@ def main() -> None:
         pandas = None if args.skip_pandas else measure("pandas", big)
         tokenized = measure("tokenized", tok)
 
-    print(f"\n{'measurement':<44}{'lines/s':>12}{'peak RSS MB':>14}")
+    print(f"\n{'measurement':<48}{'lines/s':>10}{'lines/cpu-s':>13}{'peak RSS MB':>13}")
     rows = [(f"graftlm validate_file, {args.lines:,} lines", ours),
             (f"graftlm validate_file, {args.lines // 10:,} lines", ours_small),
             ("naive: json.loads + pydantic per line", naive)]
@@ -174,16 +181,21 @@ def main() -> None:
         rows.append(("pandas.read_json(lines=True)", pandas))
     rows.append((f"graftlm validate_file + tiny tokenizer, {args.tokenized_lines:,}", tokenized))
     for name, r in rows:
-        print(f"{name:<44}{r['lines_per_s']:>12,.0f}{r['peak_rss_mb']:>14,.0f}")
+        print(f"{name:<48}{r['lines_per_s']:>10,.0f}{r['lines_per_cpu_s']:>13,.0f}{r['peak_rss_mb']:>13,.0f}")
     assert ours["duplicates"] == naive["duplicates"], (ours["duplicates"], naive["duplicates"])
-    print(f"\nspeed vs naive (json.loads + pydantic): {ours['lines_per_s'] / naive['lines_per_s']:.2f}x  (goal >= 3x)")
+    print(f"\nspeed vs naive (json.loads + pydantic): {ours['lines_per_s'] / naive['lines_per_s']:.2f}x wall, "
+          f"{ours['lines_per_cpu_s'] / naive['lines_per_cpu_s']:.2f}x CPU time  (goal >= 3x)")
+    if pandas:
+        print(f"speed vs pandas.read_json: {ours['lines_per_s'] / pandas['lines_per_s']:.2f}x wall, "
+              f"{ours['lines_per_cpu_s'] / pandas['lines_per_cpu_s']:.2f}x CPU time")
     if pandas:
         print(f"peak RSS vs pandas.read_json: {ours['peak_rss_mb']:.0f} MB vs {pandas['peak_rss_mb']:.0f} MB "
               f"({pandas['peak_rss_mb'] / ours['peak_rss_mb']:.1f}x less)")
     print(f"peak RSS at {args.lines:,} vs {args.lines // 10:,} lines: {ours['peak_rss_mb']:.0f} MB vs "
           f"{ours_small['peak_rss_mb']:.0f} MB (goal < 300 MB; duplicate hashes cost 8 bytes a line)")
     print(f"tokenized rate (tiny 384-token BPE, ChatML, encode_example per line): "
-          f"{tokenized['lines_per_s']:,.0f} lines/s = {tokenized['lines_per_s'] / naive['lines_per_s']:.2f}x naive")
+          f"{tokenized['lines_per_s']:,.0f} lines/s = {tokenized['lines_per_cpu_s'] / naive['lines_per_cpu_s']:.3f}x naive "
+          f"(CPU time); encode_example renders the template once per assistant turn")
     print(f"duplicates found: {ours['duplicates']:,} (naive agrees)")
 
 

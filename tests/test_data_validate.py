@@ -155,11 +155,11 @@ def test_crlf_and_missing_final_newline_are_fine(tmp_path):
     assert report["stats"]["lines"] == 2
 
 
-def test_duplicates_ignore_whitespace_and_key_order(tmp_path):
-    swapped = b'{"messages": [ {"content": "classify", "role": "system"}, ' + orjson.dumps(U) + b", " + orjson.dumps(A) + b"]}"
-    report = validate_file(write(tmp_path, CHAT, swapped, CHAT, {"messages": [U, A]}))
-    assert report["valid"]
-    assert report["stats"]["duplicates"] == 2
+def test_duplicates_are_byte_identical_lines(tmp_path):
+    spaced = json.dumps(CHAT, separators=(" , ", " : ")).encode()  # same JSON, other bytes
+    report = validate_file(write(tmp_path, CHAT, spaced, CHAT, b"  " + orjson.dumps(CHAT) + b"\r", {"messages": [U, A]}))
+    assert report["valid"], report["errors"]
+    assert report["stats"]["duplicates"] == 2  # lines 3 and 4; surrounding whitespace does not count
 
 
 def test_gzip_gives_the_same_report(tmp_path):

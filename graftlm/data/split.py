@@ -21,7 +21,7 @@ def load_examples(path: str | Path, fmt: str | None = None) -> tuple[str, list[d
     """``(format, normalized examples)``; raises GraftError naming the first bad line if any."""
     examples: list[dict] = []
     file_format = fmt
-    for n, obj, errors, file_format in scan(path, fmt):
+    for n, _, obj, errors, file_format in scan(path, fmt):
         if errors:
             field, message = errors[0]
             where = f"line {n}" + (f", {field}" if field else "")
