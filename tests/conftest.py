@@ -89,3 +89,11 @@ def http(live_server):
     with httpx.Client(base_url=live_server.removesuffix("/v1"), timeout=60,
                       headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def varied_model_dir(tmp_path_factory):
+    """The tiny Llama with weights scaled so greedy outputs differ token to token (serving tests)."""
+    from graftlm.serve.testing import build_test_llama
+
+    return build_test_llama(tmp_path_factory.mktemp("varied-llama"))

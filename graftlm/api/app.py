@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from graftlm import __version__
 from graftlm.api.auth import require_key
 from graftlm.api.errors import install_error_handlers
-from graftlm.api.routes import clusters, files, fine_tuning, models
+from graftlm.api.routes import clusters, files, fine_tuning, inference, models
 from graftlm.store.db import upgrade
 
 log = logging.getLogger("graftlm.api")
@@ -32,6 +32,9 @@ def create_app(run_scheduler: bool = True) -> FastAPI:
         yield
         if scheduler:
             scheduler.stop()
+        from graftlm.clusters.hosting import shutdown_runtime
+
+        shutdown_runtime()
 
     app = FastAPI(title="graftlm", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
@@ -52,7 +55,7 @@ def create_app(run_scheduler: bool = True) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
-    for module in (files, models, clusters, fine_tuning):
+    for module in (files, models, clusters, fine_tuning, inference):
         v1.include_router(module.router)
     app.include_router(v1)
     return app

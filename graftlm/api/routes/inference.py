@@ -1,0 +1,219 @@
+"""OpenAI-compatible inference: /v1/chat/completions and /v1/completions, streaming or not."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from graftlm.clusters.hosting import get_runtime
+from graftlm.data.render import render_prompt
+from graftlm.errors import GraftError
+from graftlm.serve.sampler import SamplingParams
+
+router = APIRouter()
+DEFAULT_MAX_TOKENS = 512
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(extra="allow")  # unknown OpenAI fields are accepted and ignored
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    n: int = Field(1, ge=1, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+
+
+class ChatRequest(Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool = False
+
+
+def message_text(m: ChatMessage) -> str:
+    if isinstance(m.content, list):  # content parts: keep the text ones
+        return "".join(p.get("text", "") for p in m.content if p.get("type") == "text")
+    return m.content or ""
+
+
+def sampling_params(req: Sampling, prompt_len: int, engine, logprobs: int | None) -> SamplingParams:
+    room = engine.max_seq_len - prompt_len
+    if room < 1:
+        raise GraftError(f"the prompt has {prompt_len} tokens; the model serves at most {engine.max_seq_len}",
+                         param="messages", code="context_length_exceeded")
+    max_tokens = req.max_completion_tokens or req.max_tokens
+    if max_tokens is not None and max_tokens > room:
+        raise GraftError(f"prompt ({prompt_len} tokens) + max_tokens ({max_tokens}) exceeds the context of "
+                         f"{engine.max_seq_len} tokens; lower max_tokens to at most {room}",
+                         param="max_tokens", code="context_length_exceeded")
+    stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+    return SamplingParams(max_tokens=max_tokens or min(DEFAULT_MAX_TOKENS, room), temperature=req.temperature,
+                          top_p=req.top_p, top_k=req.top_k, stop=stop, seed=req.seed, logprobs=logprobs)
+
+
+def chat_logprobs(tokenizer, items) -> dict | None:
+    if not items or all(i is None for i in items):
+        return None
+
+    def entry(token_id: int, logprob: float) -> dict:
+        token = tokenizer.decode([token_id])
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return {"content": [dict(entry(i.token_id, i.logprob), top_logprobs=[entry(t, lp) for t, lp in i.top])
+                        for i in items if i is not None]}
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def finish(reason: str | None) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+async def submit(target, prompt_ids: list[int], params: SamplingParams):
+    handle = await run_in_threadpool(target.engine.submit, prompt_ids, params, target.adapter)
+    get_runtime().track(target, handle)
+    return handle
+
+
+def sse(obj) -> bytes:
+    return b"data: " + (obj if isinstance(obj, bytes) else orjson.dumps(obj)) + b"\n\n"
+
+
+def stream_response(request: Request, target, handle, prompt_tokens: int, make_chunk, include_usage: bool):
+    async def events():
+        completion = 0
+        try:
+            first = make_chunk(None, first=True)
+            if first:
+                yield sse(first)
+            async for delta in handle:
+                if await request.is_disconnected():
+                    break
+                completion += len(delta.token_ids)
+                yield sse(make_chunk(delta))
+            if include_usage:
+                yield sse(make_chunk(None, usage=usage(prompt_tokens, completion)))
+            yield b"data: [DONE]\n\n"
+        finally:  # a client that disconnects frees its batch row at once
+            if not handle.done:
+                handle.cancel()
+            get_runtime().untrack(target, handle)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def collect(target, handle):
+    try:
+        async for _ in handle:
+            pass
+        return handle.result()
+    finally:
+        get_runtime().untrack(target, handle)
+
+
+@router.post("/chat/completions")
+async def chat_completions(req: ChatRequest, request: Request):
+    runtime = get_runtime()
+    target = await run_in_threadpool(runtime.resolve, req.model)
+    tokenizer = target.engine.tokenizer
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m)}
+                for m in req.messages]
+    prompt_ids = render_prompt(tokenizer, messages)
+    want_logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    params = sampling_params(req, len(prompt_ids), target.engine, want_logprobs)
+    handle = await submit(target, prompt_ids, params)
+    rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+    if req.stream:
+        def chunk(delta, first=False, usage=None):
+            base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model}
+            if usage is not None:
+                return base | {"choices": [], "usage": usage}
+            if first:
+                return base | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                            "logprobs": None, "finish_reason": None}]}
+            return base | {"choices": [{"index": 0, "delta": {"content": delta.text} if delta.text else {},
+                                        "logprobs": chat_logprobs(tokenizer, delta.logprobs),
+                                        "finish_reason": finish(delta.finish_reason) if delta.finish_reason else None}]}
+        include = bool((req.stream_options or {}).get("include_usage"))
+        return stream_response(request, target, handle, len(prompt_ids), chunk, include)
+
+    out = await collect(target, handle)
+    return {"id": rid, "object": "chat.completion", "created": created, "model": req.model,
+            "system_fingerprint": f"graftlm-{target.model['id']}",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
+                         "logprobs": chat_logprobs(tokenizer, out.logprobs),
+                         "finish_reason": finish(out.finish_reason)}],
+            "usage": usage(out.prompt_tokens, out.completion_tokens)}
+
+
+@router.post("/completions")
+async def completions(req: CompletionRequest, request: Request):
+    prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+    if len(prompts) != 1:
+        raise GraftError("send one prompt per request", param="prompt")
+    runtime = get_runtime()
+    target = await run_in_threadpool(runtime.resolve, req.model)
+    tokenizer = target.engine.tokenizer
+    prompt_ids = tokenizer(prompts[0], add_special_tokens=False)["input_ids"]
+    if not prompt_ids:
+        raise GraftError("the prompt is empty", param="prompt")
+    params = sampling_params(req, len(prompt_ids), target.engine, req.logprobs)
+    handle = await submit(target, prompt_ids, params)
+    rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+    def logprobs_block(items):
+        items = [i for i in items or [] if i is not None]
+        if req.logprobs is None or not items:
+            return None
+        return {"tokens": [tokenizer.decode([i.token_id]) for i in items],
+                "token_logprobs": [i.logprob for i in items],
+                "top_logprobs": [{tokenizer.decode([t]): lp for t, lp in i.top} for i in items],
+                "text_offset": []}
+
+    if req.stream:
+        def chunk(delta, first=False, usage=None):
+            base = {"id": rid, "object": "text_completion", "created": created, "model": req.model}
+            if usage is not None:
+                return base | {"choices": [], "usage": usage}
+            if first:
+                return None
+            return base | {"choices": [{"index": 0, "text": delta.text, "logprobs": logprobs_block(delta.logprobs),
+                                        "finish_reason": finish(delta.finish_reason) if delta.finish_reason else None}]}
+        include = bool((req.stream_options or {}).get("include_usage"))
+        return stream_response(request, target, handle, len(prompt_ids), chunk, include)
+
+    out = await collect(target, handle)
+    text = (prompts[0] if req.echo else "") + out.text
+    return {"id": rid, "object": "text_completion", "created": created, "model": req.model,
+            "choices": [{"index": 0, "text": text, "logprobs": logprobs_block(out.logprobs),
+                         "finish_reason": finish(out.finish_reason)}],
+            "usage": usage(out.prompt_tokens, out.completion_tokens)}

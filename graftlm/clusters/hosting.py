@@ -1,0 +1,130 @@
+"""The serving runtime inside `graft serve`: one engine per hosting cluster (one copy of the base
+weights), every active endpoint's adapter registered on it by name, requests routed by model name.
+
+`model` in a request may be an endpoint name or id, a custom model id, or a base model id. Requests
+that name a model directly share one engine per base model; a full-weights (vanilla) custom model
+gets an engine of its own, since it has no base to share.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+
+from graftlm.clusters import endpoints as endpoint_store
+from graftlm.config import get_settings
+from graftlm.models.catalog import get_model
+
+MAX_SEQ_LEN = 2048
+
+
+@dataclass
+class Target:
+    """Where a request goes: the engine, the adapter name on it (None = base rows), and for whom."""
+    engine: object
+    adapter: str | None
+    model: dict
+    endpoint: dict | None
+
+
+class HostingRuntime:
+    def __init__(self, max_batch_size: int = 32, max_queue: int | None = None):
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue or get_settings().max_queued_requests
+        self.engines: dict[str, object] = {}
+        self.inflight: dict[str, set] = defaultdict(set)  # endpoint id -> request handles
+        self._lock = threading.Lock()
+        endpoint_store.listeners.append(self.on_endpoint_change)
+
+    def close(self) -> None:
+        if self.on_endpoint_change in endpoint_store.listeners:
+            endpoint_store.listeners.remove(self.on_endpoint_change)
+        for engine in self.engines.values():
+            engine.stop()
+        self.engines.clear()
+
+    def engine(self, key: str, model_path: str, context_length: int | None):
+        """The running engine for `key`, started on first use (loads the weights once)."""
+        from graftlm.serve.engine import Engine
+
+        with self._lock:
+            engine = self.engines.get(key)
+            if engine is None:
+                engine = Engine(model_path, max_batch_size=self.max_batch_size, max_queue=self.max_queue,
+                                max_seq_len=min(context_length or MAX_SEQ_LEN, MAX_SEQ_LEN))
+                engine.start()
+                self.engines[key] = engine
+            return engine
+
+    def resolve(self, name: str) -> Target:
+        endpoint = endpoint_store.find_endpoint(name)
+        if endpoint is not None:
+            endpoint_store.require_active(endpoint)
+            model = get_model(endpoint["model"])
+            key = f"cluster:{endpoint['dedicated_ai_cluster_id']}"
+        else:
+            model = get_model(name)
+            key = None
+        if model["kind"] == "custom" and model["adapter_type"] == "full":
+            return Target(self.engine(f"full:{model['id']}", model["path"], model["context_length"]),
+                          None, model, endpoint)
+        base = get_model(model["parent"]) if model["kind"] == "custom" else model
+        key = key or self._shared_key(base["id"])
+        engine = self.engine(key, base["path"], base["context_length"])
+        adapter = None
+        if model["kind"] == "custom":
+            adapter = model["id"]
+            if adapter not in engine.adapters.paths:
+                engine.register_adapter(adapter, model["path"])
+        return Target(engine, adapter, model, endpoint)
+
+    def _shared_key(self, base_id: str) -> str:
+        """A direct model request reuses a hosting cluster's engine of the same base model if one runs."""
+        from graftlm.clusters.clusters import list_clusters
+
+        for c in list_clusters("HOSTING"):
+            if c["base_model"] == base_id and f"cluster:{c['id']}" in self.engines:
+                return f"cluster:{c['id']}"
+        return f"base:{base_id}"
+
+    def track(self, target: Target, handle) -> None:
+        if target.endpoint:
+            self.inflight[target.endpoint["id"]].add(handle)
+
+    def untrack(self, target: Target, handle) -> None:
+        if target.endpoint:
+            self.inflight[target.endpoint["id"]].discard(handle)
+
+    def on_endpoint_change(self, endpoint: dict, event: str) -> None:
+        """Deactivated or deleted: cancel its requests and free its adapter unless another endpoint serves it."""
+        if event not in ("deactivated", "deleted", "updated"):
+            return
+        if event != "updated":
+            for handle in list(self.inflight.pop(endpoint["id"], ())):
+                handle.cancel()
+        engine = self.engines.get(f"cluster:{endpoint['dedicated_ai_cluster_id']}")
+        if engine is None:
+            return
+        still_served = {e["model"] for e in endpoint_store.list_endpoints(endpoint["dedicated_ai_cluster_id"])
+                        if e["lifecycle_state"] == "ACTIVE"}
+        for name in list(engine.adapters.paths):
+            if name not in still_served:
+                engine.unregister_adapter(name)
+
+
+_runtime: HostingRuntime | None = None
+
+
+def get_runtime() -> HostingRuntime:
+    global _runtime
+    if _runtime is None:
+        _runtime = HostingRuntime()
+    return _runtime
+
+
+def shutdown_runtime() -> None:
+    global _runtime
+    if _runtime is not None:
+        _runtime.close()
+        _runtime = None

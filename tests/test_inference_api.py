@@ -1,0 +1,166 @@
+"""OpenAI-compatible inference over the engine: base and custom models, endpoints, streaming via the
+official SDK, clear 4xx errors, deactivation, disconnect, and 429 under overload."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import openai
+import pytest
+
+from graftlm.clusters import clusters, endpoints
+from graftlm.store.db import session
+from graftlm.store.models import Model
+
+
+@pytest.fixture
+def served(varied_model_dir, tmp_path, monkeypatch):
+    """`tiny` plus a LoRA and a T-Few custom model of it, and a hosting cluster with three endpoints."""
+    from graftlm.models.catalog import import_model
+    from graftlm.serve.testing import make_peft_adapter
+
+    tiny_model = import_model(varied_model_dir, "tiny")
+
+    monkeypatch.setenv("GRAFT_DTYPE", "float32")
+    lora = make_peft_adapter(tiny_model["path"], tmp_path / "lora", kind="lora", r=4, seed=1)
+    ia3 = make_peft_adapter(tiny_model["path"], tmp_path / "ia3", kind="ia3", seed=2)
+    with session() as s:
+        s.add(Model(id="ft:tiny:lora:1", kind="custom", parent="tiny", path=str(lora), adapter_type="lora",
+                    context_length=512))
+        s.add(Model(id="ft:tiny:tfew:2", kind="custom", parent="tiny", path=str(ia3), adapter_type="ia3",
+                    context_length=512))
+    cluster = clusters.create_cluster("HOSTING", base_model="tiny", name="h")
+    for name, model in (("base", "tiny"), ("lora-ep", "ft:tiny:lora:1"), ("tfew-ep", "ft:tiny:tfew:2")):
+        endpoints.create_endpoint(model, cluster["id"], name)
+    yield cluster
+    from graftlm.clusters.hosting import shutdown_runtime
+
+    shutdown_runtime()
+
+
+def ask(client, model, content="hello how are you", **kw):
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}],
+                                          temperature=0, max_tokens=8, **kw)
+
+
+def test_chat_completion_from_base_and_adapters(client, served):
+    outs = {m: ask(client, m) for m in ("base", "lora-ep", "tfew-ep", "tiny", "ft:tiny:lora:1")}
+    for r in outs.values():
+        assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+        assert r.usage.completion_tokens >= 1 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    texts = {m: r.choices[0].message.content for m, r in outs.items()}
+    assert texts["base"] == texts["tiny"]  # an endpoint of the base model serves the base model
+    assert texts["lora-ep"] == texts["ft:tiny:lora:1"]  # endpoint name or custom model id: same adapter
+    assert len({texts["base"], texts["lora-ep"], texts["tfew-ep"]}) == 3  # the adapters really apply
+
+
+def test_streaming_through_the_sdk_matches_non_streaming(client, served):
+    whole = ask(client, "tfew-ep").choices[0].message.content
+    stream = ask(client, "tfew-ep", stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= 1
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals in (["stop"], ["length"])
+
+
+def test_completions_endpoint(client, served):
+    r = client.completions.create(model="lora-ep", prompt="the quick brown", max_tokens=5, temperature=0)
+    assert r.object == "text_completion" and r.usage.completion_tokens >= 1
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="lora-ep", prompt="the quick brown", max_tokens=5, temperature=0, stream=True) if c.choices)
+    assert streamed == r.choices[0].text
+
+
+def test_logprobs(client, served):
+    r = ask(client, "base", logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    assert all(len(c.top_logprobs) == 3 and c.logprob <= 0 for c in content)
+
+
+def test_bad_requests_are_openai_shaped_4xx(client, served, http):
+    with pytest.raises(openai.NotFoundError):
+        ask(client, "no-such-model")
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(client, "base", content="x", extra_body={"top_p": 5})
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="base", messages=[{"role": "user", "content": "hi"}], max_tokens=100000)
+    assert e.value.body["code"] == "context_length_exceeded"
+    for body in ({"model": "base"}, {"model": "base", "messages": []}, {"model": "base", "messages": "hi"},
+                 {"model": "base", "messages": [{"role": "wizard", "content": "x"}]},
+                 {"model": "base", "messages": [{"role": "user", "content": "x"}], "temperature": -1}):
+        r = http.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400, body
+        assert "error" in r.json()
+    assert http.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
+
+
+def test_inactive_endpoint_is_refused_then_served_again(client, served):
+    ep = endpoints.find_endpoint("lora-ep")
+    before = ask(client, "lora-ep").choices[0].message.content
+    endpoints.deactivate_endpoint(ep["id"])
+    with pytest.raises(openai.APIStatusError) as e:
+        ask(client, "lora-ep")
+    assert e.value.status_code == 409 and e.value.body["code"] == "endpoint_inactive"
+    from graftlm.clusters.hosting import get_runtime
+
+    engine = get_runtime().engines[f"cluster:{served['id']}"]
+    assert "ft:tiny:lora:1" not in engine.adapters.paths  # its memory is freed
+    endpoints.activate_endpoint(ep["id"])
+    assert ask(client, "lora-ep").choices[0].message.content == before
+
+
+def test_disconnect_mid_stream_frees_the_row(live_server, served):
+    import time
+
+    from graftlm.clusters.hosting import get_runtime
+    from tests.conftest import ADMIN_KEY
+
+    body = {"model": "base", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 400,
+            "temperature": 1.0, "stream": True, "extra": "ignored"}
+    ep_id = endpoints.find_endpoint("base")["id"]
+    with httpx.stream("POST", live_server + "/chat/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                (handle,) = get_runtime().inflight[ep_id]
+                break  # got the first chunk: hang up
+    output = handle.result(timeout=20)
+    assert output.finish_reason == "cancelled" and output.completion_tokens < 400
+    engine = get_runtime().engines[f"cluster:{served['id']}"]
+    deadline = time.time() + 10
+    while engine.num_running and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine.num_running == 0 and not get_runtime().inflight[ep_id]
+
+
+def test_overload_answers_429_with_retry_after(live_server, served):
+    from graftlm.clusters.hosting import get_runtime
+    from tests.conftest import ADMIN_KEY
+
+    ask_body = {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 300,
+                "temperature": 1.0}
+    runtime = get_runtime()
+    runtime.resolve("base")  # start the engine, then shrink its queue so the test is quick
+    engine = runtime.engines[f"cluster:{served['id']}"]
+    engine.scheduler.max_queue = 2
+    statuses, headers = [], []
+
+    def one():
+        r = httpx.post(live_server + "/chat/completions", json=ask_body, timeout=120,
+                       headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        statuses.append(r.status_code)
+        headers.append(r.headers.get("retry-after"))
+
+    threads = [threading.Thread(target=one) for _ in range(60)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 429 in statuses and 200 in statuses
+    assert all(h for s, h in zip(statuses, headers) if s == 429)
+    assert set(statuses) <= {200, 429}
