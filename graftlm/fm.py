@@ -1,0 +1,175 @@
+"""Databricks-style Python SDK: ``from graftlm import fm; run = fm.create(...)``.
+
+Embedded by default (jobs run on this machine's GRAFT_HOME, scheduled from this process); set
+``fm.connect(base_url, api_key)`` or GRAFT_BASE_URL / GRAFT_API_KEY to drive a running server instead.
+The keyword names are Databricks' (``train_data_path``, ``training_duration``, ``register_to``) and
+map onto graftlm's one hyperparameter schema; any other OCI hyperparameter may be passed by name.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from graftlm.errors import GraftError
+
+_remote: dict | None = None
+_scheduler = None
+
+
+@dataclass
+class Run:
+    id: str
+    model: str
+    status: str
+    fine_tuned_model: str | None
+    error: dict | None
+    hyperparameters: dict
+    created_at: int
+    finished_at: int | None
+
+    @classmethod
+    def from_job(cls, job: dict) -> "Run":
+        return cls(job["id"], job["model"], job["status"], job["fine_tuned_model"], job["error"],
+                   job["hyperparameters"], job["created_at"], job["finished_at"])
+
+
+def connect(base_url: str | None = None, api_key: str | None = None) -> None:
+    """Drive a graftlm server (``http://host:port/v1``); ``connect()`` with no URL goes back to embedded."""
+    global _remote
+    _remote = {"base_url": base_url.rstrip("/"), "api_key": api_key} if base_url else None
+
+
+def _client():
+    import httpx
+
+    remote = _remote or ({"base_url": os.environ["GRAFT_BASE_URL"].rstrip("/"),
+                          "api_key": os.environ.get("GRAFT_API_KEY")} if os.environ.get("GRAFT_BASE_URL") else None)
+    if remote is None:
+        return None
+    return httpx.Client(base_url=remote["base_url"], timeout=120,
+                        headers={"Authorization": f"Bearer {remote['api_key'] or ''}"})
+
+
+def _call(client, method: str, path: str, **kwargs) -> dict:
+    r = client.request(method, path, **kwargs)
+    if r.status_code >= 400:
+        err = r.json().get("error", {})
+        raise GraftError(err.get("message", r.text), param=err.get("param"), code=err.get("code"),
+                         status_code=r.status_code)
+    return r.json()
+
+
+def _ensure_scheduler() -> None:
+    global _scheduler
+    if _scheduler is None:
+        from graftlm.jobs.scheduler import Scheduler
+
+        _scheduler = Scheduler()
+        _scheduler.start()
+
+
+def _upload(client, path: str | None, param: str) -> str | None:
+    if path is None:
+        return None
+    if path.startswith("file-"):
+        return path
+    if not Path(path).exists():
+        raise GraftError(f"{path} does not exist", param=param)
+    if client is not None:
+        with open(path, "rb") as fh:
+            return _call(client, "POST", "/files", files={"file": (Path(path).name, fh)},
+                         data={"purpose": "fine-tune"})["id"]
+    from graftlm.cli.finetune import upload_local
+
+    return upload_local(path)
+
+
+def create(model: str, train_data_path: str, *, register_to: str | None = None,
+           training_duration: str | None = None, learning_rate: float | None = None,
+           training_method: str | None = None, method: str | None = None, task_type: str = "CHAT_COMPLETION",
+           eval_data_path: str | None = None, context_length: int | None = None, seed: int | None = None,
+           **hyperparameters) -> Run:
+    """Start a fine-tuning run; returns at once (``fm.wait(run)`` blocks until it ends)."""
+    hyper = {"training_method": training_method or method or "tfew", "task_type": task_type, **hyperparameters}
+    for key, value in (("training_duration", training_duration), ("learning_rate", learning_rate),
+                       ("context_length", context_length)):
+        if value is not None:
+            hyper[key] = value
+    client = _client()
+    body = {"model": model, "suffix": register_to, "seed": seed, "hyperparameters": hyper}
+    if client is not None:
+        with client:
+            body |= {"training_file": _upload(client, train_data_path, "train_data_path"),
+                     "validation_file": _upload(client, eval_data_path, "eval_data_path")}
+            return Run.from_job(_call(client, "POST", "/fine_tuning/jobs", json=body))
+    from graftlm.jobs import service
+
+    body |= {"training_file": _upload(None, train_data_path, "train_data_path"),
+             "validation_file": _upload(None, eval_data_path, "eval_data_path")}
+    job = service.create_job(**body)
+    _ensure_scheduler()
+    return Run.from_job(job)
+
+
+def _id(run: Run | str) -> str:
+    return run.id if isinstance(run, Run) else run
+
+
+def get(run: Run | str) -> Run:
+    client = _client()
+    if client is not None:
+        with client:
+            return Run.from_job(_call(client, "GET", f"/fine_tuning/jobs/{_id(run)}"))
+    from graftlm.jobs import service
+
+    return Run.from_job(service.get_job(_id(run)))
+
+
+def list(limit: int = 20) -> list[Run]:  # noqa: A001 - the SDK's verb
+    client = _client()
+    if client is not None:
+        with client:
+            return [Run.from_job(j) for j in _call(client, "GET", "/fine_tuning/jobs", params={"limit": limit})["data"]]
+    from graftlm.jobs import service
+
+    return [Run.from_job(j) for j in service.list_jobs(limit=limit)["data"]]
+
+
+def cancel(run: Run | str) -> Run:
+    client = _client()
+    if client is not None:
+        with client:
+            return Run.from_job(_call(client, "POST", f"/fine_tuning/jobs/{_id(run)}/cancel"))
+    from graftlm.jobs import service
+
+    return Run.from_job(service.request_action(_id(run), "cancel"))
+
+
+def get_events(run: Run | str, limit: int = 1000) -> list[dict]:
+    """Events oldest first (messages and metrics)."""
+    client = _client()
+    if client is not None:
+        with client:
+            data = _call(client, "GET", f"/fine_tuning/jobs/{_id(run)}/events", params={"limit": limit})["data"]
+    else:
+        from graftlm.jobs import service
+
+        data = service.list_events(_id(run), limit=limit)["data"]
+    return data[::-1]
+
+
+def wait(run: Run | str, timeout: float = 3600, poll: float = 0.5) -> Run:
+    """Block until the run succeeds, fails, is cancelled or paused."""
+    if _client() is None:
+        _ensure_scheduler()
+    deadline = time.time() + timeout
+    while True:
+        current = get(run)
+        if current.status in ("succeeded", "failed", "cancelled", "paused"):
+            return current
+        if time.time() > deadline:
+            raise TimeoutError(f"run {current.id} is still {current.status}")
+        time.sleep(poll)
