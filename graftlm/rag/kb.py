@@ -126,7 +126,7 @@ def _check_documents(docs: list[dict]) -> list[dict]:
 
 
 def ingest_documents(kb: KnowledgeBase | str, docs: list[dict], *, progress: Progress | None = None,
-                     batch_size: int = 256, db=None) -> dict:
+                     batch_size: int = 1024, db=None) -> dict:
     """Chunk, embed and store documents; an id already present is replaced whole.
 
     Documents are validated first (nothing is stored if one is bad), then written ``batch_size`` at a
