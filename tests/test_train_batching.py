@@ -71,4 +71,17 @@ def test_micro_batches_respect_token_budget():
     groups = group_micro_batches(examples, max_tokens=10)
     assert [[len(e["input_ids"]) for e in g] for g in groups] == [[5, 5], [5], [12], [3]]
     assert len(group_micro_batches(examples, max_tokens=100, max_examples=2)) == 3
-    assert sum(b["input_ids"].shape[1] for b in micro_batches(examples, 10)) == 30
+    assert sum(b["input_ids"].shape[1] for b in micro_batches(examples, 10, packed=True)) == 30
+    padded = micro_batches(examples, 15)
+    assert [tuple(b["input_ids"].shape) for b in padded] == [(1, 12), (3, 5), (1, 3)]
+    assert sum(b["n_tokens"] for b in padded) == 30
+
+
+def test_padded_rows_give_the_same_loss_as_alone(tiny):
+    model, tok = tiny
+    examples = [encode_example(tok, chat(q, a)) for q, a in
+                [("hello", "i am fine thank you"), ("book a flight to paris please", "ok"), ("balance", "100")]]
+    with torch.no_grad():
+        alone = sum(target_loss(model, pack([e]), "cpu")[0].item() for e in examples)
+        padded = sum(target_loss(model, b, "cpu")[0].item() for b in micro_batches(examples, 10_000))
+    assert padded == pytest.approx(alone, rel=1e-5)

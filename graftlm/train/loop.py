@@ -245,7 +245,7 @@ def train(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict
             (s / n_targets).backward()
             loss_sum += s.item()
             correct += c.item()
-            state["trained_tokens"] += batch["input_ids"].numel()
+            state["trained_tokens"] += batch["n_tokens"]
         torch.nn.utils.clip_grad_norm_([p for _, p in params], MAX_GRAD_NORM)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
