@@ -1,0 +1,126 @@
+"""The customization ladder: zero-shot → few-shot → RAG → fine-tuned (per method) → fine-tuned + RAG,
+on one eval set, each rung scored with a bootstrap CI, its tokens, latency, training unit-hours and cost.
+
+Fine-tuning jobs are submitted first, so they train while the prompt-only rungs are evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from graftlm.evals import prompts as P
+from graftlm.evals.run import compare_runs, run_eval
+
+
+def training_unit_hours(run, events: list[dict], units: int = 1) -> tuple[float, float]:
+    """(billed unit-hours = max(1, units × training hours), training seconds) from the job's events:
+    training time runs from its first event after queueing to its end."""
+    times = [e["created_at"] for e in events]
+    start = min(times) if times else run.created_at
+    seconds = max(0.0, float((run.finished_at or time.time()) - start))
+    return max(1.0, units * seconds / 3600), seconds
+
+
+def loss_curve(events: list[dict]) -> list[dict]:
+    return [{k: e["data"].get(k) for k in ("step", "train_loss", "valid_loss")}
+            for e in events if e.get("type") == "metrics" and e.get("data")]
+
+
+def _rung(name: str, run: dict, unit_hours: float, price: float, **extra) -> dict:
+    tokens = run["tokens"]["prompt"] + run["tokens"]["completion"]
+    return {"name": name, "model": run["model"], "score": run["score"], "ci_low": run["ci_low"], "ci_high": run["ci_high"],
+            "n": run["n"], "tokens": tokens, "latency_ms": run["latency_ms"], "unit_hours": unit_hours,
+            "cost": unit_hours * price, "eval_run_id": run["id"], **extra}
+
+
+def verdict(rungs: list[dict], runs: dict[str, dict]) -> dict:
+    """The best rung, and for each cheaper rung whether the best is better beyond doubt: its CI above the
+    cheaper rung's CI (non-overlapping) and the paired-bootstrap difference on the same examples."""
+    best = max(rungs, key=lambda r: (r["score"], -r["unit_hours"], -r["tokens"]))
+    cheaper = [r for r in rungs if r is not best and (r["unit_hours"], r["tokens"]) <= (best["unit_hours"], best["tokens"])]
+    checks = []
+    for r in cheaper:
+        d = compare_runs(runs[r["name"]], runs[best["name"]])
+        checks.append({"rung": r["name"], "ci_above": best["ci_low"] > r["ci_high"], "diff": d["diff"],
+                       "diff_ci": [d["ci_low"], d["ci_high"]], "significant": d["significant"] and d["diff"] > 0})
+    worth = all(c["significant"] for c in checks)
+    ties = [c["rung"] for c in checks if not c["significant"]]
+    cheapest_tie = min((r for r in rungs if r["name"] in ties), key=lambda r: (r["unit_hours"], r["tokens"]), default=None)
+    if worth:
+        text = f"{best['name']} is worth it: its score is significantly above every cheaper rung (paired bootstrap, 95%)."
+    else:
+        text = (f"{best['name']} scores best, but is not significantly better than {', '.join(ties)}; "
+                f"the cheaper {cheapest_tie['name']} is the better buy.")
+    return {"best": best["name"], "worth_it": worth, "checks": checks, "recommended": best["name"] if worth else
+            cheapest_tie["name"], "text": text}
+
+
+def format_table(rungs: list[dict]) -> str:
+    head = f"{'rung':<14} {'score':>6} {'95% CI':>15} {'tokens':>8} {'latency ms':>11} {'unit-h':>7} {'cost':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rungs:
+        ci = f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        lines.append(f"{r['name']:<14} {r['score']:>6.3f} {ci:>15} "
+                     f"{r['tokens']:>8.0f} {r['latency_ms']:>11.1f} {r['unit_hours']:>7.2f} {r['cost']:>7.2f}")
+    return "\n".join(lines)
+
+
+def run_ladder(train_path: str | Path, eval_path: str | Path, base_model: str, *, methods=("tfew", "lora"),
+               out_dir: str | Path = "ladder-out", kb_id: str | None = None, few_shot_k: int = 4, rag_k: int = 4,
+               shot_selection: str = "similar", max_eval: int | None = None, scorer: str = "label_accuracy",
+               max_tokens: int = 16, price_per_unit_hour: float = 1.0, units: int = 1,
+               training_duration: str = "2ep", timeout: float = 3600, echo=print, **training) -> dict:
+    """Run every rung, print the table, write ``out_dir/ladder.json`` and ``out_dir/report.html``.
+
+    ``training`` holds extra fine-tuning hyperparameters for fm.create (learning_rate, training_batch_size,
+    context_length, ...). RAG retrieves from ``kb_id`` when given, else from the training examples.
+    """
+    from graftlm import fm
+    from graftlm.evals.report import write_report
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    jobs = {m: fm.create(model=base_model, train_data_path=str(train_path), register_to=f"ladder-{m}",
+                         training_duration=training_duration, training_method=m, **training) for m in methods}
+    train = P.load_examples(train_path)
+    index = P.ExampleIndex(train)
+    examples = P.load_examples(eval_path, max_eval)
+    common = dict(scorers=[scorer], max_tokens=max_tokens, save=False)
+    runs: dict[str, dict] = {}
+    rungs: list[dict] = []
+
+    def add(name: str, model: str, strategy: str, unit_hours: float = 0.0, **extra):
+        echo(f"[ladder] evaluating {name} ({len(examples)} examples)")
+        runs[name] = run_eval(model, examples, strategy=strategy, k=rag_k if strategy == "rag" else few_shot_k,
+                              index=index, kb_id=kb_id, shot_selection=shot_selection, **common)
+        rungs.append(_rung(name, runs[name], unit_hours, price_per_unit_hour, **extra))
+
+    add("zero-shot", base_model, "zero-shot")
+    add("few-shot", base_model, "few-shot")
+    add("rag", base_model, "rag")
+    curves = {}
+    for method, job in jobs.items():
+        echo(f"[ladder] waiting for {method} fine-tuning ({job.id})")
+        done = fm.wait(job, timeout=timeout)
+        if done.status != "succeeded":
+            echo(f"[ladder] {method} fine-tuning {done.status}: {done.error}")
+            continue
+        events = fm.get_events(done)
+        curves[method] = loss_curve(events)
+        uh, secs = training_unit_hours(done, events, units)
+        add(method, done.fine_tuned_model, "zero-shot", uh, job_id=done.id, training_seconds=secs)
+        add(f"{method}+rag", done.fine_tuned_model, "rag", uh, job_id=done.id, training_seconds=secs)
+    decision = verdict(rungs, runs)
+    result = {"base_model": base_model, "train_path": str(train_path), "eval_path": str(eval_path),
+              "n_eval": len(examples), "scorer": scorer, "few_shot_k": few_shot_k, "rag_k": rag_k,
+              "rag_source": kb_id or "training examples", "price_per_unit_hour": price_per_unit_hour,
+              "rungs": rungs, "verdict": decision, "loss_curves": curves, "wall_s": time.time() - started}
+    (out_dir / "ladder.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "runs.json").write_text(json.dumps(runs, indent=1, default=str))
+    write_report(result, out_dir / "report.html")
+    echo(format_table(rungs))
+    echo(decision["text"])
+    return result
