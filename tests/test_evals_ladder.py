@@ -1,0 +1,52 @@
+"""The customization ladder end to end on the tiny model: every rung, ladder.json, report.html."""
+
+from __future__ import annotations
+
+import json
+import time
+
+LABELS = ["balance", "transfer", "freeze"]
+QUESTIONS = {"balance": ["what is my balance", "how much money do i have", "show my account balance"],
+             "transfer": ["send money to mom", "move cash to savings", "transfer 20 dollars"],
+             "freeze": ["lock my card", "freeze my account now", "block my stolen card"]}
+SYSTEM = "Classify the request. Labels: balance, transfer, freeze."
+
+
+def write_set(path, pairs):
+    with open(path, "w") as fh:
+        for q, label in pairs:
+            fh.write(json.dumps({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q},
+                                              {"role": "assistant", "content": label}]}) + "\n")
+    return str(path)
+
+
+def test_ladder_end_to_end(tmp_path, varied_model_dir):
+    from graftlm.models.catalog import import_model
+
+    from graftlm.evals.ladder import run_ladder
+
+    import_model(varied_model_dir, "tiny")
+    pairs = [(q, label) for label in LABELS for q in QUESTIONS[label]]
+    train = write_set(tmp_path / "train.jsonl", pairs * 2)
+    test = write_set(tmp_path / "test.jsonl", [(q + " please", label) for q, label in pairs])
+    start = time.time()
+    lines = []
+    result = run_ladder(train, test, "tiny", methods=("tfew", "lora"), out_dir=tmp_path / "out", few_shot_k=2,
+                        rag_k=2, training_duration="2ba", context_length=256, max_tokens=4, echo=lines.append)
+    assert time.time() - start < 60
+    names = [r["name"] for r in result["rungs"]]
+    assert names == ["zero-shot", "few-shot", "rag", "tfew", "tfew+rag", "lora", "lora+rag"]
+    saved = json.loads((tmp_path / "out" / "ladder.json").read_text())
+    for r in saved["rungs"]:
+        assert set(r) >= {"name", "score", "ci_low", "ci_high", "tokens", "latency_ms", "unit_hours"}
+        assert 0 <= r["ci_low"] <= r["score"] <= r["ci_high"] <= 1
+        assert r["tokens"] > 0 and r["latency_ms"] > 0
+    by = {r["name"]: r for r in saved["rungs"]}
+    assert by["zero-shot"]["unit_hours"] == 0 and by["tfew"]["unit_hours"] == 1.0  # billed minimum
+    assert by["few-shot"]["tokens"] > by["zero-shot"]["tokens"] and by["rag"]["tokens"] > by["zero-shot"]["tokens"]
+    assert saved["verdict"]["best"] in names
+    assert saved["loss_curves"]["tfew"] and saved["loss_curves"]["lora"]
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "<svg" in report and "polyline" in report and "http" not in report.replace(
+        'xmlns="http://www.w3.org/2000/svg"', "")
+    assert any("zero-shot" in line and "[" in line for line in lines)
