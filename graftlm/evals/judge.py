@@ -61,7 +61,7 @@ def parse_verdict(text: str) -> str | None:
         return "tie" if v.lower() == "tie" else v.upper()
     if re.search(r"\b(tie|equal(ly)?|both)\b", text, flags=re.I):
         return "tie"
-    found = set(re.findall(r"\b(?:answer|response|option)\s+(A|B)\b", text))
+    found = set(re.findall(r"\b(?i:answer|response|option)\s+([AB])\b", text))
     if len(found) == 1:
         return found.pop()
     stripped = text.strip().strip("*.:() ").upper()
