@@ -1,0 +1,138 @@
+"""`graft eval run|show|compare|list`, plus `ladder_command` and `synth_command` to mount as
+`graft ladder` and `graft data synth`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Evaluate models on JSONL eval sets.", no_args_is_help=True)
+
+
+def _print_run(run: dict) -> None:
+    typer.echo(f"{run['id']}  eval {run['eval_id']}  model {run['model']}  {run['strategy']}  n={run['n']}")
+    for name, a in run["aggregates"].items():
+        typer.echo(f"  {name:<22} {a['mean']:.3f}  95% CI [{a['ci_low']:.3f}, {a['ci_high']:.3f}]")
+    typer.echo(f"  tokens/example {run['tokens']['prompt'] + run['tokens']['completion']:.0f}  "
+               f"latency {run['latency_ms']:.1f} ms/example (batched)")
+
+
+@app.command("run")
+def run_command(
+    model: str = typer.Option(..., "--model", "-m", help="Base or custom model id."),
+    data: Path = typer.Option(..., "--data", "-d", exists=True, help="Eval JSONL (chat or prompt/completion)."),
+    scorer: list[str] = typer.Option(["label_accuracy"], "--scorer", "-s", help="Scorer name; repeat for several."),
+    strategy: str = typer.Option("zero-shot", help="zero-shot | few-shot | rag"),
+    k: int = typer.Option(4, help="Shots (few-shot) or passages (rag)."),
+    train: Path | None = typer.Option(None, "--train", help="Training JSONL for few-shot / RAG examples."),
+    kb: str | None = typer.Option(None, "--kb", help="Knowledge base id for RAG."),
+    max_examples: int | None = typer.Option(None, help="Evaluate only the first N examples."),
+    max_tokens: int = typer.Option(32),
+    eval_id: str | None = typer.Option(None, "--eval-id", help="Add the run to an existing eval."),
+    failures: bool = typer.Option(False, help="Cluster the failed examples."),
+) -> None:
+    """Run MODEL over DATA and store the run under GRAFT_HOME/evals/."""
+    from graftlm.evals.run import run_eval
+
+    run = run_eval(model, str(data), scorers=scorer, strategy=strategy, k=k, train_path=str(train) if train else None,
+                   kb_id=kb, max_examples=max_examples, max_tokens=max_tokens, eval_id=eval_id)
+    _print_run(run)
+    if failures:
+        from graftlm.evals.failures import cluster_failures, failed_results
+
+        for c in cluster_failures(failed_results(run)):
+            typer.echo(f"  failure cluster {c['cluster']}: {c['size']} examples, e.g. "
+                       f"{c['samples'][0]['question']!r} -> {c['samples'][0]['prediction']!r}")
+
+
+@app.command("show")
+def show_command(run_id: str, examples: int = typer.Option(5, help="Per-example rows to print."),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show a stored eval run."""
+    from graftlm.evals.store import get_run
+
+    run = get_run(run_id)
+    if as_json:
+        typer.echo(json.dumps(run, indent=1))
+        return
+    _print_run(run)
+    for r in run["results"][:examples]:
+        typer.echo(f"  [{', '.join(f'{v:.2f}' for v in r['scores'].values())}] {r['question'][:60]!r} -> "
+                   f"{r['prediction'][:40]!r} (expected {str(r['reference'])[:30]!r})")
+
+
+@app.command("compare")
+def compare_command(run_a: str, run_b: str, scorer: str | None = typer.Option(None)) -> None:
+    """Paired bootstrap of RUN_B − RUN_A on their shared examples."""
+    from graftlm.evals.run import compare_runs
+    from graftlm.evals.store import get_run
+
+    d = compare_runs(get_run(run_a), get_run(run_b), scorer)
+    typer.echo(f"{d['scorer']}: {d['a_mean']:.3f} -> {d['b_mean']:.3f}  diff {d['diff']:+.3f} "
+               f"95% CI [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]  n={d['n']}  "
+               f"{'significant' if d['significant'] else 'not significant'}")
+
+
+@app.command("list")
+def list_command() -> None:
+    """List evals and their runs."""
+    from graftlm.evals.store import list_evals, list_runs
+
+    for e in list_evals():
+        runs = list_runs(e["id"])
+        typer.echo(f"{e['id']}  {e['name']}  {len(runs)} run(s)")
+        for r in runs:
+            typer.echo(f"  {r['id']}  {r['model']}  {r['strategy']}  {r['score']:.3f}")
+
+
+@app.command("forgetting")
+def forgetting_command(custom_model: str, base_model: str | None = typer.Option(None)) -> None:
+    """General-knowledge score before (base) and after (custom model)."""
+    from graftlm.evals.forgetting import forgetting_check
+
+    r = forgetting_check(custom_model, base_model)
+    typer.echo(f"{r['base_model']} {r['before']:.3f} -> {r['custom_model']} {r['after']:.3f}  change "
+               f"{r['change']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  {'FORGOT' if r['forgot'] else 'ok'}")
+
+
+def ladder_command(
+    train: Path = typer.Option(..., "--train", exists=True, help="Training JSONL."),
+    eval_path: Path = typer.Option(..., "--eval", exists=True, help="Eval JSONL."),
+    model: str = typer.Option(..., "--model", "-m", help="Base model id."),
+    methods: str = typer.Option("tfew,lora", help="Fine-tuning methods, comma-separated ('' for none)."),
+    out: Path = typer.Option(Path("ladder-out"), "--out", help="Writes ladder.json and report.html here."),
+    kb: str | None = typer.Option(None, "--kb", help="Knowledge base for the RAG rungs (default: training examples)."),
+    few_shot_k: int = typer.Option(4), max_eval: int | None = typer.Option(None),
+    scorer: str = typer.Option("label_accuracy"), training_duration: str = typer.Option("2ep"),
+    learning_rate: float | None = typer.Option(None), price_per_unit_hour: float = typer.Option(1.0),
+) -> None:
+    """Zero-shot → few-shot → RAG → fine-tuned → fine-tuned + RAG on one eval set, with CIs and costs."""
+    from graftlm.evals.ladder import run_ladder
+
+    extra = {"learning_rate": learning_rate} if learning_rate else {}
+    run_ladder(str(train), str(eval_path), model, methods=tuple(m for m in methods.split(",") if m), out_dir=out,
+               kb_id=kb, few_shot_k=few_shot_k, rag_k=few_shot_k, max_eval=max_eval, scorer=scorer,
+               training_duration=training_duration, price_per_unit_hour=price_per_unit_hour, echo=typer.echo, **extra)
+
+
+def synth_command(
+    source: str = typer.Argument(..., help="A directory of .txt/.md files or a knowledge base id."),
+    model: str = typer.Option(..., "--model", "-m", help="Model that writes questions and answers."),
+    out: Path = typer.Option(Path("synth-out"), "--out"),
+    from_queries: Path | None = typer.Option(None, "--from-queries", help="Write variants of these real queries instead."),
+    questions_per_chunk: int = typer.Option(1), eval_fraction: float = typer.Option(0.2),
+    min_answer_overlap: float = typer.Option(0.5, help="Share of answer words that must appear in the chunk."),
+    system_prompt: str | None = typer.Option(None),
+) -> None:
+    """Generate grounded question–answer chat JSONL (train + eval split), each line citing its chunk."""
+    from graftlm.evals.synth import Filters, synthesize
+    from graftlm.evals.synth import from_queries as variants
+
+    if from_queries is not None:
+        r = variants(from_queries, out / "variants.jsonl", model=model)
+    else:
+        r = synthesize(source, out, model=model, questions_per_chunk=questions_per_chunk, eval_fraction=eval_fraction,
+                       system_prompt=system_prompt, filters=Filters(min_answer_overlap=min_answer_overlap))
+    typer.echo(json.dumps(r, indent=1))

@@ -1,0 +1,40 @@
+"""The eval Typer sub-app and FastAPI router, mounted on throwaway apps."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from tests.test_evals_ladder import LABELS, QUESTIONS, write_set
+
+
+def test_cli_and_router(tmp_path, varied_model_dir):
+    from graftlm.api.errors import install_error_handlers
+    from graftlm.evals.api import router
+    from graftlm.evals.cli import app
+    from graftlm.models.catalog import import_model
+
+    import_model(varied_model_dir, "tiny")
+    data = write_set(tmp_path / "test.jsonl", [(QUESTIONS[label][0], label) for label in LABELS])
+    runner = CliRunner()
+    out = runner.invoke(app, ["run", "-m", "tiny", "-d", data, "-s", "label_accuracy", "-s", "rouge_l",
+                              "--max-tokens", "4", "--failures"])
+    assert out.exit_code == 0, out.output
+    assert "label_accuracy" in out.output and "95% CI" in out.output
+    run_id = out.output.split()[0]
+    shown = runner.invoke(app, ["show", run_id])
+    assert shown.exit_code == 0 and run_id in shown.output
+    assert runner.invoke(app, ["compare", run_id, run_id]).output.count("diff +0.000") == 1
+
+    api = FastAPI()
+    install_error_handlers(api)
+    api.include_router(router, prefix="/v1")
+    http = TestClient(api)
+    assert http.post("/v1/evals", json={"name": "x", "data_path": data, "scorers": ["nope"]}).status_code == 400
+    ev = http.post("/v1/evals", json={"name": "intents", "data_path": data}).json()
+    run = http.post(f"/v1/evals/{ev['id']}/runs", json={"model": "tiny", "max_tokens": 4}).json()
+    assert run["n"] == 3 and "results" not in run
+    assert [r["id"] for r in http.get(f"/v1/evals/{ev['id']}/runs").json()["data"]] == [run["id"]]
+    assert len(http.get(f"/v1/evals/{ev['id']}/runs/{run['id']}").json()["results"]) == 3
+    assert http.get("/v1/evals/eval-missing").status_code == 404
