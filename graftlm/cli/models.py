@@ -55,6 +55,17 @@ def show(model: str):
     print_json(catalog.get_model(model))
 
 
+@app.command("export")
+@friendly_errors
+def export(model: str, out: str = typer.Option(..., "--out", help="directory to write"),
+           merged: bool = typer.Option(False, "--merged", help="merge the adapter into the base weights")):
+    """Write a custom model's adapter (PEFT format) or, with --merged, a standalone safetensors model."""
+    from graftlm.models.export import export_model
+
+    path = export_model(model, out, merged=merged)
+    console.print(f"exported {model} to {path}" + (" (merged)" if merged else ""))
+
+
 @friendly_errors
 def chat(model: str, prompt: str, system: Optional[str] = typer.Option(None),
          max_tokens: int = typer.Option(128)):

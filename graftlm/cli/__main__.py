@@ -1,0 +1,3 @@
+from graftlm.cli import app
+
+app()
