@@ -165,3 +165,20 @@ def test_killed_worker_resumes_with_the_same_loss_curve(client, tiny_model):
     assert set(a) == set(b) == set(range(1, 16))  # 24 examples → 19 train → 5 steps × 3 epochs
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-4, abs=1e-5), step
+
+
+def test_mlflow_logs_params_metrics_and_the_adapter(client, tiny_model, tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("GRAFT_MLFLOW_TRACKING_URI", uri)
+    fid = upload(client, toy_dataset(10))
+    job = wait_job(client, client.fine_tuning.jobs.create(
+        model="tiny", training_file=fid, method=hyper(training_method="tfew", training_duration="3ba")).id)
+    assert job.status == "succeeded", job.error
+    mlflow.set_tracking_uri(uri)
+    (run,) = mlflow.search_runs(experiment_names=["graftlm"], output_format="list")
+    assert run.data.params["training_method"] == "tfew"
+    history = mlflow.MlflowClient(uri).get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in history] == [1, 2, 3]
+    artifacts = [a.path for a in mlflow.MlflowClient(uri).list_artifacts(run.info.run_id, "model")]
+    assert "model/adapter_model.safetensors" in artifacts

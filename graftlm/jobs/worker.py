@@ -21,6 +21,7 @@ from graftlm.config import get_settings
 from graftlm.errors import GraftError
 from graftlm.files import create_file, file_path
 from graftlm.jobs.service import add_event
+from graftlm.jobs.tracking import tracker_for
 from graftlm.models.catalog import get_model
 from graftlm.store.db import session
 from graftlm.store.models import FineTuningJob, JobCheckpoint, Model, new_id, now
@@ -62,11 +63,13 @@ def _update(job_id: str, **fields) -> None:
             setattr(job, k, v)
 
 
-def make_event_sink(job_id: str):
+def make_event_sink(job_id: str, tracker=None):
     last_beat = [0.0]
 
     def on_event(event: dict) -> None:
         data = event.get("data") or {}
+        if event["type"] == "metrics" and tracker is not None:
+            tracker.log_metrics(data)
         with session() as s:
             if event["type"] == "checkpoint":
                 s.add(JobCheckpoint(id=new_id("ftckpt"), job_id=job_id, step_number=data["step"],
@@ -159,7 +162,8 @@ def run_job(job_id: str) -> str:
             raise GraftError(f"base model {job.model} is registered but its files are gone from {base['path']}; "
                              f"pull or import it again", param="model", code="base_model_missing")
         train_set, valid_set, hashes = load_datasets(job, job.config.get("task_type", "CHAT_COMPLETION"))
-        result = train(job.config, base["path"], train_set, valid_set, out, on_event=make_event_sink(job_id),
+        tracker = tracker_for(job_id, job.config, job.model)
+        result = train(job.config, base["path"], train_set, valid_set, out, on_event=make_event_sink(job_id, tracker),
                        should_stop=make_stop_check(job_id), resume_from=latest_checkpoint(out))
         fields = {"trained_tokens": result.trained_tokens, "requested_action": None,
                   "run_info": {**result.run_info, "dataset_hashes": hashes, "metrics": result.metrics,
@@ -171,6 +175,7 @@ def run_job(job_id: str) -> str:
         elif result.status == "cancelled":
             fields["finished_at"] = now()
         _update(job_id, status=result.status, **fields)
+        tracker.finish(result.status, result.model_dir)
         with session() as s:
             add_event(s, job_id, f"job {result.status}" + (f": {fields.get('fine_tuned_model')}"
                                                             if result.status == "succeeded" else ""))
