@@ -141,6 +141,10 @@ async def collect(target, handle):
 
 @router.post("/chat/completions")
 async def chat_completions(req: ChatRequest, request: Request):
+    if (req.model_extra or {}).get("knowledge_base_id") is not None:  # RAG: retrieve, cite, generate
+        from graftlm.rag.generate import chat_completion
+
+        return await chat_completion(req, request)
     runtime = get_runtime()
     target = await run_in_threadpool(runtime.resolve, req.model)
     tokenizer = target.engine.tokenizer

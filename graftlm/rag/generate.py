@@ -1,0 +1,256 @@
+"""Grounded answers with citations: retrieve from a knowledge base, number the passages [1], [2], ... in the
+prompt, generate with one of the RAG modes (graftlm.rag.modes), and return the answer with its citations.
+
+``answer()`` is the embedded entry point; ``chat_completion()`` serves ``POST /v1/chat/completions`` with
+``knowledge_base_id`` (the normal chat.completion JSON plus ``citations`` and ``rag``).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from graftlm import rag
+from graftlm.data.render import render_prompt
+from graftlm.errors import GraftError
+from graftlm.rag import modes
+from graftlm.serve.sampler import SamplingParams
+
+DEFAULT_TOP_K = 4
+MAX_TOP_K = 50
+DEFAULT_SEARCH_MODE = "hybrid"
+DEFAULT_MAX_TOKENS = 512
+SYSTEM_PROMPT = ("Answer the question using the numbered passages below. Cite the passages you use by their "
+                 "numbers in brackets, like [1]. If the passages do not contain the answer, say so.")
+
+
+def check_options(top_k, search_mode, rag_mode) -> None:
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
+        raise GraftError(f"top_k (passages to retrieve) must be an integer between 1 and {MAX_TOP_K}", param="top_k")
+    if search_mode not in rag.MODES:
+        raise GraftError(f"search_mode must be one of {', '.join(rag.MODES)}", param="search_mode")
+    if rag_mode not in modes.RAG_MODES:
+        raise GraftError(f"rag_mode must be one of {', '.join(modes.RAG_MODES)}", param="rag_mode")
+
+
+def question_of(messages: list[dict]) -> str:
+    users = [m["content"] for m in messages if m["role"] == "user" and (m["content"] or "").strip()]
+    if not users:
+        raise GraftError("RAG needs a user message to retrieve passages for", param="messages")
+    return users[-1]
+
+
+def retrieve(kb, query: str, *, top_k: int, search_mode: str, filters: dict | None = None, db=None) -> list[dict]:
+    hits = rag.search(kb, query, top_k=top_k, mode=search_mode, filters=filters, db=db)
+    return [{**h, "index": i} for i, h in enumerate(hits, start=1)]
+
+
+def grounded_messages(messages: list[dict], passages: list[dict]) -> list[dict]:
+    """The request's messages with one system message first: instructions, then the numbered passages."""
+    context = "\n\n".join(f"[{p['index']}] {p['text']}" for p in passages)
+    own = [m["content"] for m in messages if m["role"] == "system" and m["content"]]
+    system = "\n\n".join([*own, SYSTEM_PROMPT, "Passages:\n" + context])
+    return [{"role": "system", "content": system}, *(m for m in messages if m["role"] != "system")]
+
+
+def fit_prompt(tokenizer, messages: list[dict], passages: list[dict], budget: int) -> tuple[list[int], list[dict]]:
+    """Prompt ids of at most ``budget`` tokens: drop passages from the end, then cut the last one short.
+
+    A cut passage keeps ``text == document[start:end]`` (its end moves)."""
+    kept = list(passages)
+    while True:
+        ids = render_prompt(tokenizer, grounded_messages(messages, kept))
+        over = len(ids) - budget
+        if over <= 0:
+            return ids, kept
+        if not kept:
+            raise GraftError(f"the messages alone take {len(ids)} tokens; this model has room for {budget} "
+                             "prompt tokens", param="messages", code="context_length_exceeded")
+        last = kept[-1]
+        spans = tokenizer(last["text"], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        keep = len(spans) - over - 4  # a few tokens of slack: text re-tokenizes a little differently
+        if keep < 16:  # too little would be left of it: drop it whole
+            kept = kept[:-1]
+            continue
+        cut = spans[keep - 1][1]
+        kept[-1] = {**last, "text": last["text"][:cut], "end": last["start"] + cut, "truncated": True}
+
+
+def citation(p: dict) -> dict:
+    return {"index": p["index"], "document_id": p["document_id"], "chunk_id": p["chunk_id"], "start": p["start"],
+            "end": p["end"], "text": p["text"], "score": p["score"], "metadata": p.get("metadata") or {}}
+
+
+def answer_budget(engine, max_tokens: int | None) -> int:
+    """Prompt tokens left once the answer has room (max_tokens, else a quarter of the context, at most 256)."""
+    room = max_tokens or min(256, engine.max_seq_len // 4)
+    budget = engine.max_seq_len - room
+    if budget < 16:
+        raise GraftError(f"max_tokens ({max_tokens}) leaves no room for passages in a context of "
+                         f"{engine.max_seq_len} tokens", param="max_tokens", code="context_length_exceeded")
+    return budget
+
+
+def sampling(engine, prompt_len: int, *, max_tokens: int | None, temperature: float = 0.0, top_p: float = 1.0,
+             stop=None, seed: int | None = None, logprobs: int | None = None) -> SamplingParams:
+    room = engine.max_seq_len - prompt_len
+    stop = [stop] if isinstance(stop, str) else list(stop or [])
+    return SamplingParams(max_tokens=max(1, min(max_tokens or DEFAULT_MAX_TOKENS, room)), temperature=temperature,
+                          top_p=top_p, stop=stop, seed=seed, logprobs=logprobs)
+
+
+def run_mode(target, messages: list[dict], passages: list[dict], *, rag_mode: str, max_tokens: int | None,
+             retrieve_again=None, **sampling_kw) -> tuple[modes.Answer, list[dict]]:
+    """Generate with ``rag_mode``; returns the answer and the passages it cites."""
+    engine, tokenizer = target.engine, target.engine.tokenizer
+    budget = answer_budget(engine, max_tokens)
+    if rag_mode == "stuff":
+        ids, kept = fit_prompt(tokenizer, messages, passages, budget)
+        return modes.stuff(target, ids, sampling(engine, len(ids), max_tokens=max_tokens, **sampling_kw)), kept
+    if rag_mode in ("sequence", "token"):
+        fitted = [fit_prompt(tokenizer, messages, [p], budget) for p in passages]
+        prompts, kept = [ids for ids, _ in fitted], [k[0] for _, k in fitted if k]
+        doc_lp = modes.retrieval_logprobs([p["score"] for p in passages])
+        params = sampling(engine, max(map(len, prompts)), max_tokens=max_tokens, **sampling_kw)
+        run = modes.sequence if rag_mode == "sequence" else modes.token
+        return run(target, prompts, doc_lp, params), kept
+    seen = list(passages)  # iterative
+
+    def build_prompt(so_far: str) -> list[int]:
+        if so_far.strip() and retrieve_again is not None:
+            known = {p["chunk_id"] for p in seen}
+            for p in retrieve_again(question_of(messages) + " " + so_far):
+                if p["chunk_id"] not in known:
+                    seen.append({**p, "index": len(seen) + 1})
+                    known.add(p["chunk_id"])
+        prefix = tokenizer(so_far, add_special_tokens=False)["input_ids"] if so_far else []
+        ids, _ = fit_prompt(tokenizer, messages, seen, budget - len(prefix))
+        return ids + prefix
+
+    first = build_prompt("")
+    params = sampling(engine, len(first), max_tokens=max_tokens, **sampling_kw)
+    return modes.iterative(target, build_prompt, params), seen
+
+
+def answer(model: str, messages: list[dict], *, knowledge_base_id: str, top_k: int = DEFAULT_TOP_K,
+           search_mode: str = DEFAULT_SEARCH_MODE, rag_mode: str = "stuff", max_tokens: int | None = 128,
+           temperature: float = 0.0, seed: int | None = None, stop=None, filters: dict | None = None,
+           db=None) -> dict:
+    """Embedded RAG: {"text", "finish_reason", "citations", "usage", "rag"}."""
+    from graftlm.clusters.hosting import get_runtime
+
+    check_options(top_k, search_mode, rag_mode)
+    target = get_runtime().resolve(model)
+    question = question_of(messages)
+    passages = retrieve(knowledge_base_id, question, top_k=top_k, search_mode=search_mode, filters=filters, db=db)
+    again = lambda q: retrieve(knowledge_base_id, q, top_k=top_k, search_mode=search_mode, filters=filters, db=db)
+    ans, cited = run_mode(target, messages, passages, rag_mode=rag_mode, max_tokens=max_tokens,
+                          retrieve_again=again, temperature=temperature, seed=seed, stop=stop)
+    return {"text": ans.text, "finish_reason": ans.finish_reason, "citations": [citation(p) for p in cited],
+            "usage": _usage(ans.prompt_tokens, ans.completion_tokens),
+            "rag": _rag_info(knowledge_base_id, rag_mode, search_mode, ans)}
+
+
+def _usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _rag_info(kb_id: str, rag_mode: str, search_mode: str, ans: modes.Answer | None) -> dict:
+    return {"knowledge_base_id": kb_id, "rag_mode": rag_mode, "search_mode": search_mode,
+            **(ans.details if ans is not None else {})}
+
+
+# the HTTP route --------------------------------------------------------------------------------------
+
+async def chat_completion(req, request):
+    """``POST /v1/chat/completions`` with ``knowledge_base_id``; ``top_k`` there counts passages (default 4).
+
+    Streaming: the first chunk carries ``citations``; stuff streams token by token, the other modes
+    (which pick or mix whole answers) send the answer in one content chunk.
+    """
+    from fastapi.concurrency import run_in_threadpool
+
+    from graftlm.api.routes import inference as api
+    from graftlm.clusters.hosting import get_runtime
+
+    extra = req.model_extra or {}
+    kb_id = extra.get("knowledge_base_id")
+    top_k = req.top_k if "top_k" in req.model_fields_set else DEFAULT_TOP_K
+    search_mode = extra.get("search_mode") or DEFAULT_SEARCH_MODE
+    rag_mode = extra.get("rag_mode") or "stuff"
+    filters = extra.get("filters")
+    if not isinstance(kb_id, str) or not kb_id:
+        raise GraftError("knowledge_base_id must be a knowledge base id or name", param="knowledge_base_id")
+    check_options(top_k, search_mode, rag_mode)
+    target = await run_in_threadpool(get_runtime().resolve, req.model)
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": api.message_text(m)}
+                for m in req.messages]
+    question = question_of(messages)
+    passages = await run_in_threadpool(retrieve, kb_id, question, top_k=top_k, search_mode=search_mode,
+                                       filters=filters)
+    max_tokens = req.max_completion_tokens or req.max_tokens
+    kw = {"temperature": req.temperature, "top_p": req.top_p, "stop": req.stop, "seed": req.seed}
+    rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    base = {"id": rid, "created": created, "model": req.model}
+    tokenizer = target.engine.tokenizer
+
+    if rag_mode == "stuff":
+        budget = answer_budget(target.engine, max_tokens)
+        ids, cited = await run_in_threadpool(fit_prompt, tokenizer, messages, passages, budget)
+        want_logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        params = sampling(target.engine, len(ids), max_tokens=max_tokens, logprobs=want_logprobs, **kw)
+        handle = await api.submit(target, ids, params)
+        citations, info = [citation(p) for p in cited], _rag_info(kb_id, rag_mode, search_mode, None)
+        if req.stream:
+            def chunk(delta, first=False, usage=None):
+                head = base | {"object": "chat.completion.chunk"}
+                if usage is not None:
+                    return head | {"choices": [], "usage": usage}
+                if first:
+                    return head | {"citations": citations, "rag": info,
+                                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                "logprobs": None, "finish_reason": None}]}
+                return head | {"choices": [{"index": 0, "delta": {"content": delta.text} if delta.text else {},
+                                            "logprobs": api.chat_logprobs(tokenizer, delta.logprobs),
+                                            "finish_reason": api.finish(delta.finish_reason)
+                                            if delta.finish_reason else None}]}
+            include = bool((req.stream_options or {}).get("include_usage"))
+            return api.stream_response(request, target, handle, len(ids), chunk, include)
+        out = await api.collect(target, handle)
+        return base | {"object": "chat.completion", "system_fingerprint": f"graftlm-{target.model['id']}",
+                       "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
+                                    "logprobs": api.chat_logprobs(tokenizer, out.logprobs),
+                                    "finish_reason": api.finish(out.finish_reason)}],
+                       "usage": api.usage(out.prompt_tokens, out.completion_tokens),
+                       "citations": citations, "rag": info}
+
+    again = lambda q: retrieve(kb_id, q, top_k=top_k, search_mode=search_mode, filters=filters)
+    ans, cited = await run_in_threadpool(lambda: run_mode(target, messages, passages, rag_mode=rag_mode,
+                                                          max_tokens=max_tokens, retrieve_again=again, **kw))
+    citations, info = [citation(p) for p in cited], _rag_info(kb_id, rag_mode, search_mode, ans)
+    usage, reason = _usage(ans.prompt_tokens, ans.completion_tokens), api.finish(ans.finish_reason)
+    if req.stream:
+        from fastapi.responses import StreamingResponse
+
+        head = base | {"object": "chat.completion.chunk"}
+
+        def choice(delta, finish_reason=None):
+            return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+
+        chunks = [head | {"citations": citations, "rag": info, "choices": choice({"role": "assistant", "content": ""})},
+                  head | {"choices": choice({"content": ans.text} if ans.text else {})},
+                  head | {"choices": choice({}, reason)}]
+        if (req.stream_options or {}).get("include_usage"):
+            chunks.append(head | {"choices": [], "usage": usage})
+
+        async def events():
+            for c in chunks:
+                yield api.sse(c)
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return base | {"object": "chat.completion", "system_fingerprint": f"graftlm-{target.model['id']}",
+                   "choices": [{"index": 0, "message": {"role": "assistant", "content": ans.text},
+                                "logprobs": None, "finish_reason": reason}],
+                   "usage": usage, "citations": citations, "rag": info}

@@ -1,0 +1,147 @@
+"""RAG over HTTP: knowledge-base CRUD, ingestion jobs (JSON and files), search, /v1/embeddings via the SDK,
+and clear 4xx errors for bad input."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import numpy as np
+import openai
+import pytest
+
+DOCS = [{"id": "cats", "text": "Cats are small carnivorous mammals. They sleep for most of the day.",
+         "metadata": {"topic": "animals"}},
+        {"id": "paris", "text": "Paris is the capital of France. The Eiffel Tower stands in Paris.",
+         "metadata": {"topic": "places"}},
+        {"id": "python", "text": "Python is a programming language created by Guido van Rossum.",
+         "metadata": {"topic": "code"}}]
+
+
+def wait_job(http, kb_id, job, timeout=60):
+    deadline = time.time() + timeout
+    while job["status"] == "running":
+        assert time.time() < deadline, job
+        time.sleep(0.1)
+        job = http.get(f"/v1/knowledge_bases/{kb_id}/ingestions/{job['id']}").json()
+    return job
+
+
+def make_kb(http, name="kb", docs=DOCS):
+    kb = http.post("/v1/knowledge_bases", json={"name": name, "chunk_size": 64, "chunk_overlap": 8}).json()
+    if docs:
+        job = http.post(f"/v1/knowledge_bases/{kb['id']}/documents", json={"documents": docs}).json()
+        assert wait_job(http, kb["id"], job)["status"] == "succeeded"
+    return kb
+
+
+def test_kb_crud_ingestion_job_and_search(http):
+    r = http.post("/v1/knowledge_bases", json={"name": "facts", "chunk_size": 64, "chunk_overlap": 8})
+    assert r.status_code == 200, r.text
+    kb = r.json()
+    assert kb["object"] == "knowledge_base" and kb["documents"] == 0 and kb["embedding_model"] == "all-MiniLM-L6-v2"
+    job = http.post(f"/v1/knowledge_bases/{kb['id']}/documents", json={"documents": DOCS}).json()
+    assert job["object"] == "knowledge_base.ingestion" and job["status"] in ("running", "succeeded")
+    job = wait_job(http, kb["id"], job)
+    assert job["status"] == "succeeded" and job["progress"] == 1.0 and job["documents"] == 3 and job["chunks"] >= 3
+    assert job["files"][0]["ok"] is True
+    assert [k["id"] for k in http.get("/v1/knowledge_bases").json()["data"]] == [kb["id"]]
+    assert http.get(f"/v1/knowledge_bases/{kb['id']}").json()["documents"] == 3
+
+    for mode in ("keyword", "dense", "hybrid"):
+        r = http.post(f"/v1/knowledge_bases/{kb['id']}/search", json={"query": "capital of France", "mode": mode,
+                                                                       "top_k": 2})
+        body = r.json()
+        assert r.status_code == 200 and body["object"] == "list" and body["ranker"] is None
+        assert body["data"][0]["document_id"] == "paris" and len(body["data"]) <= 2
+        hit = body["data"][0]
+        assert hit["text"] == DOCS[1]["text"][hit["start"]:hit["end"]]
+    r = http.post(f"/v1/knowledge_bases/{kb['id']}/search", json={"query": "France", "rerank": True,
+                                                                   "filters": {"topic": "places"}}).json()
+    assert r["ranker"] == "cosine" and {h["document_id"] for h in r["data"]} == {"paris"}
+
+    assert http.delete(f"/v1/knowledge_bases/{kb['id']}/documents/paris").json()["deleted"] is True
+    assert http.delete(f"/v1/knowledge_bases/{kb['id']}/documents/paris").status_code == 404
+    hits = http.post(f"/v1/knowledge_bases/{kb['id']}/search", json={"query": "capital of France"}).json()["data"]
+    assert "paris" not in {h["document_id"] for h in hits}
+    assert http.delete(f"/v1/knowledge_bases/{kb['id']}").json()["deleted"] is True
+    r = http.get(f"/v1/knowledge_bases/{kb['id']}")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+
+
+def test_multipart_files_become_documents(http, tmp_path):
+    kb = make_kb(http, docs=None)
+    files = [("files", ("notes.txt", b"Tea is brewed from leaves of Camellia sinensis.", "text/plain")),
+             ("files", ("guide.md", b"# Coffee\n\nCoffee is brewed from roasted beans.", "text/markdown")),
+             ("files", ("page.html", b"<html><head><title>Cocoa</title><script>x()</script></head>"
+                                     b"<body><p>Cocoa comes from cacao seeds.</p></body></html>", "text/html")),
+             ("files", ("rows.jsonl", b'{"id": "r1", "text": "Milk comes from cows."}\n'
+                                      b'{"text": "Water boils at 100 degrees."}\n', "application/jsonl"))]
+    job = http.post(f"/v1/knowledge_bases/{kb['id']}/documents", files=files).json()
+    job = wait_job(http, kb["id"], job)
+    assert job["status"] == "succeeded", job
+    assert [(f["filename"], f["ok"], f["documents"]) for f in job["files"]] == [
+        ("notes.txt", True, 1), ("guide.md", True, 1), ("page.html", True, 1), ("rows.jsonl", True, 2)]
+    hits = http.post(f"/v1/knowledge_bases/{kb['id']}/search", json={"query": "cacao", "mode": "keyword"}).json()
+    assert hits["data"][0]["document_id"] == "page.html" and "x()" not in hits["data"][0]["text"]
+    assert http.get(f"/v1/knowledge_bases/{kb['id']}").json()["documents"] == 5
+
+
+@pytest.mark.parametrize("name,content,says", [
+    ("slides.pptx", b"PK\x03\x04", "unsupported file type"),
+    ("broken.pdf", b"%PDF-1.4 this is not really a pdf", "not a readable PDF"),
+    ("bad.jsonl", b'{"text": "ok"}\nnot json\n', "line 2: invalid JSON"),
+    ("empty.txt", b"   \n", "no text found"),
+    ("latin1.txt", "café".encode("latin-1"), "not UTF-8"),
+])
+def test_bad_files_are_4xx_and_store_nothing(http, name, content, says):
+    kb = make_kb(http, docs=None)
+    r = http.post(f"/v1/knowledge_bases/{kb['id']}/documents",
+                  files=[("files", ("good.txt", b"fine text", "text/plain")), ("files", (name, content, "x/y"))])
+    assert r.status_code == 400, r.text
+    assert says in r.json()["error"]["message"] and name in r.json()["error"]["message"]
+    assert http.get(f"/v1/knowledge_bases/{kb['id']}").json()["documents"] == 0
+
+
+def test_bad_input_is_4xx_never_500(http):
+    kb = make_kb(http, docs=None)
+    base = f"/v1/knowledge_bases/{kb['id']}"
+    cases = [
+        (http.post(f"{base}/search", json={"query": "anything"}), 400, "is empty"),
+        (http.post("/v1/knowledge_bases", json={"name": "x", "chunk_size": 0}), 400, "chunk_size"),
+        (http.post("/v1/knowledge_bases", json={"name": ""}), 400, "name"),
+        (http.post("/v1/knowledge_bases", json={"name": "x", "embedding_model": "nope"}), 404, "nope"),
+        (http.post(f"{base}/documents", json={"documents": [{"id": "a"}]}), 400, "text"),
+        (http.post(f"{base}/documents", json={"docs": []}), 400, "documents"),
+        (http.post(f"{base}/documents", content=b"not json", headers={"content-type": "application/json"}), 400,
+         "JSON"),
+        (http.post(f"{base}/documents", json={"documents": []}), 400, "no documents"),
+        (http.post("/v1/knowledge_bases/nope/documents", json={"documents": DOCS}), 404, "nope"),
+        (http.get(f"{base}/ingestions/ingest-nope"), 404, "ingest-nope"),
+        (http.delete(f"{base}/documents/ghost"), 404, "ghost"),
+    ]
+    make_kb(http, name="full")
+    full = "/v1/knowledge_bases/full/search"
+    cases += [(http.post(full, json={"query": "cats", "mode": "fuzzy"}), 400, "mode"),
+              (http.post(full, json={"query": "cats", "top_k": 0}), 400, "top_k"),
+              (http.post(full, json={"query": "  "}), 400, "query"),
+              (http.post(full, json={"query": "cats", "rerank": True, "ranker": "nope"}), 404, "nope"),
+              (http.post(full, json={"query": "cats", "filters": {"topic": [1, 2]}}), 400, "")]
+    for r, status, says in cases:
+        assert r.status_code == status, (r.request.url, r.text)
+        assert says in r.json()["error"]["message"], r.text
+
+
+def test_embeddings_through_the_sdk(client):
+    r = client.embeddings.create(model="all-MiniLM-L6-v2", input=["a cat sat", "a kitten rested", "tax law"])
+    vectors = np.array([d.embedding for d in r.data])
+    assert r.object == "list" and vectors.shape == (3, 384) and r.usage.prompt_tokens > 0
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
+    b64 = client.embeddings.create(model="all-MiniLM-L6-v2", input="a cat sat", encoding_format="base64")
+    decoded = np.frombuffer(base64.b64decode(b64.data[0].embedding), dtype="<f4")  # the SDK leaves it encoded
+    assert np.allclose(decoded, vectors[0], atol=1e-6)
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="text-embedding-nope", input="x")
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="all-MiniLM-L6-v2", input=[[1, 2, 3]])
