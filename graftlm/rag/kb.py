@@ -37,7 +37,7 @@ def open_store(db: str | Path | Backend | None = None) -> Backend:
     key = str(db)
     with _stores_lock:
         if key not in _stores:
-            if key.startswith(("postgresql://", "postgres://")):
+            if key.startswith(("postgresql://", "postgres://", "postgresql+")):  # +psycopg: SQLAlchemy style
                 from graftlm.rag.postgres_store import PostgresBackend
 
                 _stores[key] = PostgresBackend(key)
