@@ -71,6 +71,14 @@ def _ensure_scheduler() -> None:
         _scheduler.start()
 
 
+def shutdown() -> None:
+    """Stop the embedded scheduler this process started (running jobs go on in their own processes)."""
+    global _scheduler
+    if _scheduler is not None:
+        _scheduler.stop()
+        _scheduler = None
+
+
 def _upload(client, path: str | None, param: str) -> str | None:
     if path is None:
         return None

@@ -29,6 +29,11 @@ def graft_home(tmp_path, monkeypatch):
     reset_settings()
     dispose_all()
     yield home
+    import graftlm.fm
+    from graftlm.clusters.hosting import shutdown_runtime
+
+    graftlm.fm.shutdown()  # no scheduler thread may outlive its GRAFT_HOME
+    shutdown_runtime()
     dispose_all()
     reset_settings()
 

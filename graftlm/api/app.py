@@ -13,6 +13,7 @@ from graftlm import __version__
 from graftlm.api.auth import require_key
 from graftlm.api.errors import install_error_handlers
 from graftlm.api.routes import clusters, files, fine_tuning, inference, models
+from graftlm.evals import api as evals_api
 from graftlm.rag import api as rag_api
 from graftlm.store.db import upgrade
 
@@ -56,7 +57,7 @@ def create_app(run_scheduler: bool = True) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
-    for module in (files, models, clusters, fine_tuning, inference, rag_api):
+    for module in (files, models, clusters, fine_tuning, inference, rag_api, evals_api):
         v1.include_router(module.router)
     app.include_router(v1)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from graftlm.cli import clusters, data, finetune, keys, models, serve
+from graftlm.evals import cli as evals_cli
 
 app = typer.Typer(help="graftlm: fine-tune open LLMs and serve many adapters from one batch.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -15,6 +16,9 @@ app.add_typer(finetune.app, name="finetune", help="Create fine-tuning jobs.")
 app.add_typer(finetune.jobs_app, name="jobs", help="List, watch and control fine-tuning jobs.")
 app.add_typer(clusters.clusters_app, name="clusters", help="Dedicated AI clusters.")
 app.add_typer(clusters.endpoints_app, name="endpoints", help="Endpoints on hosting clusters.")
+app.add_typer(evals_cli.app, name="eval", help="Evaluate models and compare runs.")
+data.app.command("synth")(evals_cli.synth_command)
+app.command("ladder")(evals_cli.ladder_command)
 app.command("serve")(serve.serve)
 app.command("chat")(models.chat)
 app.command("worker")(finetune.worker)

@@ -98,7 +98,7 @@ def forgetting_command(custom_model: str, base_model: str | None = typer.Option(
 
 
 def ladder_command(
-    train: Path = typer.Option(..., "--train", exists=True, help="Training JSONL."),
+    train: Path = typer.Option(..., "--data", "--train", exists=True, help="Training JSONL."),
     eval_path: Path = typer.Option(..., "--eval", exists=True, help="Eval JSONL."),
     model: str = typer.Option(..., "--model", "-m", help="Base model id."),
     methods: str = typer.Option("tfew,lora", help="Fine-tuning methods, comma-separated ('' for none)."),

@@ -54,6 +54,7 @@ def list_evals() -> list[dict]:
 
 
 def save_run(eval_id: str, run: dict) -> dict:
+    run.setdefault("saved_ns", time.time_ns())  # orders runs saved within the same second
     _write(evals_dir() / eval_id / "runs" / f"{run['id']}.json", run)
     return run
 
@@ -68,4 +69,4 @@ def get_run(run_id: str, eval_id: str | None = None) -> dict:
 def list_runs(eval_id: str) -> list[dict]:
     get_eval(eval_id)
     runs = [json.loads(p.read_text()) for p in (evals_dir() / eval_id / "runs").glob("*.json")]
-    return sorted(runs, key=lambda r: r["created_at"])
+    return sorted(runs, key=lambda r: (r["created_at"], r.get("saved_ns", 0)))

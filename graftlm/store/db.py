@@ -16,6 +16,7 @@ from graftlm.config import get_settings
 _engines: dict[str, Engine] = {}
 _upgraded: set[str] = set()
 _lock = threading.Lock()
+_upgrade_lock = threading.Lock()
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -57,12 +58,19 @@ def upgrade(url: str | None = None) -> None:
     url = url or get_settings().db_url
     if url in _upgraded:
         return
-    engine = get_engine(url)
-    cfg = alembic_config(url)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
-    _upgraded.add(url)
+    with _upgrade_lock:  # two threads of one process must not both create the schema
+        if url in _upgraded:
+            return
+        engine = get_engine(url)
+        cfg = alembic_config(url)
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":  # serialize concurrent processes upgrading one server
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242)")
+            elif conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        _upgraded.add(url)
 
 
 def dispose_all() -> None:
