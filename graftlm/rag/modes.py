@@ -138,7 +138,11 @@ def iterative(target, build_prompt: Callable[[str], list[int]], params: Sampling
         end = _SENTENCE_END.search(piece)
         if end and not done and end.end() < len(piece.rstrip()):
             piece = piece[:end.end()]
-        completion_tokens += len(tokenizer(piece, add_special_tokens=False)["input_ids"]) if piece else 0
+        if piece != out.text:  # cut at a sentence end: count the tokens kept (re-tokenizing may differ)
+            used = min(out.completion_tokens, len(tokenizer(piece, add_special_tokens=False)["input_ids"]))
+        else:
+            used = out.completion_tokens
+        completion_tokens += used
         text += piece
         rounds.append(piece)
         if done or not piece:

@@ -86,7 +86,12 @@ def resolve(ranker: str | ScoreFn | None) -> tuple[str, ScoreFn | None]:
         return ranker, None
     if ranker in _cross_encoders:
         return f"cross-encoder:{ranker}", _cross_encoder_fn(ranker)
-    raise NotFound(f"ranker {ranker!r} is not registered; known: {', '.join(list_rankers())}", param="ranker")
+    if ranker.startswith("llm:") and len(ranker) > 4:  # a hosted model as a yes/no judge
+        from graftlm.rag.llm_rank import llm_ranker
+
+        return ranker, llm_ranker(ranker[4:])
+    raise NotFound(f"ranker {ranker!r} is not registered; known: {', '.join(list_rankers())}, llm:<model>",
+                   param="ranker")
 
 
 def llm_yes_no_scorer(yes_probability: Callable[[str], float], *, prompt: str = YES_NO_PROMPT) -> ScoreFn:
