@@ -12,6 +12,7 @@ from graftlm.config import get_settings
 from graftlm.errors import GraftError, NotFound
 from graftlm.store import blobs
 from graftlm.store.db import session
+from graftlm.store.paging import check_limit, newest_first_page
 from graftlm.store.models import File, FineTuningJob, new_id
 
 PURPOSES = {"fine-tune", "fine-tune-results", "assistants", "batch", "user_data", "evals", "rag"}
@@ -62,19 +63,11 @@ def file_path(file_id: str) -> Path:
 
 
 def list_files(*, after: str | None = None, limit: int = 100, purpose: str | None = None) -> dict:
-    if not 1 <= limit <= 10000:
-        raise GraftError("limit must be between 1 and 10000", param="limit")
+    check_limit(limit, 10000)
     with session() as s:
-        q = select(File).order_by(File.created_at.desc(), File.id.desc())
-        if purpose:
-            q = q.where(File.purpose == purpose)
-        if after:
-            anchor = _get(s, after)
-            q = q.where((File.created_at < anchor.created_at)
-                        | ((File.created_at == anchor.created_at) & (File.id < anchor.id)))
-        rows = list(s.scalars(q.limit(limit + 1)))
-        return {"object": "list", "data": [file_to_dict(f) for f in rows[:limit]],
-                "has_more": len(rows) > limit}
+        q = select(File).where(File.purpose == purpose) if purpose else select(File)
+        rows, more = newest_first_page(s, File, q, _get(s, after) if after else None, limit)
+        return {"object": "list", "data": [file_to_dict(f) for f in rows], "has_more": more}
 
 
 def iter_content(file_id: str) -> Iterator[bytes]:

@@ -9,6 +9,7 @@ from graftlm.errors import Conflict, GraftError, NotFound
 from graftlm.files import get_file_record
 from graftlm.models.catalog import get_model
 from graftlm.store.db import session
+from graftlm.store.paging import check_limit, newest_first_page
 from graftlm.store.models import FineTuningJob, JobCheckpoint, JobEvent, new_id, now
 from graftlm.train.config import check_runtime, parse_config
 
@@ -114,8 +115,7 @@ def get_job(job_id: str) -> dict:
 
 
 def _page(s, query, model, after: str | None, limit: int):
-    if not 1 <= limit <= 1000:
-        raise GraftError("limit must be between 1 and 1000", param="limit")
+    check_limit(limit, 1000)
     if after:
         anchor = s.scalar(select(model).where(model.id == after))
         if anchor is None:
@@ -126,16 +126,11 @@ def _page(s, query, model, after: str | None, limit: int):
 
 
 def list_jobs(*, after: str | None = None, limit: int = 20, metadata: dict | None = None) -> dict:
-    if not 1 <= limit <= 1000:
-        raise GraftError("limit must be between 1 and 1000", param="limit")
+    check_limit(limit, 1000)
     with session() as s:
-        q = select(FineTuningJob).order_by(FineTuningJob.created_at.desc(), FineTuningJob.id.desc())
-        if after:
-            anchor = _get(s, after)
-            q = q.where((FineTuningJob.created_at < anchor.created_at)
-                        | ((FineTuningJob.created_at == anchor.created_at) & (FineTuningJob.id < anchor.id)))
-        rows = list(s.scalars(q.limit(limit + 1)))
-        return {"object": "list", "data": [job_to_dict(j) for j in rows[:limit]], "has_more": len(rows) > limit}
+        rows, more = newest_first_page(s, FineTuningJob, select(FineTuningJob), _get(s, after) if after else None,
+                                       limit)
+        return {"object": "list", "data": [job_to_dict(j) for j in rows], "has_more": more}
 
 
 def list_events(job_id: str, *, after: str | None = None, limit: int = 20) -> dict:
