@@ -182,3 +182,24 @@ def test_mlflow_logs_params_metrics_and_the_adapter(client, tiny_model, tmp_path
     assert [m.step for m in history] == [1, 2, 3]
     artifacts = [a.path for a in mlflow.MlflowClient(uri).list_artifacts(run.info.run_id, "model")]
     assert "model/adapter_model.safetensors" in artifacts
+
+
+def test_pause_and_resume_a_running_job(client, tiny_model):
+    fid = upload(client, toy_dataset(24))
+    spec = hyper(training_method="lora", n_epochs=4, batch_size=2, log_model_metrics_interval_in_steps=1)
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=fid, method=spec)
+    deadline = time.time() + 60
+    while not [e for e in client.fine_tuning.jobs.list_events(job.id).data if e.type == "metrics"]:
+        assert time.time() < deadline
+        time.sleep(0.1)
+    client.fine_tuning.jobs.pause(job.id)
+    paused = wait_job(client, job.id, statuses=("paused",))
+    assert paused.fine_tuned_model is None
+    assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+    done = wait_job(client, job.id)
+    assert done.status == "succeeded"
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data]
+    assert any(m.startswith("resumed from step") for m in messages)
+    steps = {e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+             if e.type == "metrics"}
+    assert steps == set(range(1, 41))  # 24 → 19 train examples → 10 steps × 4 epochs, none lost or skipped
