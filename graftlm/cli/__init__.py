@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from graftlm.cli import clusters, data, finetune, keys, models, serve
+from graftlm.rag import cli as rag_cli
 from graftlm.evals import cli as evals_cli
 
 app = typer.Typer(help="graftlm: fine-tune open LLMs and serve many adapters from one batch.",
@@ -19,6 +20,8 @@ app.add_typer(clusters.endpoints_app, name="endpoints", help="Endpoints on hosti
 app.add_typer(evals_cli.app, name="eval", help="Evaluate models and compare runs.")
 data.app.command("synth")(evals_cli.synth_command)
 app.command("ladder")(evals_cli.ladder_command)
+app.add_typer(rag_cli.app, name="kb", help="Knowledge bases: create, list, delete, ingest, search.")
+app.add_typer(rag_cli.rag_app, name="rag", help="Evaluate retrieval and grounded answers.")
 app.command("serve")(serve.serve)
 app.command("chat")(models.chat)
 app.command("worker")(finetune.worker)
