@@ -5,6 +5,10 @@
 The LLM (a hosted model from GRAFT_HOME, default ~/.graft) scores p(yes) for "Is this passage relevant to
 the question?" on the hybrid top ``--candidates`` chunks; the bi-encoder cosine rerank is shown as a second
 reference. A subset of queries keeps it to minutes on CPU. ``--db`` keeps the ingested KB between runs.
+
+Measured (first 20 judged CISI queries, 20 candidates, 2 shared CPU cores): nDCG@10 hybrid 0.410,
+hybrid+cosine 0.367 (0.89x), hybrid+llm:smollm2-135m-instruct 0.236 (0.58x) at 48 s/query: the 135M
+model's p(yes) is worse than the first stage's order, so it does not help here.
 """
 
 from __future__ import annotations
