@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -21,11 +22,14 @@ def device() -> torch.device:
 
 @lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
-    """AVX-512 BF16 (or AMX) makes bf16 matmuls fast on this CPU; without it bf16 is emulated and slow."""
+    """AVX-512 BF16 or AMX: a native bf16 matmul. mkldnn's own check also says yes on AVX-512 CPUs without
+    them (Ice Lake), where bf16 is emulated: there SmolLM2-135M engine decode at batch 32 ran 127 ms/step
+    in fp32 vs 209 ms in bf16, and training bf16 matmuls ~4x slower, so such CPUs get fp32."""
     try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: trust mkldnn
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def default_dtype(dev: torch.device | None = None) -> torch.dtype:

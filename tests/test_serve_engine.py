@@ -97,3 +97,55 @@ def test_logits_rows_mix_adapters(engine):
     for i, row in enumerate(rows):
         assert torch.allclose(mixed[i], engine.logits([row])[0], atol=1e-5)
     assert (mixed[0] - mixed[1]).abs().max() > 1e-2 and (mixed[0] - mixed[2]).abs().max() > 1e-2
+
+
+def test_grouped_lora_rows_of_several_ranks_and_uneven_groups(engine):
+    # LoRA rows are grouped by adapter and padded to the largest group: 3 lora4 rows, 1 lora8qv row
+    # (q and v only, so k's columns get no delta), (IA)³ and base rows in between
+    rows = [(PROMPTS[0], "lora4"), (PROMPTS[1], None), (PROMPTS[2], "lora4"), (PROMPTS[3], "lora8qv"),
+            (PROMPTS[1], "ia3"), (PROMPTS[2], "lora4")]
+    mixed = engine.logits(rows)
+    for i, row in enumerate(rows):
+        assert torch.allclose(mixed[i], engine.logits([row])[0], atol=1e-5), row
+    greedy = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    outs = engine.generate([(p, greedy, a) for p, a in rows])
+    for (p, a), out in zip(rows, outs):
+        assert out.token_ids == engine.generate([(p, greedy, a)])[0].token_ids, a
+
+
+def test_install_over_an_occupied_slot_leaves_no_trace(setup):
+    # install resets only what the slot's previous adapter wrote: the result must equal a fresh install
+    from graftlm.serve.adapters import AdapterPool, read_adapter
+    from graftlm.serve.model import Llama
+
+    model_path, paths = setup
+    shape = Llama(model_path, torch.float32, torch.device("cpu"), 16).shape
+    w = {n: read_adapter(p, shape) for n, p in paths.items()}
+
+    def slot_state(pool):  # slot 1's weights, LoRA trimmed of all-zero rank columns
+        state = {}
+        for name in ("lora_a", "lora_b", "ia3_out", "ia3_in"):
+            for module, t in getattr(pool, name).items():
+                t = t[:, 1]
+                if name == "lora_a":
+                    t = t[..., :int(t.abs().sum((0, 1)).nonzero().max()) + 1] if t.any() else None
+                elif name == "lora_b":
+                    t = t[:, :int(t.abs().sum((0, 2)).nonzero().max()) + 1] if t.any() else None
+                elif (t == 1).all():
+                    t = None
+                if t is not None:
+                    state[name, module] = t
+        return state
+
+    for later in ("lora8qv", "ia3", "lora4"):
+        reused = AdapterPool(shape, 2, 16, torch.float32, torch.device("cpu"))
+        for earlier in ("lora4", "lora8qv", "ia3"):
+            reused.install(1, w[earlier])
+        reused.install(1, w[later])
+        fresh = AdapterPool(shape, 2, 16, torch.float32, torch.device("cpu"))
+        fresh.install(1, w[later])
+        got, want = slot_state(reused), slot_state(fresh)
+        assert got.keys() == want.keys(), later
+        assert all(torch.equal(got[k], want[k]) for k in want), later
+        reused.clear(1)
+        assert slot_state(reused) == {}

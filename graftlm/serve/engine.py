@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from graftlm import runtime
 from graftlm.errors import GraftError
 
 from .adapter_cache import AdapterCache
@@ -35,14 +36,8 @@ def default_device() -> torch.device:
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """GRAFT_DTYPE if set; else bf16 on CUDA and on CPUs with a native bf16 matmul path, fp32 elsewhere."""
-    want = os.environ.get("GRAFT_DTYPE", "auto")
-    if want != "auto":
-        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                "bf16": torch.bfloat16, "float16": torch.float16}[want]
-    if device.type == "cuda":
-        return torch.bfloat16
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    """GRAFT_DTYPE if set, else the device's fastest dtype: one rule for serving, chat and training."""
+    return runtime.default_dtype(device)
 
 
 def eos_token_ids(model_path: Path, tokenizer) -> set[int]:

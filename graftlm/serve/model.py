@@ -172,13 +172,16 @@ class Llama:
         """One token per running row (rows 0..B-1 of the cache) at per-row positions; logits [B, V]."""
         b = tokens.shape[0]
         span = int(positions.max()) + 1
-        rows = torch.arange(b, device=self.device)
         mask = (torch.arange(span, device=self.device) <= positions[:, None])[:, None, None, :]
+        # flat [row, head, position] index into a layer's cache: index_copy_ is far cheaper than index_put
+        heads, seq, dim = self.shape.kv_heads, cache.max_seq_len, self.shape.head_dim
+        flat = ((torch.arange(b, device=self.device)[:, None] * heads
+                 + torch.arange(heads, device=self.device)) * seq + positions[:, None]).flatten()
 
         def attend(i, q, k, v):
             kc, vc = cache.k[i], cache.v[i]
-            kc[rows, :, positions] = k[:, :, 0]
-            vc[rows, :, positions] = v[:, :, 0]
+            kc.view(-1, dim).index_copy_(0, flat, k.reshape(-1, dim))
+            vc.view(-1, dim).index_copy_(0, flat, v.reshape(-1, dim))
             return F.scaled_dot_product_attention(q, kc[:b, :, :span], vc[:b, :, :span], attn_mask=mask,
                                                   enable_gqa=True)
 
