@@ -1,14 +1,19 @@
 """Serving benchmark: many adapters in one batch vs the base model alone, a naive PEFT server, HF generate.
 
-    python bench/serve.py [--model-path ~/.graft/models/smollm2-135m-instruct] [--dtype float32]
+    python bench/serve.py [--model-path ~/.graft/models/smollm2-135m-instruct] [--dtype float32,default]
 
-Without --model-path a random Llama of SmolLM2-135M's shape (tiny vocabulary) is built. One run, same
-prompts and output lengths for every contender; ratios are printed against baselines measured here.
+Without --model-path a random Llama of SmolLM2-135M's shape (tiny vocabulary) is built. One run per dtype,
+same prompts and output lengths for every contender; ratios are printed against baselines measured in the
+same run, and everything printed is also written to bench/results/serve.json.
+
+The mixed batch is 32 requests over 32 adapters: 16 LoRA r=8 and 16 T-Few ((IA)³, PEFT defaults). LoRA is
+measured twice: on all linear layers (the costlier case) and on PEFT's default targets for Llama (q, v).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -16,9 +21,11 @@ from pathlib import Path
 
 import torch
 
-from graftlm.serve import Engine, SamplingParams
+from graftlm.serve import Engine, SamplingParams, default_dtype
 from graftlm.serve.adapters import read_adapter
 from graftlm.serve.testing import make_peft_adapters
+
+RESULTS = Path(__file__).parent / "results" / "serve.json"
 
 
 def build_random_llama(path: Path) -> Path:
@@ -41,18 +48,46 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
-def run_engine(engine, prompts, adapters, new_tokens):
-    sp = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+def greedy(n):
+    return SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
+
+
+def tokens_per_s(engine, prompts, adapters, new_tokens):
     t0 = time.perf_counter()
-    outs = engine.generate([(p, sp, a) for p, a in zip(prompts, adapters)])
+    outs = engine.generate([(p, greedy(new_tokens), a) for p, a in zip(prompts, adapters)])
     return sum(o.completion_tokens for o in outs) / (time.perf_counter() - t0)
 
 
+def decode_step_ms(engine, prompts, batches: dict, reps=8):
+    """Median time of one decode step per batch composition, compositions interleaved so that machine load
+    hits them alike (the tokens/s figures include prefill and sampling)."""
+    model, cache = engine.model, engine.cache
+    slots = {}
+    for name, adapters in batches.items():
+        for a in set(adapters) - {None}:
+            engine.adapters.load_now(a)
+        slots[name] = [0 if a is None else engine.adapters.acquire(a) for a in adapters]
+    tokens = torch.tensor([p[-1] for p in prompts], device=engine.device)
+    positions = torch.full((len(prompts),), len(prompts[0]), device=engine.device)
+    times = {name: [] for name in batches}
+    for rep in range(reps + 1):
+        for name in batches:
+            rows = engine.pool.rows(slots[name])
+            t0 = time.perf_counter()
+            model.decode(tokens, positions, rows, cache)
+            if rep:  # the first round builds the gathered weights
+                times[name].append(time.perf_counter() - t0)
+    for name, adapters in batches.items():
+        for a in adapters:
+            if a is not None:
+                engine.adapters.release(a)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
 def latency(engine, prompts, adapters, new_tokens, concurrency):
-    sp = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
     engine.start()
     try:
-        handles = [engine.submit(p, sp, a) for p, a in list(zip(prompts, adapters))[:concurrency]]
+        handles = [engine.submit(p, greedy(new_tokens), a) for p, a in list(zip(prompts, adapters))[:concurrency]]
         outs = [h.result() for h in handles]
     finally:
         engine._stopping = True
@@ -63,89 +98,159 @@ def latency(engine, prompts, adapters, new_tokens, concurrency):
     return ttft, itl
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model-path", type=Path)
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--prompt-tokens", type=int, default=32)
-    ap.add_argument("--naive-requests", type=int, default=4, help="requests timed for the set_adapter server")
-    args = ap.parse_args()
-    torch.manual_seed(0)
-    dtype = getattr(torch, args.dtype)
-    tmp = Path(tempfile.mkdtemp(prefix="graft-bench-"))
-    model_path = args.model_path.expanduser() if args.model_path else build_random_llama(tmp / "model")
-    half = args.batch // 2
-    lora = make_peft_adapters(model_path, [tmp / f"lora{i}" for i in range(half)], "lora", r=8, scale=0.05)
-    ia3 = make_peft_adapters(model_path, [tmp / f"ia3_{i}" for i in range(half)], "ia3", scale=0.05)
-    names = {p.name: p for p in lora + ia3}
+def load_ms(engine, path, reps=5):
+    """Disk -> CPU (read_adapter, as the loader thread does) -> device slot (install), median."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        engine.pool.install(engine.pool.slots, read_adapter(path, engine.model.shape))
+        times.append(time.perf_counter() - t0)
+    engine.pool.clear(engine.pool.slots)
+    return 1e3 * statistics.median(times)
 
-    vocab = 300
-    prompts = [torch.randint(3, vocab, (args.prompt_tokens,)).tolist() for _ in range(args.batch)]
-    mixed = [list(names)[i % len(names)] for i in range(args.batch)]
-    base = [None] * args.batch
-    print(f"model {model_path}  dtype {args.dtype}  batch {args.batch}  prompt {args.prompt_tokens}  "
-          f"new tokens {args.new_tokens}  torch threads {torch.get_num_threads()}")
 
-    engine = Engine(model_path, dtype=dtype, max_batch_size=args.batch, max_seq_len=256,
-                    max_adapters=len(names), max_queue=256)
-    for n, p in names.items():
-        engine.register_adapter(n, p)
-    run_engine(engine, prompts[:4], mixed[:4], 4)  # warm up
-    run_engine(engine, prompts, mixed, 2)  # make all adapters resident
-    base_tps = run_engine(engine, prompts, base, args.new_tokens)
-    mixed_tps = run_engine(engine, prompts, mixed, args.new_tokens)
+def bench_dtype(args, dtype, model_path, adapters, prompts):
+    res = {"dtype": str(dtype).removeprefix("torch.")}
+    n = args.batch
+    mixed = {"all-linear": [p.name for p in adapters["lora"] + adapters["ia3"]][:n],
+             "q,v": [p.name for p in adapters["lora_qv"] + adapters["ia3"]][:n]}
+    base = [None] * n
+    paths = {p.name: p for ps in adapters.values() for p in ps}
+    engine = Engine(model_path, dtype=dtype, max_batch_size=n, max_seq_len=256,
+                    max_adapters=len(paths) + 1, max_queue=256)
+    for name, p in paths.items():
+        engine.register_adapter(name, p)
+    tokens_per_s(engine, prompts[:4], mixed["all-linear"][:4], 4)  # warm up
+    for m in mixed.values():
+        tokens_per_s(engine, prompts, m, 2)  # make every adapter resident
+
+    res["decode_step_ms"] = decode_step_ms(engine, prompts, {"base": base, **mixed})
+    res["tokens_per_s"] = tps = {"graftlm base": tokens_per_s(engine, prompts, base, args.new_tokens)}
+    for targets, m in mixed.items():
+        tps[f"graftlm mixed, LoRA {targets}"] = tokens_per_s(engine, prompts, m, args.new_tokens)
+    tps["graftlm base (again)"] = tokens_per_s(engine, prompts, base, args.new_tokens)
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval()
     ids = torch.tensor(prompts)
+    naive_names = mixed["all-linear"][::max(1, n // args.naive_requests)][:args.naive_requests]
     with torch.inference_mode():
-        hf.generate(input_ids=ids[:2], max_new_tokens=2, do_sample=False)
+        hf.generate(input_ids=ids[:2], max_new_tokens=2, do_sample=False, pad_token_id=0)
         t0 = time.perf_counter()
         hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
                     min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
-        hf_tps = args.batch * args.new_tokens / (time.perf_counter() - t0)
+        tps["HF generate base only"] = n * args.new_tokens / (time.perf_counter() - t0)
 
-        peft = PeftModel.from_pretrained(hf, lora[0], adapter_name=lora[0].name)
-        for n in mixed[: args.naive_requests]:
-            if n not in peft.peft_config:
-                peft.load_adapter(names[n], adapter_name=n)
+        # PEFT cannot hold LoRA and IA3 adapters in one model: the naive server keeps one per kind
+        servers = {}
+        for name in naive_names:
+            kind = "ia3" if name.startswith("ia3") else "lora"
+            if kind not in servers:
+                servers[kind] = PeftModel.from_pretrained(
+                    AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval(), paths[name],
+                    adapter_name=name)
+            else:
+                servers[kind].load_adapter(paths[name], adapter_name=name)
         t0 = time.perf_counter()
-        for p, n in list(zip(prompts, mixed))[: args.naive_requests]:
-            peft.set_adapter(n)
-            x = torch.tensor([p])
+        for i, name in enumerate(naive_names):  # one request at a time, set_adapter before each
+            peft = servers["ia3" if name.startswith("ia3") else "lora"]
+            peft.set_adapter(name)
+            x = torch.tensor([prompts[i]])
             peft.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=args.new_tokens,
                           min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
-        naive_tps = args.naive_requests * args.new_tokens / (time.perf_counter() - t0)
+        naive_s = (time.perf_counter() - t0) / len(naive_names)
+    # requests are served one after another, so 32 of them take 32x the measured per-request time
+    tps["PEFT set_adapter server (extrapolated)"] = args.new_tokens / naive_s
+    res["naive_server"] = {"requests_timed": len(naive_names), "s_per_request": naive_s,
+                           "extrapolated_s_for_batch": naive_s * n}
 
-    print(f"\ntokens/s (batch {args.batch}, {args.new_tokens} new tokens, prefill included)")
-    print(f"  graftlm base only                 {base_tps:8.1f}")
-    print(f"  graftlm {len(names)} adapters mixed          {mixed_tps:8.1f}")
-    print(f"  HF generate base only             {hf_tps:8.1f}")
-    print(f"  PEFT set_adapter per request      {naive_tps:8.1f}  (timed on {args.naive_requests} requests)")
-    print(f"  mixed / graftlm base    {mixed_tps / base_tps:6.2f}   (goal >= 0.85)")
-    print(f"  mixed / naive PEFT      {mixed_tps / naive_tps:6.1f}x  (goal >= 10x)")
-    print(f"  mixed / HF base         {mixed_tps / hf_tps:6.2f}")
-    print(f"  graftlm base / HF base  {base_tps / hf_tps:6.2f}")
+    base_tps = (tps["graftlm base"] + tps["graftlm base (again)"]) / 2
+    step = res["decode_step_ms"]
+    res["ratios"] = {
+        "mixed/base tokens/s, LoRA all-linear": tps["graftlm mixed, LoRA all-linear"] / base_tps,
+        "mixed/base tokens/s, LoRA q,v": tps["graftlm mixed, LoRA q,v"] / base_tps,
+        "mixed/base decode step, LoRA all-linear": step["base"] / step["all-linear"],
+        "mixed/base decode step, LoRA q,v": step["base"] / step["q,v"],
+        "mixed (all-linear)/naive PEFT server": tps["graftlm mixed, LoRA all-linear"]
+        / tps["PEFT set_adapter server (extrapolated)"],
+        "mixed (all-linear)/HF generate base": tps["graftlm mixed, LoRA all-linear"] / tps["HF generate base only"],
+        "graftlm base/HF generate base": base_tps / tps["HF generate base only"],
+    }
+    res["latency_ms"] = {}
+    for c in sorted({1, 8, n}):
+        ttft, itl = latency(engine, prompts, mixed["all-linear"], args.new_tokens, c)
+        res["latency_ms"][c] = {"ttft_p50": 1e3 * pct(ttft, .5), "ttft_p99": 1e3 * pct(ttft, .99),
+                                "itl_p50": 1e3 * pct(itl, .5), "itl_p99": 1e3 * pct(itl, .99)}
+    res["adapter_load_ms"] = {"T-Few (IA)3": load_ms(engine, adapters["ia3"][0]),
+                              "LoRA r=8 all-linear": load_ms(engine, adapters["lora"][0]),
+                              "LoRA r=8 q,v": load_ms(engine, adapters["lora_qv"][0])}
+    engine.stop()
+    return res
 
-    print("\nlatency, mixed adapters (ms)      TTFT p50   TTFT p99   ITL p50   ITL p99")
-    for c in (1, 8, args.batch):
-        ttft, itl = latency(engine, prompts, mixed, args.new_tokens, c)
-        print(f"  {c:3d} concurrent               {1e3 * pct(ttft, .5):9.1f}  {1e3 * pct(ttft, .99):9.1f}"
-              f"  {1e3 * pct(itl, .5):8.1f}  {1e3 * pct(itl, .99):8.1f}")
 
-    print("\nadapter load (disk -> CPU -> device slot), median of 5")
-    for kind, path in (("T-Few (IA)3", ia3[0]), ("LoRA r=8", lora[0])):
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            engine.pool.install(1, read_adapter(path, engine.model.shape))
-            times.append(time.perf_counter() - t0)
-        goal = 20 if kind.startswith("T") else 100
-        print(f"  {kind:12s} {1e3 * statistics.median(times):7.2f} ms   (goal < {goal} ms)")
+def report(res, args):
+    print(f"\n=== dtype {res['dtype']}: batch {args.batch}, {args.new_tokens} new tokens, "
+          f"prompt {args.prompt_tokens} tokens, torch threads {torch.get_num_threads()}")
+    print("tokens/s (prefill included)")
+    for k, v in res["tokens_per_s"].items():
+        print(f"  {k:42s} {v:8.1f}")
+    print("decode step, median ms: " + "  ".join(f"{k} {v:.1f}" for k, v in res["decode_step_ms"].items()))
+    goals = {"mixed/base": "(goal >= 0.85)", "naive": "(goal >= 10x)"}
+    for k, v in res["ratios"].items():
+        goal = next((g for key, g in goals.items() if k.startswith(key) or key in k), "")
+        print(f"  {k:42s} {v:6.2f}  {goal}")
+    nv = res["naive_server"]
+    print(f"  (naive server: {nv['requests_timed']} requests timed, {nv['s_per_request']:.2f} s each; "
+          f"serving the batch one by one extrapolates to {nv['extrapolated_s_for_batch']:.0f} s)")
+    print("latency, mixed adapters (ms)   TTFT p50   TTFT p99   ITL p50   ITL p99")
+    for c, m in res["latency_ms"].items():
+        print(f"  {c:3d} concurrent            {m['ttft_p50']:9.1f}  {m['ttft_p99']:9.1f}  "
+              f"{m['itl_p50']:8.1f}  {m['itl_p99']:8.1f}")
+    print("adapter load (disk -> CPU -> device slot), median of 5")
+    for k, v in res["adapter_load_ms"].items():
+        goal = 20 if k.startswith("T") else 100
+        print(f"  {k:22s} {v:7.2f} ms   (goal < {goal} ms)")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model-path", type=Path)
+    ap.add_argument("--dtype", default="float32,default", help="comma-separated; 'default' = the engine's default")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--naive-requests", type=int, default=8, help="requests timed for the set_adapter server")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    tmp = Path(tempfile.mkdtemp(prefix="graft-bench-"))
+    model_path = args.model_path.expanduser() if args.model_path else build_random_llama(tmp / "model")
+    half = args.batch // 2
+    adapters = {
+        "lora": make_peft_adapters(model_path, [tmp / f"lora{i}" for i in range(half)], "lora", r=8, scale=0.05),
+        "lora_qv": make_peft_adapters(model_path, [tmp / f"lora_qv{i}" for i in range(half)], "lora", r=8,
+                                      target_modules=["q_proj", "v_proj"], scale=0.05),
+        "ia3": make_peft_adapters(model_path, [tmp / f"ia3_{i}" for i in range(half)], "ia3", scale=0.05),
+    }
+    prompts = [torch.randint(3, 300, (args.prompt_tokens,)).tolist() for _ in range(args.batch)]
+    dtypes = []
+    for d in args.dtype.split(","):
+        dt = default_dtype(torch.device("cpu")) if d == "default" else getattr(torch, d)
+        if dt not in dtypes:
+            dtypes.append(dt)
+    print(f"model {model_path}  dtypes {[str(d) for d in dtypes]}  engine default "
+          f"{default_dtype(torch.device('cpu'))}")
+    results = {"model": str(model_path), "batch": args.batch, "new_tokens": args.new_tokens,
+               "prompt_tokens": args.prompt_tokens, "torch_threads": torch.get_num_threads(),
+               "default_dtype": str(default_dtype(torch.device("cpu"))).removeprefix("torch."), "runs": []}
+    for dt in dtypes:
+        res = bench_dtype(args, dt, model_path, adapters, prompts)
+        report(res, args)
+        results["runs"].append(res)
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=1))
+    print(f"\nwritten to {RESULTS}")
 
 
 if __name__ == "__main__":

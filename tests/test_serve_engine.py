@@ -149,3 +149,23 @@ def test_install_over_an_occupied_slot_leaves_no_trace(setup):
         assert all(torch.equal(got[k], want[k]) for k in want), later
         reused.clear(1)
         assert slot_state(reused) == {}
+
+
+def test_reads_bf16_adapter_files(setup, tmp_path):
+    # adapters are parsed with NumPy (no torch ops on the loader thread); bf16 files are widened exactly
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from graftlm.serve.adapters import read_adapter
+    from graftlm.serve.model import Llama
+
+    model_path, paths = setup
+    shape = Llama(model_path, torch.float32, torch.device("cpu"), 16).shape
+    bf16 = shutil.copytree(paths["lora4"], tmp_path / "lora4_bf16")
+    f = bf16 / "adapter_model.safetensors"
+    save_file({k: v.bfloat16() for k, v in load_file(f).items()}, f)
+    ours, ref = read_adapter(bf16, shape), read_adapter(paths["lora4"], shape)
+    for module, (a, b) in ref.lora.items():
+        assert torch.equal(ours.lora[module][0], a.bfloat16().float())
+        assert torch.allclose(ours.lora[module][1], b, rtol=1e-2, atol=1e-6)

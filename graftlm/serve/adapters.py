@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors import safe_open
 
 from graftlm.errors import GraftError
 
@@ -67,41 +67,67 @@ def _feedforward(cfg: dict) -> list[str]:
 
 
 def read_adapter(path: str | Path, shape: LlamaShape) -> AdapterWeights:
-    """Read a PEFT LoRA or IA3 adapter into per-module tensors stacked over layers, checking shapes."""
+    """Read a PEFT LoRA or IA3 adapter into per-module tensors stacked over layers, checking shapes.
+
+    NumPy only, no torch ops: this runs on the loader thread, and a torch op there would start a second
+    OpenMP team, after which every parallel op of the engine thread pays futex wake-ups (measured: decode
+    with 16 LoRA rows 300 ms/step instead of 180 on 2 cores).
+    """
     path = Path(path)
     cfg = read_adapter_config(path, shape)
     dims, L = shape.module_dims, shape.layers
-    with safe_open(path / "adapter_model.safetensors", framework="pt") as st:
-        tensors = [(_parse(k, path), k, st.get_tensor(k)) for k in st.keys()]
+    tensors = [(_parse(k, path), k, t) for k, t in _read_safetensors(path / "adapter_model.safetensors").items()]
     if cfg["peft_type"] == "IA3":
         ff = _feedforward(cfg)
-        w = AdapterWeights(kind="ia3")
+        tables: dict[str, dict[str, np.ndarray]] = {"in": {}, "out": {}}
         for (layer, module, _), key, t in tensors:
             side = "in" if module in ff else "out"
             want = dims[module][0 if side == "in" else 1]
-            _check(t.numel() == want, path, key, f"{want} values", t.numel())
-            table = getattr(w, f"ia3_{side}")
-            if module not in table:
-                table[module] = torch.ones(L, want)
-            table[module][layer] = t.reshape(-1)
-        return w
+            _check(t.size == want, path, key, f"{want} values", t.size)
+            tables[side].setdefault(module, np.ones((L, want), np.float32))[layer] = t.reshape(-1)
+        return AdapterWeights(kind="ia3", ia3_out={m: torch.from_numpy(v) for m, v in tables["out"].items()},
+                              ia3_in={m: torch.from_numpy(v) for m, v in tables["in"].items()})
     r, alpha = cfg["r"], cfg.get("lora_alpha", cfg["r"])
     scaling = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-    w = AdapterWeights(kind="lora", rank=r)
+    stacks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     seen: dict[tuple[str, int], set[str]] = {}
     for (layer, module, part), key, t in tensors:
         fin, fout = dims[module]
         want = (r, fin) if part == "lora_A" else (fout, r)
-        _check(tuple(t.shape) == want, path, f"{module} layer {layer}", f"{part} {want}", tuple(t.shape))
-        if module not in w.lora:
-            w.lora[module] = (torch.zeros(L, fin, r), torch.zeros(L, r, fout))
-        w.lora[module][0 if part == "lora_A" else 1][layer] = t.t()
+        _check(t.shape == want, path, f"{module} layer {layer}", f"{part} {want}", t.shape)
+        a, b = stacks.setdefault(module, (np.zeros((L, fin, r), np.float32), np.zeros((L, r, fout), np.float32)))
+        if part == "lora_A":
+            a[layer] = t.T
+        else:
+            b[layer] = t.T * scaling
         seen.setdefault((module, layer), set()).add(part)
     for (module, layer), parts in seen.items():
         _check(len(parts) == 2, path, f"{module} layer {layer}", "lora_A and lora_B", sorted(parts))
-    for _, b in w.lora.values():
-        b.mul_(scaling)
-    return w
+    return AdapterWeights(kind="lora", rank=r,
+                          lora={m: (torch.from_numpy(a), torch.from_numpy(b)) for m, (a, b) in stacks.items()})
+
+
+_SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16}
+
+
+def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file as float32 NumPy arrays (bf16 widened by a shift)."""
+    data = file.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    out = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise GraftError(f"adapter {file}: tensor {key!r} has dtype {info['dtype']}; expected a float type")
+        start, end = info["data_offsets"]
+        t = np.frombuffer(data, dtype, (end - start) // np.dtype(dtype).itemsize, 8 + n + start)
+        if info["dtype"] == "BF16":
+            t = (t.astype(np.uint32) << 16).view(np.float32)
+        out[key] = t.astype(np.float32, copy=False).reshape(info["shape"])
+    return out
 
 
 def _parse(key: str, path: Path) -> tuple[int, str, str]:
