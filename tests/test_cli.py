@@ -31,6 +31,15 @@ def test_data_validate_with_model_gives_token_stats(tiny_model, tmp_path):
                                           {"role": "assistant", "content": "hello"}]}) + "\n")
     r = runner.invoke(app, ["data", "validate", str(f), "--model", "tiny", "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["stats"]["tokens"]["total"] > 0
+    r = runner.invoke(app, ["data", "validate", str(f), "--model", "tiny"])
+    assert r.exit_code == 0 and "tokens: total" in r.stdout and "{" not in r.stdout  # rows, not a raw dict
+
+
+def test_stat_rows_flatten_and_group_numbers():
+    from graftlm.cli.data import stat_rows
+
+    rows = dict(stat_rows({"lines": 1200, "tokens": {"mean": 74.257, "truncation": "right"}}))
+    assert rows == {"lines": "1,200", "tokens: mean": "74.26", "tokens: truncation": "right"}
 
 
 def test_models_keys_clusters_usage(tiny_model_dir):

@@ -53,6 +53,20 @@ def print_report(file: str, report: dict) -> None:
         if total > len(report["errors"]):
             console.print(f"... {total - len(report['errors'])} more errors not listed")
     stats = Table("statistic", "value")
-    for key, value in report.get("stats", {}).items():
-        stats.add_row(key, str(value))
+    for key, value in stat_rows(report.get("stats", {})):
+        stats.add_row(key, value)
     console.print(stats)
+
+
+def stat_rows(stats: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested statistics as flat (name, value) rows: ``tokens.mean`` → ``tokens mean``, numbers grouped."""
+    rows = []
+    for key, value in stats.items():
+        name = f"{prefix}{key.replace('_', ' ')}"
+        if isinstance(value, dict):
+            rows.extend(stat_rows(value, prefix=f"{name}: "))
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            rows.append((name, str(value)))
+        else:
+            rows.append((name, f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"))
+    return rows
