@@ -93,9 +93,14 @@ def delete_file(file_id: str) -> dict:
     return {"id": file_id, "object": "file", "deleted": True}
 
 
+def _format_error(error: dict) -> str:
+    """One error as `line N: field: message`; errors about the whole file (line None or 0) say `file:`."""
+    where = f"line {error['line']}" if error.get("line") else "file"
+    return f"{where}: {error['field']}: {error['message']}" if error.get("field") else f"{where}: {error['message']}"
+
+
 def _format_details(report: dict) -> str:
-    lines = [f"line {e['line']}: {e['field']}: {e['message']}" if e.get("field")
-             else f"line {e['line']}: {e['message']}" for e in report["errors"][:MAX_DETAILS]]
+    lines = [_format_error(e) for e in report["errors"][:MAX_DETAILS]]
     total = report.get("error_count", len(report["errors"]))
     if total > len(lines):
         lines.append(f"... and {total - len(lines)} more errors")
@@ -120,6 +125,27 @@ def validate_stored_file(file_id: str, *, tokenizer=None, context_length: int | 
         row.format = report.get("format")
         row.report = report
     return report
+
+
+def unfinished_file_ids() -> list[str]:
+    """Files still `uploaded`: their validation (or marking) never finished, e.g. the server stopped."""
+    with session() as s:
+        return list(s.scalars(select(File.id).where(File.status == "uploaded").order_by(File.created_at)))
+
+
+def finish_unfinished_files(file_ids: list[str] | None = None) -> list[str]:
+    """Validate fine-tune files left `uploaded` (and mark the others processed); returns the ids handled."""
+    done = []
+    for file_id in unfinished_file_ids() if file_ids is None else file_ids:
+        try:
+            if get_file_record(file_id).purpose == "fine-tune":
+                validate_stored_file(file_id)
+            else:
+                mark_processed(file_id)
+        except NotFound:
+            continue  # deleted meanwhile
+        done.append(file_id)
+    return done
 
 
 def is_gzip(path: Path) -> bool:

@@ -106,7 +106,11 @@ def test_each_error_kind_names_line_field_and_reason(tmp_path, line, expected):
      ("conversations[1].from", "must be one of")),
     ({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt"}]}, ("conversations[1].value", "is missing")),
     ({"conversations": [{"from": "gpt", "value": "hi"}, {"from": "gpt", "value": "x"}]},
-     ("conversations[0].role", "must start with a user message")),
+     ("conversations[0].from", "must start with a user message")),
+    ({"conversations": [{"from": "human", "value": "hi"}, {"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}]},
+     ("conversations[1].from", "two user messages in a row")),
+    ({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}]},
+     ("conversations[2].from", "ends with a user message")),
 ])
 def test_sharegpt_errors(tmp_path, record, expected):
     report = validate_file(write(tmp_path, SHAREGPT, record))

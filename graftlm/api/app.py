@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI, Request
 
 from graftlm import __version__
+from graftlm import files as file_store
 from graftlm.api.auth import require_key
 from graftlm.api.errors import install_error_handlers
 from graftlm.api.routes import clusters, files, fine_tuning, inference, models
@@ -31,14 +33,19 @@ def create_app(run_scheduler: bool = True) -> FastAPI:
 
             scheduler = Scheduler()
             scheduler.start()
+        revalidation = start_revalidation()
         yield
         if scheduler:
             scheduler.stop()
+        if revalidation:
+            revalidation.join(timeout=5)
         from graftlm.clusters.hosting import shutdown_runtime
 
         shutdown_runtime()
 
-    app = FastAPI(title="graftlm", version=__version__, lifespan=lifespan)
+    # The built-in docs routes would bypass the key check; the schema is served behind it below.
+    app = FastAPI(title="graftlm", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
 
     @app.middleware("http")
@@ -56,8 +63,24 @@ def create_app(run_scheduler: bool = True) -> FastAPI:
     async def healthz():
         return {"status": "ok", "version": __version__}
 
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_key)])
+    async def openapi_schema():
+        return app.openapi()
+
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
     for module in (files, models, clusters, fine_tuning, inference, rag_api, evals_api):
         v1.include_router(module.router)
     app.include_router(v1)
     return app
+
+
+def start_revalidation() -> threading.Thread | None:
+    """Finish files a previous server left `uploaded`, in the background so startup does not wait."""
+    file_ids = file_store.unfinished_file_ids()
+    if not file_ids:
+        return None
+    log.info("revalidating %d file(s) left unvalidated by a previous run", len(file_ids))
+    thread = threading.Thread(target=file_store.finish_unfinished_files, args=(file_ids,),
+                              name="graftlm-revalidate", daemon=True)
+    thread.start()
+    return thread

@@ -74,8 +74,11 @@ def _turns(items, field: str, role_key: str, text_key: str, roles: dict, chat: b
     return out
 
 
-def _order(roles: list, field: str, errors: list) -> None:
-    """System first (optional), then user/assistant alternating, starting with user, ending with assistant."""
+def _order(roles: list, field: str, role_key: str, errors: list) -> None:
+    """System first (optional), then user/assistant alternating, starting with user, ending with assistant.
+
+    role_key names the role field in errors: ``role`` for chat messages, ``from`` for ShareGPT turns.
+    """
     if not roles or None in roles:
         return  # a bad role was already reported; order errors would only repeat it
     start = 1 if roles[0] == "system" else 0
@@ -83,23 +86,23 @@ def _order(roles: list, field: str, errors: list) -> None:
     for i in range(start, len(roles)):
         role = roles[i]
         if role == "system":
-            errors.append((f"{field}[{i}].role", "a system message is only allowed as the first message"))
+            errors.append((f"{field}[{i}].{role_key}", "a system message is only allowed as the first message"))
         elif previous is None and role != "user":
-            errors.append((f"{field}[{i}].role", "the conversation must start with a user message (after an optional system message)"))
+            errors.append((f"{field}[{i}].{role_key}", "the conversation must start with a user message (after an optional system message)"))
         elif role == previous:
-            errors.append((f"{field}[{i}].role", f"two {role} messages in a row; user and assistant must alternate"))
+            errors.append((f"{field}[{i}].{role_key}", f"two {role} messages in a row; user and assistant must alternate"))
         previous = role
     if "assistant" not in roles:
         errors.append((field, "has no assistant message; there is nothing to learn"))
     elif roles[-1] == "user":  # a trailing system message was reported above
-        errors.append((f"{field}[{len(roles) - 1}].role", "the conversation ends with a user message; the last message must be from the assistant"))
+        errors.append((f"{field}[{len(roles) - 1}].{role_key}", "the conversation ends with a user message; the last message must be from the assistant"))
 
 
 def check_chat(record: dict) -> list:
     messages = record["messages"]
     errors: list = []
     roles = _turns(messages, "messages", "role", "content", _CHAT_ROLE_MAP, True, errors)
-    _order(roles, "messages", errors)
+    _order(roles, "messages", "role", errors)
     if roles and "assistant" in roles and not errors:
         if all(m.get("weight", 1) == 0 for m in messages if m["role"] == "assistant"):
             errors.append(("messages", "every assistant message has weight 0; there is nothing to learn"))
@@ -109,7 +112,7 @@ def check_chat(record: dict) -> list:
 def check_sharegpt(record: dict) -> list:
     errors: list = []
     roles = _turns(record["conversations"], "conversations", "from", "value", SHAREGPT_ROLES, False, errors)
-    _order(roles, "conversations", errors)
+    _order(roles, "conversations", "from", errors)
     return errors
 
 
