@@ -3,6 +3,7 @@ cancel; a killed worker is resumed from its checkpoint with the same loss curve.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -87,6 +88,7 @@ def test_sdk_drives_a_tfew_job_to_a_custom_model(client, tiny_model):
     ({"training_method": "magic"}, "training_method"),
     ({"lora_r": 0}, "lora_r"),
     ({"training_method": "qlora"}, "training_method"),
+    ({"lora_target_modules": ["q_proj", "attn"]}, "lora_target_modules"),
 ])
 def test_invalid_hyperparameters_are_400_with_param(client, tiny_model, params, param):
     fid = upload(client, toy_dataset())
@@ -161,6 +163,9 @@ def test_killed_worker_resumes_with_the_same_loss_curve(client, tiny_model):
         events = client.fine_tuning.jobs.list_events(job_id, limit=1000).data
         return {e.data["step"]: e.data["train_loss"] for e in events if e.type == "metrics"}
 
+    steps = [e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+             if e.type == "metrics"]
+    assert len(steps) == len(set(steps))  # steps replayed after the resume are not logged twice
     a, b = curve(straight.id), curve(job.id)
     assert set(a) == set(b) == set(range(1, 16))  # 24 examples → 19 train → 5 steps × 3 epochs
     for step in a:
@@ -203,3 +208,67 @@ def test_pause_and_resume_a_running_job(client, tiny_model):
     steps = {e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data
              if e.type == "metrics"}
     assert steps == set(range(1, 41))  # 24 → 19 train examples → 10 steps × 4 epochs, none lost or skipped
+
+
+@pytest.mark.parametrize("exc,code", [
+    (MemoryError(), "out_of_memory"),
+    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out_of_memory"),
+    ("torch_oom", "out_of_memory"),
+    (OSError(errno.ENOSPC, "quota"), "disk_full"),
+    (RuntimeError("PytorchStreamWriter failed writing file: No space left on device"), "disk_full"),
+    (FileNotFoundError(errno.ENOENT, "No such file", "/models/x/config.json"), "base_model_missing"),
+    (ValueError("boom"), "internal_error"),
+])
+def test_classify_error_maps_exceptions_to_codes(exc, code):
+    import torch
+
+    from graftlm.jobs.worker import classify_error
+
+    if exc == "torch_oom":  # a message without the words: the type alone must be recognised
+        exc = torch.OutOfMemoryError("CUDA error: allocation failed")
+    error = classify_error(exc)
+    assert error["code"] == code
+    if code == "out_of_memory":
+        assert error["param"] == "training_batch_size" and "ran out of memory" in error["message"]
+
+
+def test_classify_error_keeps_a_graft_errors_code_and_param():
+    from graftlm.errors import GraftError
+    from graftlm.jobs.worker import classify_error
+
+    error = classify_error(GraftError("no examples", param="training_file", code="invalid_file"))
+    assert error == {"code": "invalid_file", "message": "no examples", "param": "training_file"}
+
+
+def test_resumed_worker_does_not_log_replayed_steps_twice(tiny_model):
+    from graftlm.jobs.worker import make_event_sink, metrics_csv
+    from graftlm.store.db import session
+    from graftlm.store.models import FineTuningJob, JobEvent
+
+    with session() as s:
+        s.add(FineTuningJob(id="ftjob-replay", model="tiny", training_file="file-t", status="running",
+                            config={"training_method": "lora"}))
+
+    class Tracker:
+        def __init__(self):
+            self.steps = []
+
+        def log_metrics(self, data):
+            self.steps.append(data["step"])
+
+    def metrics(step):
+        return {"type": "metrics", "data": {"step": step, "train_loss": 1.0 / step}}
+
+    first, second = Tracker(), Tracker()
+    sink = make_event_sink("ftjob-replay", first)
+    for step in range(1, 6):  # killed after logging step 5; the last checkpoint is step 3
+        sink(metrics(step))
+    resumed = make_event_sink("ftjob-replay", second)
+    for step in range(4, 8):  # the new worker replays steps 4 and 5
+        resumed(metrics(step))
+    with session() as s:
+        logged = [e.data["step"] for e in s.query(JobEvent).filter_by(job_id="ftjob-replay", type="metrics")
+                  .order_by(JobEvent.seq)]
+    assert logged == [1, 2, 3, 4, 5, 6, 7]
+    assert (first.steps, second.steps) == ([1, 2, 3, 4, 5], [6, 7])
+    assert metrics_csv("ftjob-replay").decode().count("\n") == 1 + 7  # header and one row per step

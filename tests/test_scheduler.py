@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from graftlm.clusters import clusters
 from graftlm.jobs import scheduler as sched
 from graftlm.store.db import session
-from graftlm.store.models import File, FineTuningJob
+from graftlm.store.models import File, FineTuningJob, JobEvent
 
 
 @pytest.fixture
@@ -89,3 +91,66 @@ def test_jobs_wait_for_file_validation(tiny_model):
         s.get(File, "file-ok").status = "processed"
         sched.promote_validated(s)
     assert statuses()["ftjob-wait"] == "queued"
+
+
+def test_a_queued_job_is_claimed_once(tiny_model):
+    ft = clusters.create_cluster("FINE_TUNING", unit_count=4)["id"]
+    add_job("ftjob-claim", ft)
+    with session() as s1:
+        assert s1.get(FineTuningJob, "ftjob-claim").status == "queued"  # s1 read it as queued ...
+        with session() as s2:
+            assert sched.claim_job(s2, "ftjob-claim")  # ... but another claimer commits first
+        assert not sched.claim_job(s1, "ftjob-claim")
+    with session() as s:
+        assert not sched.claim_job(s, "ftjob-claim")
+    assert statuses() == {"ftjob-claim": "running"}
+
+
+def test_two_schedulers_racing_start_a_job_once(tiny_model, fake_workers, monkeypatch):
+    ft = clusters.create_cluster("FINE_TUNING", unit_count=4)["id"]
+    add_job("ftjob-race", ft)
+    first, second = sched.Scheduler(concurrency=4), sched.Scheduler(concurrency=4)
+    claim = sched.claim_job
+
+    def other_scheduler_claims_first(s, job_id):
+        monkeypatch.setattr(sched, "claim_job", claim)
+        second.start_queued()  # runs between the first scheduler's read of the queue and its claim
+        return claim(s, job_id)
+
+    monkeypatch.setattr(sched, "claim_job", other_scheduler_claims_first)
+    first.start_queued()
+    assert len(fake_workers) == 1
+    assert list(second.procs) == ["ftjob-race"] and not first.procs
+
+
+def test_orphan_with_a_recent_heartbeat_is_left_running(tiny_model):
+    ft = clusters.create_cluster("FINE_TUNING", unit_count=1)["id"]
+    add_job("ftjob-beating", ft, status="running")
+    with session() as s:
+        job = s.get(FineTuningJob, "ftjob-beating")
+        job.worker_pid, job.heartbeat_at = 999_999_999, time.time()  # e.g. a worker on another host
+        sched.recover_orphans(s, owned=set())
+    assert statuses()["ftjob-beating"] == "running"
+    with session() as s:
+        s.get(FineTuningJob, "ftjob-beating").heartbeat_at = time.time() - sched.ORPHAN_AFTER_SECONDS - 1
+        sched.recover_orphans(s, owned=set())
+    assert statuses()["ftjob-beating"] == "queued"
+
+
+def test_sigkilled_worker_is_reported_as_likely_out_of_memory(tiny_model, fake_workers):
+    ft = clusters.create_cluster("FINE_TUNING", unit_count=1)["id"]
+    add_job("ftjob-oom", ft)
+    scheduler = sched.Scheduler(concurrency=1)
+    for _ in range(sched.MAX_RESTARTS + 1):
+        scheduler.start_queued()
+        proc = fake_workers[-1]
+        proc.send_signal(signal.SIGKILL)  # what the Linux OOM killer sends
+        proc.wait()
+        scheduler.reap()
+    with session() as s:
+        job = s.get(FineTuningJob, "ftjob-oom")
+        events = [e.message for e in s.query(JobEvent).filter_by(job_id=job.id)]
+        assert job.status == "failed" and job.error["code"] == "worker_crashed"
+        assert "killed" in job.error["message"] and "out of memory" in job.error["message"]
+    assert sum("killed" in m and "likely out of memory" in m and "requeued" in m for m in events) == sched.MAX_RESTARTS
+    assert "worker exited with code 3" == sched.exit_reason(3)

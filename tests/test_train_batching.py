@@ -85,3 +85,25 @@ def test_padded_rows_give_the_same_loss_as_alone(tiny):
         alone = sum(target_loss(model, pack([e]), "cpu")[0].item() for e in examples)
         padded = sum(target_loss(model, b, "cpu")[0].item() for b in micro_batches(examples, 10_000))
     assert padded == pytest.approx(alone, rel=1e-5)
+
+
+def test_training_prompt_equals_the_serving_prompt_token_for_token(tiny):
+    from graftlm.data.render import render_prompt
+    from graftlm.train.config import parse_config
+    from graftlm.train.loop import encode_examples
+
+    _, tok = tiny  # loaded from the saved model directory, as training and the serve engine both do
+    messages = [{"role": "system", "content": "be brief", "weight": 0},
+                {"role": "user", "content": "hello how are you", "weight": 0},
+                {"role": "assistant", "content": "i am fine thank you", "weight": 0},
+                {"role": "user", "content": "book a flight to paris", "weight": 0},
+                {"role": "assistant", "content": " paris, 100\nok", "weight": 1}]
+    (train_ex,) = encode_examples(tok, [{"messages": messages}], parse_config({}))
+    served = render_prompt(tok, [{"role": m["role"], "content": m["content"]} for m in messages[:-1]])
+    ids, labels = train_ex["input_ids"], train_ex["labels"]
+    first_label = next(i for i, t in enumerate(labels) if t != IGNORE_INDEX)
+    assert first_label == len(served)  # the final completion starts right where the served prompt ends
+    assert ids[:first_label] == served
+    learned = [t for t in labels if t != IGNORE_INDEX]
+    assert learned[-1] == tok.eos_token_id
+    assert tok.decode(learned) == " paris, 100\nok<|im_end|>"

@@ -39,6 +39,8 @@ def test_aliases_map():
     ({"n_epochs": 0}, "n_epochs"), ({"learning_rate_multiplier": 1e6}, "learning_rate_multiplier"),
     ({"lr_scheduler": "step"}, "lr_scheduler"), ({"not_a_knob": 1}, "not_a_knob"),
     ({"task_type": "RLHF"}, "task_type"), ({"num_of_last_layers": 0}, "num_of_last_layers"),
+    ({"lora_target_modules": ["q_proj", "qkv"]}, "lora_target_modules"),
+    ({"lora_target_modules": []}, "lora_target_modules"),
 ])
 def test_invalid_values_name_the_field(bad, field):
     with pytest.raises(GraftError) as err:
@@ -58,3 +60,14 @@ def test_qlora_without_cuda_is_refused():
 def test_json_schema_published():
     props = FineTuneConfig.model_json_schema()["properties"]
     assert {"training_method", "learning_rate", "training_batch_size", "n_epochs", "training_duration"} <= set(props)
+
+
+def test_lora_target_modules_are_llama_linears_or_all_linear():
+    assert parse_config({"lora_target_modules": ["q_proj", "v_proj"]}).lora_target_modules == ["q_proj", "v_proj"]
+    every = parse_config({}).lora_target_modules
+    assert parse_config({"lora_target_modules": "all-linear"}).lora_target_modules == every
+    assert parse_config({"lora_target_modules": ["all-linear"]}).lora_target_modules == every
+    with pytest.raises(GraftError) as err:
+        parse_config({"lora_target_modules": ["q_proj", "self_attn"]})
+    assert err.value.code == "invalid_hyperparameter" and "'self_attn'" in err.value.message
+    assert "gate_proj" in err.value.message  # the message lists the accepted names

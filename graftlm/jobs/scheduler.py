@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from graftlm.config import get_settings
 from graftlm.jobs.service import add_event
@@ -24,6 +25,7 @@ from graftlm.store.models import Cluster, File, FineTuningJob, now
 
 log = logging.getLogger("graftlm.jobs")
 MAX_RESTARTS = 3
+ORPHAN_AFTER_SECONDS = 30.0  # a running job whose worker beat within this window is not an orphan
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -92,7 +94,7 @@ class Scheduler:
             with session() as s:
                 job = s.get(FineTuningJob, job_id)
                 if job is not None and job.status == "running":  # died without recording an outcome
-                    requeue_or_fail(s, job, f"worker exited with code {proc.returncode}")
+                    requeue_or_fail(s, job, exit_reason(proc.returncode))
 
     def start_queued(self) -> None:
         with session() as s:
@@ -108,9 +110,10 @@ class Scheduler:
                 cluster = job.dedicated_ai_cluster_id
                 if total >= self.concurrency or running.get(cluster, 0) >= units.get(cluster, 1):
                     continue  # a cluster's units bound how many of its jobs run at once
+                if not claim_job(s, job.id):
+                    continue  # another scheduler started it first
                 running[cluster] = running.get(cluster, 0) + 1
                 total += 1
-                job.status, job.heartbeat_at = "running", time.time()
                 to_start.append(job.id)
         for job_id in to_start:
             proc = spawn_worker(job_id)
@@ -148,10 +151,34 @@ def promote_validated(s) -> None:
             add_event(s, job.id, "files validated: job queued")
 
 
+def claim_job(s, job_id: str) -> bool:
+    """Move one queued job to running in a single conditional UPDATE: of concurrent claimers, one wins."""
+    result = s.execute(update(FineTuningJob)
+                       .where(FineTuningJob.id == job_id, FineTuningJob.status == "queued")
+                       .values(status="running", heartbeat_at=time.time()))
+    return result.rowcount == 1
+
+
+def exit_reason(returncode: int) -> str:
+    """Why a worker process ended without recording an outcome, in words for the job's events."""
+    if returncode == -signal.SIGKILL:
+        return ("worker was killed (SIGKILL, exit code -9), likely out of memory (the Linux OOM killer); "
+                "lower training_batch_size or max_tokens_per_micro_batch if this repeats")
+    return f"worker exited with code {returncode}"
+
+
+def heartbeat_is_recent(job: FineTuningJob) -> bool:
+    return job.heartbeat_at is not None and time.time() - job.heartbeat_at < ORPHAN_AFTER_SECONDS
+
+
 def recover_orphans(s, owned: set[str]) -> None:
-    """Jobs marked running whose worker process is gone (server or worker killed) go back to the queue."""
+    """Jobs marked running whose worker process is gone (server or worker killed) go back to the queue.
+
+    A job whose worker beat recently is left alone: its worker may run on another host (where
+    ``pid_alive`` cannot see it) or have just started; if it is really gone, a later tick requeues it.
+    """
     for job in s.scalars(select(FineTuningJob).where(FineTuningJob.status == "running")):
-        if job.id in owned or pid_alive(job.worker_pid):
+        if job.id in owned or pid_alive(job.worker_pid) or heartbeat_is_recent(job):
             continue
         requeue_or_fail(s, job, "worker process is gone")
 

@@ -63,13 +63,31 @@ def _update(job_id: str, **fields) -> None:
             setattr(job, k, v)
 
 
+def last_metrics_step(job_id: str) -> int:
+    """The highest step whose metrics this job has already logged (0 if none)."""
+    from sqlalchemy import select
+
+    from graftlm.store.models import JobEvent
+
+    with session() as s:
+        steps = s.scalars(select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "metrics"))
+        return max((d.get("step", 0) for d in steps if d), default=0)
+
+
 def make_event_sink(job_id: str, tracker=None):
+    """Writes training events into the DB. A resumed worker replays the steps after its checkpoint;
+    metrics of steps a previous worker already logged are not logged again."""
     last_beat = [0.0]
+    logged_upto = [last_metrics_step(job_id)]
 
     def on_event(event: dict) -> None:
         data = event.get("data") or {}
-        if event["type"] == "metrics" and tracker is not None:
-            tracker.log_metrics(data)
+        if event["type"] == "metrics":
+            if data["step"] <= logged_upto[0]:
+                return  # a replayed step (resume after a crash): its metrics are already in the log
+            logged_upto[0] = data["step"]
+            if tracker is not None:
+                tracker.log_metrics(data)
         with session() as s:
             if event["type"] == "checkpoint":
                 s.add(JobCheckpoint(id=new_id("ftckpt"), job_id=job_id, step_number=data["step"],
@@ -128,14 +146,26 @@ def register_custom_model(job: FineTuningJob, result, cfg: dict, hashes: dict) -
     return model_id
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    oom_types = (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))
+    return isinstance(exc, oom_types) or "out of memory" in str(exc).lower()
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "no space left on device" in str(exc).lower()
+
+
 def classify_error(exc: BaseException) -> dict:
+    """The job's error object ({code, message, param}) for an exception raised while training."""
     if isinstance(exc, GraftError):
         return {"code": exc.code or "invalid_request", "message": exc.message, "param": exc.param}
-    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+    if is_out_of_memory(exc):
         return {"code": "out_of_memory", "message": f"training ran out of memory: {exc}; lower "
                 "training_batch_size or max_tokens_per_micro_batch, or enable gradient_checkpointing",
                 "param": "training_batch_size"}
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+    if is_disk_full(exc):
         return {"code": "disk_full", "message": f"the disk under GRAFT_HOME is full: {exc}", "param": None}
     if isinstance(exc, (FileNotFoundError, OSError)) and "config.json" in str(exc):
         return {"code": "base_model_missing", "message": f"the base model's files are missing: {exc}",

@@ -22,6 +22,7 @@ DEFAULT_LEARNING_RATE = {"tfew": 1e-2, "lora": 2e-4, "qlora": 2e-4, "vanilla": 1
 DEFAULT_PATIENCE = {"tfew": 6, "lora": 15, "qlora": 15, "vanilla": 15}
 DEFAULT_THRESHOLD = {"tfew": 1e-2, "lora": 1e-4, "qlora": 1e-4, "vanilla": 1e-4}
 LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ALL_LINEAR = "all-linear"  # PEFT's shorthand: every linear layer of the decoder (not the LM head)
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ep|ba)\s*$")
 
@@ -82,11 +83,22 @@ class FineTuneConfig(BaseModel):
             raise ValueError('must look like "3ep" (epochs) or "100ba" (batches)')
         return v
 
+    @field_validator("lora_target_modules", mode="before")
+    @classmethod
+    def _expand_all_linear(cls, v):
+        if v == ALL_LINEAR or v == [ALL_LINEAR]:
+            return list(LLAMA_LINEAR_MODULES)
+        return v
+
     @field_validator("lora_target_modules")
     @classmethod
     def _targets(cls, v):
         if not v:
             raise ValueError("name at least one module")
+        unknown = [m for m in v if m not in LLAMA_LINEAR_MODULES]
+        if unknown:
+            raise ValueError(f"unknown module {unknown[0]!r}; choose from {', '.join(LLAMA_LINEAR_MODULES)} "
+                             f"or \"{ALL_LINEAR}\"")
         return v
 
     @model_validator(mode="after")
