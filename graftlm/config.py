@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,6 +14,7 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=lambda: Path.home() / ".graft")
     database_url: str | None = None
+    rag_database_url: str | None = None  # postgresql://… for knowledge bases (default: SQLite at home/rag.db)
     admin_key: str | None = None
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda
@@ -21,9 +22,22 @@ class Settings(BaseSettings):
     job_concurrency: int = 1
     max_queued_requests: int = 64
 
+    @field_validator("rag_database_url")
+    @classmethod
+    def _postgres_only(cls, url: str | None) -> str | None:
+        if url and not url.startswith(("postgresql://", "postgres://", "postgresql+")):
+            raise ValueError("GRAFT_RAG_DATABASE_URL must be a PostgreSQL URL (postgresql://user:pass@host/db); "
+                             "leave it unset for SQLite at GRAFT_HOME/rag.db")
+        return url or None
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'graft.db'}"
+
+    @property
+    def rag_db(self) -> str | Path:
+        """Where knowledge bases live: GRAFT_RAG_DATABASE_URL if set, else GRAFT_HOME/rag.db."""
+        return self.rag_database_url or self.home / "rag.db"
 
     @property
     def blobs_dir(self) -> Path:

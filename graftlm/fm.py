@@ -4,6 +4,7 @@ Embedded by default (jobs run on this machine's GRAFT_HOME, scheduled from this 
 ``fm.connect(base_url, api_key)`` or GRAFT_BASE_URL / GRAFT_API_KEY to drive a running server instead.
 The keyword names are Databricks' (``train_data_path``, ``training_duration``, ``register_to``) and
 map onto graftlm's one hyperparameter schema; any other OCI hyperparameter may be passed by name.
+``fm.evals`` creates eval sets and runs them (``fm.evals.create(...)``, ``fm.evals.run(eval_id, model)``).
 """
 
 from __future__ import annotations
@@ -181,3 +182,63 @@ def wait(run: Run | str, timeout: float = 3600, poll: float = 0.5) -> Run:
         if time.time() > deadline:
             raise TimeoutError(f"run {current.id} is still {current.status}")
         time.sleep(poll)
+
+
+# evals ---------------------------------------------------------------------------------------------
+
+def _dispatch(method: str, path: str, local, **request) -> dict:
+    """Call the server when connected, else ``local()`` on this machine's GRAFT_HOME."""
+    client = _client()
+    if client is None:
+        return local()
+    with client:
+        return _call(client, method, path, **request)
+
+
+class Evals:
+    """``fm.evals``: eval sets and their runs, the same calls as ``/v1/evals``.
+
+    Scorers are names from graftlm.evals.scorers or ``"judge:<model>"``. Against a server, ``data_path``
+    and ``train_path`` are paths on the server.
+    """
+
+    def create(self, name: str, data_path: str, scorers=("label_accuracy",), *,
+               description: str | None = None) -> dict:
+        from graftlm.evals import service
+
+        body = {"name": name, "data_path": str(data_path), "scorers": [*scorers], "description": description}
+        return _dispatch("POST", "/evals", lambda: service.define_eval(**body), json=body)
+
+    def list(self) -> list[dict]:  # noqa: A003 - the SDK's verb
+        from graftlm.evals import store
+
+        return _dispatch("GET", "/evals", lambda: {"data": store.list_evals()})["data"]
+
+    def get(self, eval_id: str) -> dict:
+        from graftlm.evals import store
+
+        return _dispatch("GET", f"/evals/{eval_id}", lambda: store.get_eval(eval_id))
+
+    def run(self, eval_id: str, model: str, **options) -> dict:
+        """Run the eval on ``model`` now (blocking); the run without per-example results.
+        options: strategy, k, train_path, kb_id, max_examples, max_tokens."""
+        from graftlm.evals import service
+
+        service.check_run_options(options)
+        return _dispatch("POST", f"/evals/{eval_id}/runs", lambda: service.run_defined_eval(eval_id, model, **options),
+                         json={"model": model, **options}, timeout=None)
+
+    def list_runs(self, eval_id: str) -> list[dict]:
+        from graftlm.evals import service, store
+
+        local = lambda: {"data": [service.run_summary(r) for r in store.list_runs(eval_id)]}  # noqa: E731
+        return _dispatch("GET", f"/evals/{eval_id}/runs", local)["data"]
+
+    def get_run(self, eval_id: str, run_id: str) -> dict:
+        """One run with its per-example results."""
+        from graftlm.evals import store
+
+        return _dispatch("GET", f"/evals/{eval_id}/runs/{run_id}", lambda: store.get_run(run_id, eval_id))
+
+
+evals = Evals()

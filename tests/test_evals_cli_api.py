@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -38,3 +39,36 @@ def test_cli_and_router(tmp_path, varied_model_dir):
     assert [r["id"] for r in http.get(f"/v1/evals/{ev['id']}/runs").json()["data"]] == [run["id"]]
     assert len(http.get(f"/v1/evals/{ev['id']}/runs/{run['id']}").json()["results"]) == 3
     assert http.get("/v1/evals/eval-missing").status_code == 404
+
+
+def test_judge_scorer_in_runs_cli_and_api(tmp_path, varied_model_dir, monkeypatch):
+    from graftlm.api.errors import install_error_handlers
+    from graftlm.errors import GraftError
+    from graftlm.evals import run as run_module
+    from graftlm.evals.api import router
+    from graftlm.evals.cli import app
+    from graftlm.evals.run import run_eval
+    from graftlm.models.catalog import import_model
+
+    import_model(varied_model_dir, "tiny")
+    data = write_set(tmp_path / "test.jsonl", [(QUESTIONS[label][0], label) for label in LABELS])
+    run = run_eval("tiny", data, scorers=["label_accuracy", "judge:tiny"], max_tokens=4, save=False)
+    assert run["scorers"] == ["label_accuracy", "judge:tiny"] and "judge:tiny" in run["aggregates"]
+    assert all(0.0 <= r["scores"]["judge:tiny"] <= 1.0 for r in run["results"])
+
+    out = CliRunner().invoke(app, ["run", "-m", "tiny", "-d", data, "-s", "judge:tiny", "--max-tokens", "4"])
+    assert out.exit_code == 0, out.output
+    assert "judge:tiny" in out.output
+
+    monkeypatch.setattr(run_module, "generate", lambda *a, **k: pytest.fail("generated before checking scorers"))
+    with pytest.raises(GraftError, match="unknown judge model 'nope'"):
+        run_eval("tiny", data, scorers=["judge:nope"], save=False)
+
+    api = FastAPI()
+    install_error_handlers(api)
+    api.include_router(router, prefix="/v1")
+    http = TestClient(api)
+    bad = http.post("/v1/evals", json={"name": "x", "data_path": data, "scorers": ["judge:nope"]})
+    assert bad.status_code == 400 and "unknown judge model 'nope'" in bad.json()["error"]["message"]
+    ok = http.post("/v1/evals", json={"name": "x", "data_path": data, "scorers": ["judge:tiny"]})
+    assert ok.status_code == 200 and ok.json()["scorers"] == ["judge:tiny"]

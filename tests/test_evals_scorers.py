@@ -82,3 +82,32 @@ def test_score_batches_and_rejects_unknown():
     assert S.score("normalized_match", ["A", "b"], ["a", "c"]) == [1.0, 0.0]
     with pytest.raises(GraftError):
         S.score("nope", ["a"], ["a"])
+
+
+def test_judge_scorer_maps_grades_to_unit_range_and_sees_the_question():
+    seen = []
+
+    def stub(prompts):
+        seen.extend(p[0]["content"] for p in prompts)
+        return ["Score: 5", "Score: 1", "Score: 3", "no idea"]
+
+    scores = S.score("judge:any", ["4", "5", "four", "?"], ["4"] * 4, questions=["2+2?"] * 4, judge=stub)
+    assert scores == [1.0, 0.0, 0.5, 0.0]  # an unparseable grade counts as wrong
+    assert "QUESTION: 2+2?" in seen[0] and "REFERENCE: 4" in seen[0] and "ANSWER: 5" in seen[1]
+
+
+def test_judge_scorer_with_the_tiny_model_and_unknown_judges(varied_model_dir):
+    from graftlm.errors import GraftError
+    from graftlm.models.catalog import import_model
+
+    import_model(varied_model_dir, "judge")
+    S.check_scorer("judge:judge")
+    scores = S.score("judge:judge", ["Paris", "London", ""], ["Paris"] * 3, questions=["Capital of France?"] * 3)
+    assert len(scores) == 3 and all(0.0 <= s <= 1.0 for s in scores)
+    with pytest.raises(GraftError, match="unknown judge model 'nope'") as e:
+        S.score("judge:nope", ["a"], ["a"])
+    assert e.value.param == "scorers"
+    with pytest.raises(GraftError, match="needs a model"):
+        S.check_scorer("judge:")
+    with pytest.raises(GraftError, match="judge:<model>"):  # the error for unknown names mentions judges
+        S.check_scorer("jduge:judge")

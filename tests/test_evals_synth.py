@@ -99,3 +99,54 @@ def test_from_queries_and_judged_data(tmp_path):
 
 def test_key_phrase():
     assert key_phrase("Wire transfers cost money. Wire transfers abroad are slow.") == "wire transfers"
+
+
+def _synth_cli():
+    import typer
+
+    from graftlm.evals.cli import synth_command
+
+    app = typer.Typer()
+    app.command("synth")(synth_command)
+    app.command("noop")(lambda: None)  # two commands, so "synth" is a subcommand as under `graft data`
+    return app
+
+
+def test_synth_cli_from_queries_needs_no_source_and_n_caps_examples(tmp_path, varied_model_dir):
+    from typer.testing import CliRunner
+
+    from graftlm.models.catalog import import_model
+
+    import_model(varied_model_dir, "tiny")
+    q = tmp_path / "queries.jsonl"
+    q.write_text("".join(json.dumps({"query": f"how do i freeze card number {i}"}) + "\n" for i in range(4)))
+    runner = CliRunner()
+    out = runner.invoke(_synth_cli(), ["synth", "--from-queries", str(q), "-m", "tiny", "--out", str(tmp_path / "v"),
+                                       "--n", "5"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    assert report["queries"] == 4 and report["generated"] == 5  # 4 queries x 3 variants, capped at 5
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, text in DOCS.items():
+        (docs / name).write_text(text)
+    out = runner.invoke(_synth_cli(), ["synth", str(docs), "-m", "tiny", "--out", str(tmp_path / "s"), "--n", "1",
+                                       "--questions-per-chunk", "3"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["generated"] == 1
+
+    missing = runner.invoke(_synth_cli(), ["synth", "-m", "tiny"])
+    assert missing.exit_code == 2 and "--from-queries" in missing.output
+
+
+def test_n_spreads_over_all_chunks(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, text in DOCS.items():
+        (docs / name).write_text(text)
+    report = synthesize(docs, tmp_path / "out", generator=stub, questions_per_chunk=3, evolve_fraction=0,
+                        eval_fraction=0, max_examples=2)
+    assert report["generated"] == 2
+    rows = [json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    assert {r["source"]["document_id"] for r in rows} == {"cards.md", "fees.txt"}

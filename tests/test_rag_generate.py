@@ -109,7 +109,10 @@ def test_rag_token_mixture_equals_the_weighted_sum_by_hand(served_kb):
     doc_lp = modes.retrieval_logprobs([p["score"] for p in passages])
     logits = target.engine.logits([(p, None) for p in prompts]).double()
 
-    weights = torch.softmax(torch.tensor([p["score"] for p in passages], dtype=torch.float64), 0)
+    scores = [p["score"] for p in passages]
+    lo, spread = min(scores), (max(scores) - min(scores)) or 1.0
+    weights = torch.softmax(torch.tensor([(s - lo) / spread / modes.RETRIEVAL_TEMPERATURE for s in scores],
+                                         dtype=torch.float64), 0)
     by_hand = sum(w * torch.softmax(row, -1) for w, row in zip(weights, logits))
     assert torch.allclose(modes.mixture_logprobs(logits, doc_lp).exp(), by_hand, atol=1e-9)
     assert math.isclose(float(by_hand.sum()), 1.0, rel_tol=1e-9)
@@ -121,6 +124,18 @@ def test_rag_token_mixture_equals_the_weighted_sum_by_hand(served_kb):
     alone = modes.token(target, prompts[:1], [0.0], SamplingParams(max_tokens=5, temperature=0))
     out = target.engine.generate([(prompts[0], SamplingParams(max_tokens=5, temperature=0), None)])[0]
     assert alone.text == out.text
+
+
+def test_retrieval_weights_follow_the_ranking_whatever_the_score_scale():
+    rrf_scores = [2 / 61, 1 / 62 + 1 / 65, 1 / 64 + 1 / 70, 1 / 80 + 1 / 90]  # hybrid: all near 2/60
+    weights = [math.exp(lp) for lp in modes.retrieval_logprobs(rrf_scores)]
+    assert math.isclose(sum(weights), 1.0, rel_tol=1e-9)
+    assert weights == sorted(weights, reverse=True)
+    assert weights[0] > 0.4 and weights[0] / weights[-1] > 5  # a raw softmax of RRF gives ~0.25 each
+    bm25 = [c * 500 for c in rrf_scores]  # the same ranking on a large scale does not go one-hot
+    assert [math.exp(lp) for lp in modes.retrieval_logprobs(bm25)] == pytest.approx(weights)
+    assert [math.exp(lp) for lp in modes.retrieval_logprobs([0.3, 0.3, 0.3])] == pytest.approx([1 / 3] * 3)
+    assert modes.retrieval_logprobs([0.7]) == [0.0]
 
 
 def test_rag_sequence_marginalizes_identical_answers():

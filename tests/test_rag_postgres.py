@@ -224,3 +224,57 @@ def test_injected_vectors_and_hnsw_index_is_usable(pg):
     with pytest.raises(GraftError, match="vectors for 1 chunks"):  # vectors must match the chunks
         store.replace_documents(kb, [DocumentRows("bad", {}, 5, [Chunk(0, 0, 1, "x", 1)], axes[:2])])
     assert store.counts(kb) == (3, 3)
+
+
+class _FakePostgres:
+    """Stands in for PostgresBackend (no server): records its URL, holds one knowledge base."""
+
+    def __init__(self, url):
+        from graftlm.rag.backend import KnowledgeBase
+
+        self.url = url
+        self.kb = KnowledgeBase("kb-pg", "from-postgres", 250, 32, "all-MiniLM-L6-v2", 384, 0.0)
+
+    def list_kbs(self):
+        return [self.kb]
+
+    def find_kb(self, key):
+        return self.kb if key in (self.kb.id, self.kb.name) else None
+
+    def counts(self, kb):
+        return (0, 0)
+
+    def close(self):
+        pass
+
+
+def test_rag_database_url_setting_selects_postgres_when_no_db_is_given(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from graftlm.cli import app
+    from graftlm.config import get_settings, reset_settings
+    from graftlm.rag import postgres_store
+    from graftlm.rag.sqlite_store import SQLiteBackend
+
+    url = "postgresql+psycopg://graft@db.example:5432/kbs"
+    monkeypatch.setattr(postgres_store, "PostgresBackend", _FakePostgres)
+    monkeypatch.setenv("GRAFT_RAG_DATABASE_URL", url)
+    reset_settings()
+    try:
+        default = rag.open_store()
+        assert isinstance(default, _FakePostgres) and default.url == url
+        assert isinstance(rag.open_store(tmp_path / "explicit.db"), SQLiteBackend)  # an explicit db still wins
+        listed = CliRunner().invoke(app, ["kb", "list", "--json"])  # `graft kb list` reaches PostgreSQL
+        assert listed.exit_code == 0 and "from-postgres" in listed.output
+    finally:
+        rag.close_stores()
+    monkeypatch.delenv("GRAFT_RAG_DATABASE_URL")
+    reset_settings()
+    assert isinstance(rag.open_store(), SQLiteBackend)
+    rag.close_stores()
+    monkeypatch.setenv("GRAFT_RAG_DATABASE_URL", "sqlite:///kbs.db")
+    reset_settings()
+    with pytest.raises(ValueError, match="must be a PostgreSQL URL"):
+        get_settings()
+    monkeypatch.delenv("GRAFT_RAG_DATABASE_URL")
+    reset_settings()

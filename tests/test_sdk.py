@@ -52,3 +52,52 @@ def test_bad_arguments_name_the_field(tiny_model, train_file):
     with pytest.raises(GraftError) as e:
         fm.create(model="tiny", train_data_path="/no/such/file.jsonl")
     assert e.value.param == "train_data_path"
+
+
+def _eval_set(tmp_path) -> str:
+    import json
+
+    p = tmp_path / "eval.jsonl"
+    p.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+                         + "\n" for q, a in [("what is my balance", "balance"), ("lock my card", "freeze")]))
+    return str(p)
+
+
+def _evals_round_trip(tmp_path):
+    from graftlm import fm
+
+    ev = fm.evals.create("intents", _eval_set(tmp_path), scorers=["label_accuracy", "judge:tiny"])
+    assert ev["scorers"] == ["label_accuracy", "judge:tiny"] and fm.evals.get(ev["id"])["name"] == "intents"
+    assert [e["id"] for e in fm.evals.list()] == [ev["id"]]
+    run = fm.evals.run(ev["id"], "tiny", max_tokens=4)
+    assert run["n"] == 2 and "results" not in run and 0.0 <= run["aggregates"]["judge:tiny"]["mean"] <= 1.0
+    assert [r["id"] for r in fm.evals.list_runs(ev["id"])] == [run["id"]]
+    assert len(fm.evals.get_run(ev["id"], run["id"])["results"]) == 2
+    return ev
+
+
+def test_embedded_evals(tiny_model, tmp_path):
+    from graftlm import fm
+    from graftlm.errors import GraftError
+
+    ev = _evals_round_trip(tmp_path)
+    with pytest.raises(GraftError) as e:
+        fm.evals.create("x", _eval_set(tmp_path), scorers=["judge:nope"])
+    assert e.value.param == "scorers"
+    with pytest.raises(GraftError, match="unknown run option"):
+        fm.evals.run(ev["id"], "tiny", temperature=1)
+
+
+def test_remote_evals_against_a_server(live_server, tiny_model, tmp_path):
+    from graftlm import fm
+    from graftlm.errors import GraftError
+    from tests.conftest import ADMIN_KEY
+
+    fm.connect(live_server, ADMIN_KEY)
+    try:
+        _evals_round_trip(tmp_path)
+        with pytest.raises(GraftError) as e:
+            fm.evals.get("eval-missing")
+        assert e.value.status_code == 404
+    finally:
+        fm.connect(None)

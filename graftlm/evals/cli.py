@@ -23,7 +23,7 @@ def _print_run(run: dict) -> None:
 def run_command(
     model: str = typer.Option(..., "--model", "-m", help="Base or custom model id."),
     data: Path = typer.Option(..., "--data", "-d", exists=True, help="Eval JSONL (chat or prompt/completion)."),
-    scorer: list[str] = typer.Option(["label_accuracy"], "--scorer", "-s", help="Scorer name; repeat for several."),
+    scorer: list[str] = typer.Option(["label_accuracy"], "--scorer", "-s", help="Scorer name, or judge:<model> for LLM-as-judge; repeat for several."),
     strategy: str = typer.Option("zero-shot", help="zero-shot | few-shot | rag"),
     k: int = typer.Option(4, help="Shots (few-shot) or passages (rag)."),
     train: Path | None = typer.Option(None, "--train", help="Training JSONL for few-shot / RAG examples."),
@@ -118,21 +118,31 @@ def ladder_command(
 
 
 def synth_command(
-    source: str = typer.Argument(..., help="A directory of .txt/.md files or a knowledge base id."),
+    source: str | None = typer.Argument(None, help="A directory of .txt/.md files or a knowledge base id "
+                                                   "(not needed with --from-queries)."),
     model: str = typer.Option(..., "--model", "-m", help="Model that writes questions and answers."),
     out: Path = typer.Option(Path("synth-out"), "--out"),
-    from_queries: Path | None = typer.Option(None, "--from-queries", help="Write variants of these real queries instead."),
+    from_queries: Path | None = typer.Option(None, "--from-queries", exists=True,
+                                             help="Write variants of these real queries instead."),
+    n: int | None = typer.Option(None, "--n", min=1, help="Generate at most N examples (before filtering)."),
     questions_per_chunk: int = typer.Option(1), eval_fraction: float = typer.Option(0.2),
     min_answer_overlap: float = typer.Option(0.5, help="Share of answer words that must appear in the chunk."),
     system_prompt: str | None = typer.Option(None),
 ) -> None:
-    """Generate grounded question–answer chat JSONL (train + eval split), each line citing its chunk."""
+    """Generate grounded question–answer chat JSONL (train + eval split), each line citing its chunk;
+    or, with --from-queries, variants of real queries."""
     from graftlm.evals.synth import Filters, synthesize
     from graftlm.evals.synth import from_queries as variants
 
+    if from_queries is None and source is None:
+        raise typer.BadParameter("give SOURCE (a directory or knowledge base id) or --from-queries FILE",
+                                 param_hint="SOURCE")
     if from_queries is not None:
-        r = variants(from_queries, out / "variants.jsonl", model=model)
+        if source is not None:
+            typer.echo(f"note: SOURCE {source!r} is ignored with --from-queries", err=True)
+        r = variants(from_queries, out / "variants.jsonl", model=model, max_examples=n)
     else:
         r = synthesize(source, out, model=model, questions_per_chunk=questions_per_chunk, eval_fraction=eval_fraction,
-                       system_prompt=system_prompt, filters=Filters(min_answer_overlap=min_answer_overlap))
+                       system_prompt=system_prompt, filters=Filters(min_answer_overlap=min_answer_overlap),
+                       max_examples=n)
     typer.echo(json.dumps(r, indent=1))

@@ -79,9 +79,11 @@ def generate(model: str, prompt_list: list[list[dict]], *, max_tokens: int = 32,
     return outs, time.perf_counter() - start
 
 
-def score_outputs(predictions: list[str], references: list, scorers: list[str], options: dict | None = None) -> dict:
+def score_outputs(predictions: list[str], references: list, scorers: list[str], options: dict | None = None,
+                  questions: list[str] | None = None) -> dict:
     options = options or {}
-    return {name: S.score(name, predictions, references, **options.get(name, {})) for name in scorers}
+    return {name: S.score(name, predictions, references, questions=questions, **options.get(name, {}))
+            for name in scorers}
 
 
 def run_eval(model: str, data: str | Path | list[dict], *, scorers=("label_accuracy",), strategy: str = "zero-shot",
@@ -97,6 +99,8 @@ def run_eval(model: str, data: str | Path | list[dict], *, scorers=("label_accur
     Stored under GRAFT_HOME/evals/<eval_id>/runs/<id>.json when ``save``.
     """
     scorers = list(scorers)
+    for name in scorers:  # fail before generating, not after
+        S.check_scorer(name)
     examples = P.load_examples(data, max_examples) if not isinstance(data, list) else data[:max_examples]
     if not examples:
         raise GraftError("the eval set has no examples", param="data")
@@ -106,7 +110,7 @@ def run_eval(model: str, data: str | Path | list[dict], *, scorers=("label_accur
                                 shot_selection=shot_selection, max_tokens=max_tokens, seed=seed)
     outs, wall = generate(model, prompt_list, max_tokens=max_tokens, stop=stop)
     preds, refs = [o["text"] for o in outs], [e["reference"] for e in examples]
-    per = score_outputs(preds, refs, scorers, scorer_options)
+    per = score_outputs(preds, refs, scorers, scorer_options, [P.question(e["messages"]) for e in examples])
     results = [{"id": e["id"], "question": P.question(e["messages"]), "reference": e["reference"], "prediction": p,
                 "scores": {s: per[s][i] for s in scorers}, "prompt_tokens": o["prompt_tokens"],
                 "completion_tokens": o["completion_tokens"], "finish_reason": o["finish_reason"],

@@ -2,6 +2,8 @@
 
 Text scorers compare a model's answer with the expected one; ``regex``, ``json_valid`` and
 ``json_schema`` check the answer alone (the reference is the pattern / schema, or ignored).
+``judge:<model>`` asks ``<model>`` (any registered model or endpoint) to grade each answer 1–5 against
+the question and reference (graftlm.evals.judge), mapped to [0, 1]; an unparseable grade scores 0.
 """
 
 from __future__ import annotations
@@ -159,12 +161,68 @@ SCORERS = {
 }
 
 
-def score(name: str, predictions: list[str], references: list, **options) -> list[float]:
-    """Score many pairs with one scorer (embedding similarity is embedded in one batch)."""
-    if name not in SCORERS:
-        from graftlm.errors import GraftError
+JUDGE_PREFIX = "judge:"
 
-        raise GraftError(f"unknown scorer {name!r}; known: {', '.join(SCORERS)}", param="scorers")
+
+def judge_model_of(name: str) -> str | None:
+    """``"judge:<model>"`` -> ``"<model>"``; None for any other scorer name."""
+    return name[len(JUDGE_PREFIX):] if name.startswith(JUDGE_PREFIX) else None
+
+
+def _error(message: str, **kw):
+    from graftlm.errors import GraftError
+
+    return GraftError(message, param="scorers", **kw)
+
+
+def check_judge_model(model: str) -> None:
+    """A GraftError unless ``model`` names a registered model or a live endpoint."""
+    from graftlm.clusters.endpoints import find_endpoint
+    from graftlm.errors import NotFound
+    from graftlm.models.catalog import get_model
+
+    if not model.strip():
+        raise _error("scorer 'judge:' needs a model: judge:<model id or endpoint name>")
+    if find_endpoint(model) is not None:
+        return
+    try:
+        get_model(model)
+    except NotFound as e:
+        raise _error(f"unknown judge model {model!r} in scorer 'judge:{model}': {e.message}",
+                     code="model_not_found") from e
+
+
+def check_scorer(name: str) -> None:
+    """A GraftError unless ``name`` is a known scorer or ``judge:<registered model>``."""
+    model = judge_model_of(str(name))
+    if model is not None:
+        check_judge_model(model)
+    elif name not in SCORERS:
+        raise _error(f"unknown scorer {name!r}; known: {', '.join(SCORERS)}, {JUDGE_PREFIX}<model>")
+
+
+def judge_scores(predictions: list[str], references: list, questions: list[str] | None = None, *,
+                 model: str, judge=None, max_tokens: int = 48) -> list[float]:
+    """Pointwise 1–5 grades from ``model`` (or a ``judge`` function) as (grade − 1) / 4; unparseable -> 0."""
+    from graftlm.evals.judge import judge_pointwise, model_judge
+
+    if judge is None:
+        check_judge_model(model)
+    questions = questions or [""] * len(predictions)
+    items = [{"question": q, "answer": str(p), "reference": None if r is None else str(r)}
+             for q, p, r in zip(questions, predictions, references)]
+    graded = judge_pointwise(items, judge or model_judge(model, max_tokens=max_tokens))
+    return [0.0 if g["score"] is None else (g["score"] - 1) / 4 for g in graded]
+
+
+def score(name: str, predictions: list[str], references: list, *, questions: list[str] | None = None,
+          **options) -> list[float]:
+    """Score many pairs with one scorer (embedding similarity is embedded in one batch, judge prompts
+    generated in one batch). ``questions`` are used by ``judge:<model>`` only."""
+    model = judge_model_of(name)
+    if model is not None:
+        return judge_scores(predictions, references, questions, model=model, **options)
+    check_scorer(name)
     if name == "embedding_similarity":
         return embedding_similarities(predictions, references, options.get("model"))
     fn = SCORERS[name]

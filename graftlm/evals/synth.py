@@ -53,6 +53,13 @@ class Filters:
     dedupe: bool = True
 
 
+def spread(items: list, n: int | None) -> list:
+    """At most ``n`` of ``items``, evenly spaced (so a cap samples every document, not the first few)."""
+    if n is None or n >= len(items):
+        return list(items)
+    return [items[i * len(items) // n] for i in range(max(n, 0))]
+
+
 def content_words(text: str) -> list[str]:
     return [w for w in normalize(text).split() if w not in _STOP and len(w) > 1]
 
@@ -144,9 +151,10 @@ def check(question: str, answer: str, context: str, filters: Filters, seen: set)
 def synthesize(source: str | Path, out_dir: str | Path, *, model: str | None = None, generator: Generator | None = None,
                questions_per_chunk: int = 1, evolve_fraction: float = 0.5, evolutions=EVOLUTIONS,
                eval_fraction: float = 0.2, system_prompt: str | None = None, filters: Filters | None = None,
-               max_chunks: int | None = None, seed: int = 0) -> dict:
+               max_chunks: int | None = None, max_examples: int | None = None, seed: int = 0) -> dict:
     """Write ``out_dir/train.jsonl`` and ``out_dir/eval.jsonl``; returns a report with counts and
-    rejections per reason. Lines: {"messages": [...], "source": {"document_id", "chunk_id", "evolution"}}."""
+    rejections per reason. Lines: {"messages": [...], "source": {"document_id", "chunk_id", "evolution"}}.
+    ``max_examples`` caps the questions generated (spread over the chunks, before filtering)."""
     if generator is None:
         if model is None:
             raise GraftError("give a model (or a generator function) to write questions", param="model")
@@ -154,7 +162,7 @@ def synthesize(source: str | Path, out_dir: str | Path, *, model: str | None = N
     filters = filters or Filters()
     rng = random.Random(seed)
     chunks = load_chunks(source)[:max_chunks]
-    jobs = [(c, i) for c in chunks for i in range(questions_per_chunk)]
+    jobs = spread([(c, i) for c in chunks for i in range(questions_per_chunk)], max_examples)
     questions = [_clean(q) for q in generator([seed_prompt(c["text"], key_phrase(c["text"])) for c, _ in jobs])]
     kinds = [rng.choice(evolutions) if evolutions and rng.random() < evolve_fraction else None for _ in jobs]
     others = [rng.choice([o for o in chunks if o is not c] or [c]) if k == "multi_context" else None
@@ -193,6 +201,7 @@ def synthesize(source: str | Path, out_dir: str | Path, *, model: str | None = N
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:
         for r in rows:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -217,19 +226,22 @@ def _read_queries(path: str | Path) -> list[dict]:
 
 
 def from_queries(queries_path: str | Path, out_path: str | Path, *, model: str | None = None,
-                 generator: Generator | None = None, variants: int = 3, filters: Filters | None = None) -> dict:
+                 generator: Generator | None = None, variants: int = 3, filters: Filters | None = None,
+                 max_examples: int | None = None) -> dict:
     """Paraphrases of real user queries. A query with a known answer yields chat lines (the answer carried
-    over); one without yields {"query", "source": {"query_index"}} lines to be answered later."""
+    over); one without yields {"query", "source": {"query_index"}} lines to be answered later.
+    ``max_examples`` caps the variants generated (spread over the queries)."""
     generator = generator or model_generator(model or _required("model"), temperature=0.8, seed=None)
     filters = filters or Filters()
     rows = _read_queries(queries_path)
+    jobs = spread([(i, n) for i in range(len(rows)) for n in range(variants)], max_examples)
     prompts = [_ask(f"Rewrite this user request {n + 1} different way{'s' if n else ''} with the same meaning. "
-                    f"Reply with the new request only.\nRequest: {r['query']}") for r in rows for n in range(variants)]
+                    f"Reply with the new request only.\nRequest: {rows[i]['query']}") for i, n in jobs]
     texts = generator(prompts)
     seen = {normalize(r["query"]) for r in rows}
     out, rejected = [], Counter()
-    for i, text in enumerate(texts):
-        r, q = rows[i // variants], _clean(text)
+    for (row, _), text in zip(jobs, texts):
+        r, q = rows[row], _clean(text)
         if not filters.min_question_chars <= len(q) <= filters.max_question_chars:
             rejected["question_length"] += 1
             continue
@@ -237,7 +249,7 @@ def from_queries(queries_path: str | Path, out_path: str | Path, *, model: str |
             rejected["duplicate"] += 1
             continue
         seen.add(normalize(q))
-        src = {"query_index": i // variants, "original": r["query"]}
+        src = {"query_index": row, "original": r["query"]}
         if r["answer"] is not None:
             msgs = ([{"role": "system", "content": r["system"]}] if r["system"] else []) + [
                 {"role": "user", "content": q}, {"role": "assistant", "content": r["answer"]}]

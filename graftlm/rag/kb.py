@@ -1,6 +1,7 @@
 """Knowledge bases: create, ingest, delete and search. The public face of graftlm.rag.
 
-Every function takes ``db``: None for ``GRAFT_HOME/rag.db``, a path to another SQLite file, a
+Every function takes ``db``: None for the default store (GRAFT_RAG_DATABASE_URL when set, a PostgreSQL
+URL; else ``GRAFT_HOME/rag.db``), a path to another SQLite file, a
 ``postgresql://`` URL, or an open backend. ``kb`` is a KnowledgeBase, its id or its name.
 """
 
@@ -33,7 +34,7 @@ def open_store(db: str | Path | Backend | None = None) -> Backend:
     if db is None:
         from graftlm.config import get_settings
 
-        db = get_settings().home / "rag.db"
+        db = get_settings().rag_db
     key = str(db)
     with _stores_lock:
         if key not in _stores:

@@ -2,7 +2,8 @@
 
 Every mode takes a Target (engine + adapter) and prompts that are already token ids; graftlm.rag.generate
 builds the prompts and the citations. Notation follows Lewis et al. 2020: p(d) is the retrieval
-probability of passage d (a softmax over the retrieval scores), p(y | d) the generator's probability.
+probability of passage d (a temperature-scaled softmax over the retrieval scores min-max normalized to
+[0, 1], see ``retrieval_logprobs``), p(y | d) the generator's probability.
 """
 
 from __future__ import annotations
@@ -29,9 +30,23 @@ class Answer:
     details: dict = field(default_factory=dict)  # per-mode scores, returned under "rag" in the response
 
 
-def retrieval_logprobs(scores: list[float]) -> list[float]:
-    """log p(d): log-softmax over the retrieval scores."""
-    return torch.log_softmax(torch.tensor(scores, dtype=torch.float64), dim=0).tolist()
+RETRIEVAL_TEMPERATURE = 0.5
+
+
+def normalized_scores(scores: list[float]) -> torch.Tensor:
+    """Scores min-max scaled to [0, 1] (best 1, worst 0; all equal -> all 0).
+
+    Retrieval scores come on very different scales: RRF ~1/60 (a raw softmax would be uniform), cosine in
+    [-1, 1], BM25 unbounded (a raw softmax would put all weight on one passage)."""
+    s = torch.tensor(scores, dtype=torch.float64)
+    spread = s.max() - s.min() if len(s) else s.new_zeros(())
+    return (s - s.min()) / spread if spread > 0 else torch.zeros_like(s)
+
+
+def retrieval_logprobs(scores: list[float], temperature: float = RETRIEVAL_TEMPERATURE) -> list[float]:
+    """log p(d) = log softmax(normalized score / temperature): at 0.5 the best passage weighs e^2 ≈ 7.4x
+    the worst, whatever the scorer's scale."""
+    return torch.log_softmax(normalized_scores(scores) / temperature, dim=0).tolist()
 
 
 # stuff ---------------------------------------------------------------------------------------------
