@@ -128,3 +128,82 @@ def test_clusters_and_endpoints_over_http(http, tiny_model):
     assert r.status_code == 400 and r.json()["error"]["param"] == "type"
     assert http.get("/v1/endpoints/ep-missing").status_code == 404
     assert http.get("/v1/usage").json()["total_unit_hours"] >= 744
+
+
+@pytest.fixture
+def lora_of_tiny(tiny_model, tmp_path):
+    """A real LoRA custom model `ft:tiny:lora:1` of `tiny` (the runtime reads its adapter config)."""
+    from graftlm.serve.testing import make_peft_adapter
+
+    path = make_peft_adapter(tiny_model["path"], tmp_path / "lora", kind="lora", r=4)
+    add_custom("ft:tiny:lora:1", "tiny", str(path))
+    return "ft:tiny:lora:1"
+
+
+def test_base_model_and_its_custom_model_on_one_cluster_share_one_engine(lora_of_tiny):
+    from graftlm.clusters.hosting import get_runtime
+
+    c = clusters.create_cluster("HOSTING", base_model="tiny")
+    endpoints.create_endpoint(lora_of_tiny, c["id"], "lora-ep")
+    runtime = get_runtime()
+    direct = runtime.resolve("tiny")  # before any endpoint request: must not load a second copy of tiny
+    via_endpoint = runtime.resolve("lora-ep")
+    assert direct.engine is via_endpoint.engine is runtime.resolve(lora_of_tiny).engine
+    assert list(runtime.engines) == [f"cluster:{c['id']}"]
+
+
+def test_a_cluster_created_later_adopts_the_engine_already_serving_its_base(lora_of_tiny):
+    from graftlm.clusters.hosting import get_runtime
+
+    runtime = get_runtime()
+    before = runtime.resolve("tiny").engine  # no cluster yet: the per-base engine
+    c = clusters.create_cluster("HOSTING", base_model="tiny")
+    endpoints.create_endpoint(lora_of_tiny, c["id"], "lora-ep")
+    assert runtime.resolve("lora-ep").engine is before
+    assert list(runtime.engines) == [f"cluster:{c['id']}"]
+
+
+def test_deleting_a_cluster_stops_and_releases_its_engine(tiny_model):
+    from graftlm.clusters.hosting import get_runtime
+    from graftlm.serve import EngineUnavailable
+
+    c = clusters.create_cluster("HOSTING", base_model="tiny")
+    ep = endpoints.create_endpoint("tiny", c["id"], "base")
+    runtime = get_runtime()
+    engine = runtime.resolve("base").engine
+    endpoints.delete_endpoint(ep["id"])
+    clusters.delete_cluster(c["id"])
+    assert f"cluster:{c['id']}" not in runtime.engines and engine._thread is None
+    with pytest.raises(EngineUnavailable, match="stopped"):
+        engine.submit([1, 2, 3])
+    assert runtime.resolve("tiny").engine is not engine  # a later direct request starts a fresh engine
+
+
+def page_through(http, path: str, limit: int, **params) -> list[list[str]]:
+    pages, after = [], None
+    while True:
+        r = http.get(path, params={**params, "limit": limit, **({"after": after} if after else {})})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        pages.append([item["id"] for item in body["data"]])
+        if not body["has_more"]:
+            return pages
+        after = pages[-1][-1]
+
+
+def test_cluster_and_endpoint_lists_page_with_after_and_limit(http, tiny_model):
+    cids = [clusters.create_cluster("HOSTING", base_model="tiny", name=f"h{i}")["id"] for i in range(3)]
+    eids = [endpoints.create_endpoint("tiny", cids[0], f"ep{i}")["id"] for i in range(3)]
+    endpoints.create_endpoint("tiny", cids[1], "elsewhere")
+    everything = [c["id"] for c in http.get("/v1/dedicated_ai_clusters").json()["data"]]
+    assert sorted(everything) == sorted(cids)
+    pages = page_through(http, "/v1/dedicated_ai_clusters", 2)
+    assert [len(p) for p in pages] == [2, 1] and sum(pages, []) == everything
+    pages = page_through(http, "/v1/endpoints", 2, dedicated_ai_cluster_id=cids[0])
+    assert [len(p) for p in pages] == [2, 1] and sorted(sum(pages, [])) == sorted(eids)
+    assert len(page_through(http, "/v1/endpoints", 1)) == 4
+    for path in ("/v1/dedicated_ai_clusters", "/v1/endpoints"):
+        for params, status in (({"limit": 0}, 400), ({"limit": 1001}, 400), ({"limit": "x"}, 400),
+                               ({"after": "no-such-id"}, 404)):
+            r = http.get(path, params=params)
+            assert r.status_code == status and r.json()["error"]["param"] in ("limit", "after"), (path, params)

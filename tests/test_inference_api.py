@@ -162,5 +162,26 @@ def test_overload_answers_429_with_retry_after(live_server, served):
     for t in threads:
         t.join()
     assert 429 in statuses and 200 in statuses
-    assert all(h for s, h in zip(statuses, headers) if s == 429)
+    assert all(h and h.isdigit() for s, h in zip(statuses, headers) if s == 429)  # RFC 9110: seconds
     assert set(statuses) <= {200, 429}
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_failed_engine_answers_503_naming_the_failure(http, served):
+    from graftlm.clusters.hosting import get_runtime
+
+    engine = get_runtime().resolve("base").engine
+
+    def broken(*_):
+        raise RuntimeError("simulated device fault")
+
+    engine._prefill = broken
+    body = {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    with http.stream("POST", "/v1/chat/completions", json=body | {"stream": True}) as r:
+        events = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert r.status_code == 200 and "simulated device fault" in events[-1]  # queued, then failed mid-stream
+    assert '"engine_unavailable"' in events[-1] and "[DONE]" not in events[-1]
+    r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 503, r.text
+    error = r.json()["error"]
+    assert error["code"] == "engine_unavailable" and "RuntimeError: simulated device fault" in error["message"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from graftlm.errors import NotFound
-from graftlm.serve import Engine, QueueFull, SamplingParams
+from graftlm.serve import Engine, EngineUnavailable, QueueFull, SamplingParams
 from graftlm.serve.testing import build_test_llama, make_peft_adapter
 
 P = [[1, 20, 31, 45, 99, 7], [1, 5, 6, 7], [1, 200, 300, 12, 13, 14, 15, 16, 17], [1, 42]]
@@ -159,3 +159,62 @@ def test_streaming_from_asyncio_with_background_loop(setup):
             e.submit(P[0], greedy(2), "ia3")
     finally:
         e.stop()
+
+
+def fail_every_step(engine, message):
+    def broken(*_):
+        raise RuntimeError(message)
+
+    engine._prefill = broken  # the first step that admits work raises, killing the engine thread
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_engine_error_fails_pending_requests_and_refuses_new_ones(setup):
+    e = make_engine(setup, max_batch_size=1)
+    fail_every_step(e, "simulated device fault")
+    handles = [e.submit(P[i], greedy(4), [None, "lora0", None][i]) for i in range(3)]  # 1 runs, 2 wait
+    e.start()
+    try:
+        for h in handles:
+            with pytest.raises(EngineUnavailable, match="simulated device fault"):
+                h.result(timeout=20)
+        assert isinstance(e.error, RuntimeError) and e.num_running == 0 and e.num_waiting == 0
+        with pytest.raises(EngineUnavailable, match="RuntimeError: simulated device fault") as err:
+            e.submit(P[0], greedy(2))
+        assert err.value.status_code == 503 and err.value.code == "engine_unavailable"
+    finally:
+        e.stop()
+
+
+def test_stop_fails_queued_requests_even_one_that_raced_the_stop(setup, monkeypatch):
+    e = make_engine(setup)
+    queued = e.submit(P[0], greedy(4))
+    e.stop()
+    with pytest.raises(EngineUnavailable, match="stopped"):
+        queued.result(timeout=5)
+    with pytest.raises(EngineUnavailable):
+        e.submit(P[0], greedy(2))
+    monkeypatch.setattr(e, "_check_serving", lambda: None)  # as if stop() ran between the check and the queue
+    raced = e.submit(P[1], greedy(2))
+    with pytest.raises(EngineUnavailable):
+        raced.result(timeout=5)
+    assert e.num_waiting == 0
+
+
+def test_retry_after_is_whole_seconds():
+    assert QueueFull("full").retry_after == 1 and str(QueueFull("full").retry_after) == "1"
+    assert QueueFull("full", retry_after=0.2).retry_after == 1
+    assert QueueFull("full", retry_after=2.5).retry_after == 3
+
+
+def test_cpu_tier_evicts_the_least_recently_used_adapter(setup):
+    e = make_engine(setup, max_adapters=1, max_cpu_adapters=2)
+    cache = e.adapters
+    cache.load_now("lora0")
+    cache.load_now("lora1")
+    assert list(cache.cpu) == ["lora0", "lora1"]
+    assert cache.acquire("lora0") is not None  # a hit on the older one makes it the most recent
+    cache.release("lora0")
+    cache.load_now("lora2")
+    assert list(cache.cpu) == ["lora0", "lora2"]  # lora1, least recently used, was evicted
+    e.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from sqlalchemy import func, select
 
 from graftlm.clusters import metering
@@ -9,11 +11,17 @@ from graftlm.errors import Conflict, GraftError, NotFound
 from graftlm.models.catalog import get_model
 from graftlm.store.db import session
 from graftlm.store.models import Cluster, Endpoint, new_id, now
+from graftlm.store.paging import check_limit, newest_first_page
 
 TYPES = {"HOSTING": 1, "FINE_TUNING": 2}  # type -> default unit count
 ENDPOINT_CAPACITY = 50
 LIVE_ENDPOINT_STATES = ("CREATING", "ACTIVE", "INACTIVE", "UPDATING", "FAILED")
 DEFAULT_FT_CLUSTER = "dac-local-fine-tuning"
+MAX_PAGE = 1000
+
+# Called with the cluster dict and "deleted" once a cluster is deleted, so the serving runtime can stop
+# its engine. Set by graftlm.clusters.hosting when it is in use.
+listeners: list[Callable[[dict, str], None]] = []
 
 
 def cluster_to_dict(c: Cluster, used: int = 0) -> dict:
@@ -78,12 +86,41 @@ def get_cluster(cluster_id: str) -> dict:
         return cluster_to_dict(c, used_capacity(s, c.id))
 
 
+def _live_clusters(type: str | None):
+    q = select(Cluster).where(Cluster.lifecycle_state != "DELETED")
+    return q.where(Cluster.type == type) if type else q
+
+
 def list_clusters(type: str | None = None) -> list[dict]:
+    """Every live cluster, oldest first (for the runtime and the CLI; the API pages with list_clusters_page)."""
     with session() as s:
-        q = select(Cluster).where(Cluster.lifecycle_state != "DELETED").order_by(Cluster.created_at, Cluster.id)
-        if type:
-            q = q.where(Cluster.type == type)
+        q = _live_clusters(type).order_by(Cluster.created_at, Cluster.id)
         return [cluster_to_dict(c, used_capacity(s, c.id)) for c in s.scalars(q)]
+
+
+def list_clusters_page(type: str | None = None, *, after: str | None = None, limit: int = 100) -> dict:
+    """One page of live clusters, newest first; `after` is the last id of the previous page."""
+    check_limit(limit, MAX_PAGE)
+    with session() as s:
+        anchor = page_anchor(s, Cluster, after)
+        rows, more = newest_first_page(s, Cluster, _live_clusters(type), anchor, limit)
+        return {"object": "list", "data": [cluster_to_dict(c, used_capacity(s, c.id)) for c in rows],
+                "has_more": more}
+
+
+def page_anchor(s, model, after: str | None):
+    """The row `after` names (deleted rows still anchor a page), or None on the first page."""
+    if after is None:
+        return None
+    row = s.get(model, after)
+    if row is None:
+        raise NotFound(f"no item with id {after!r} to page after", param="after")
+    return row
+
+
+def _notify(cluster: dict, event: str) -> None:
+    for listener in listeners:
+        listener(cluster, event)
 
 
 def delete_cluster(cluster_id: str) -> dict:
@@ -95,4 +132,6 @@ def delete_cluster(cluster_id: str) -> dict:
         c.lifecycle_state = "DELETED"
         c.deleted_at = now()
         metering.close_spans(s, cluster_id=c.id)
-        return cluster_to_dict(c)
+        out = cluster_to_dict(c)
+    _notify(out, "deleted")  # returns once the serving runtime has stopped its engine
+    return out

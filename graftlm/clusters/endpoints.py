@@ -6,11 +6,13 @@ from typing import Callable
 
 from sqlalchemy import select
 
-from graftlm.clusters.clusters import ENDPOINT_CAPACITY, LIVE_ENDPOINT_STATES, get_cluster_row, used_capacity
+from graftlm.clusters.clusters import (ENDPOINT_CAPACITY, LIVE_ENDPOINT_STATES, MAX_PAGE, get_cluster_row,
+                                       page_anchor, used_capacity)
 from graftlm.errors import Conflict, GraftError, NotFound
 from graftlm.models.catalog import get_model
 from graftlm.store.db import session
 from graftlm.store.models import Endpoint, new_id, now
+from graftlm.store.paging import check_limit, newest_first_page
 
 
 class EndpointInactive(GraftError):
@@ -92,12 +94,25 @@ def find_endpoint(name_or_id: str) -> dict | None:
         return endpoint_to_dict(e) if e is not None and e.lifecycle_state != "DELETED" else None
 
 
+def _live_endpoints(cluster_id: str | None):
+    q = select(Endpoint).where(Endpoint.lifecycle_state != "DELETED")
+    return q.where(Endpoint.dedicated_ai_cluster_id == cluster_id) if cluster_id else q
+
+
 def list_endpoints(cluster_id: str | None = None) -> list[dict]:
+    """Every live endpoint, oldest first (for the runtime and the CLI; the API pages with list_endpoints_page)."""
     with session() as s:
-        q = select(Endpoint).where(Endpoint.lifecycle_state != "DELETED").order_by(Endpoint.created_at, Endpoint.id)
-        if cluster_id:
-            q = q.where(Endpoint.dedicated_ai_cluster_id == cluster_id)
+        q = _live_endpoints(cluster_id).order_by(Endpoint.created_at, Endpoint.id)
         return [endpoint_to_dict(e) for e in s.scalars(q)]
+
+
+def list_endpoints_page(cluster_id: str | None = None, *, after: str | None = None, limit: int = 100) -> dict:
+    """One page of live endpoints, newest first; `after` is the last id of the previous page."""
+    check_limit(limit, MAX_PAGE)
+    with session() as s:
+        anchor = page_anchor(s, Endpoint, after)
+        rows, more = newest_first_page(s, Endpoint, _live_endpoints(cluster_id), anchor, limit)
+        return {"object": "list", "data": [endpoint_to_dict(e) for e in rows], "has_more": more}
 
 
 def update_endpoint(endpoint_id: str, *, name: str | None = None, model: str | None = None) -> dict:

@@ -2,8 +2,10 @@
 weights), every active endpoint's adapter registered on it by name, requests routed by model name.
 
 `model` in a request may be an endpoint name or id, a custom model id, or a base model id. Requests
-that name a model directly share one engine per base model; a full-weights (vanilla) custom model
-gets an engine of its own, since it has no base to share.
+that name a model directly share one engine per base model: a hosting cluster's engine when one runs,
+and a cluster adopts the per-base engine rather than load its base weights a second time. A
+full-weights (vanilla) custom model gets an engine of its own, since it has no base to share. Deleting
+a cluster stops its engine.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass
 
+from graftlm.clusters import clusters as cluster_store
 from graftlm.clusters import endpoints as endpoint_store
 from graftlm.config import get_settings
 from graftlm.models.catalog import get_model
@@ -36,20 +39,32 @@ class HostingRuntime:
         self.inflight: dict[str, set] = defaultdict(set)  # endpoint id -> request handles
         self._lock = threading.Lock()
         endpoint_store.listeners.append(self.on_endpoint_change)
+        cluster_store.listeners.append(self.on_cluster_change)
 
     def close(self) -> None:
         if self.on_endpoint_change in endpoint_store.listeners:
             endpoint_store.listeners.remove(self.on_endpoint_change)
-        for engine in self.engines.values():
+        if self.on_cluster_change in cluster_store.listeners:
+            cluster_store.listeners.remove(self.on_cluster_change)
+        with self._lock:
+            engines, self.engines = list(self.engines.values()), {}
+        for engine in engines:
             engine.stop()
-        self.engines.clear()
 
-    def engine(self, key: str, model_path: str, context_length: int | None):
-        """The running engine for `key`, started on first use (loads the weights once)."""
+    def engine(self, key: str, model_path: str, context_length: int | None, base_id: str | None = None):
+        """The running engine for `key`, started on first use (loads the weights once).
+
+        A cluster's engine adopts the engine already serving its base model directly (`base:<id>`), so
+        the base weights are never loaded twice for one cluster.
+        """
         from graftlm.serve.engine import Engine
 
         with self._lock:
             engine = self.engines.get(key)
+            if engine is None and base_id is not None and key.startswith("cluster:"):
+                engine = self.engines.pop(f"base:{base_id}", None)
+                if engine is not None:
+                    self.engines[key] = engine
             if engine is None:
                 engine = Engine(model_path, max_batch_size=self.max_batch_size, max_queue=self.max_queue,
                                 max_seq_len=min(context_length or MAX_SEQ_LEN, MAX_SEQ_LEN))
@@ -62,16 +77,14 @@ class HostingRuntime:
         if endpoint is not None:
             endpoint_store.require_active(endpoint)
             model = get_model(endpoint["model"])
-            key = f"cluster:{endpoint['dedicated_ai_cluster_id']}"
         else:
             model = get_model(name)
-            key = None
         if model["kind"] == "custom" and model["adapter_type"] == "full":
             return Target(self.engine(f"full:{model['id']}", model["path"], model["context_length"]),
                           None, model, endpoint)
         base = get_model(model["parent"]) if model["kind"] == "custom" else model
-        key = key or self._shared_key(base["id"])
-        engine = self.engine(key, base["path"], base["context_length"])
+        key = f"cluster:{endpoint['dedicated_ai_cluster_id']}" if endpoint else self._shared_key(base["id"])
+        engine = self.engine(key, base["path"], base["context_length"], base["id"])
         adapter = None
         if model["kind"] == "custom":
             adapter = model["id"]
@@ -80,13 +93,21 @@ class HostingRuntime:
         return Target(engine, adapter, model, endpoint)
 
     def _shared_key(self, base_id: str) -> str:
-        """A direct model request reuses a hosting cluster's engine of the same base model if one runs."""
-        from graftlm.clusters.clusters import list_clusters
-
-        for c in list_clusters("HOSTING"):
+        """A direct model request reuses a hosting cluster's engine of the same base model if one runs
+        (else the per-base engine, which the cluster adopts when its first endpoint request comes)."""
+        for c in cluster_store.list_clusters("HOSTING"):
             if c["base_model"] == base_id and f"cluster:{c['id']}" in self.engines:
                 return f"cluster:{c['id']}"
         return f"base:{base_id}"
+
+    def on_cluster_change(self, cluster: dict, event: str) -> None:
+        """Deleted: stop the cluster's engine (failing anything still queued on it) and free its weights."""
+        if event != "deleted":
+            return
+        with self._lock:
+            engine = self.engines.pop(f"cluster:{cluster['id']}", None)
+        if engine is not None:
+            engine.stop()
 
     def track(self, target: Target, handle) -> None:
         if target.endpoint:

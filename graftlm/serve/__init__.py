@@ -1,9 +1,9 @@
 """graftlm's serving engine: one base model, many LoRA and (IA)³ adapters, one continuous batch."""
 
-from .engine import Engine, default_dtype
+from .engine import Engine, EngineUnavailable, default_dtype
 from .sampler import SamplingParams, TokenLogprob
 from .scheduler import QueueFull
 from .sequence import Delta, Output, RequestHandle
 
-__all__ = ["Engine", "SamplingParams", "TokenLogprob", "QueueFull", "Delta", "Output", "RequestHandle",
-           "default_dtype"]
+__all__ = ["Engine", "EngineUnavailable", "SamplingParams", "TokenLogprob", "QueueFull", "Delta", "Output",
+           "RequestHandle", "default_dtype"]

@@ -66,6 +66,8 @@ class AdapterCache:
         with self._lock:
             if name not in self.paths:
                 raise NotFound(f"adapter {name!r} is not registered", param="model")
+            if name in self.cpu:
+                self.cpu.move_to_end(name)  # CPU tier is LRU too: a used adapter is evicted last
             if name in self.resident:
                 self.resident.move_to_end(name)
                 self.refs[name] += 1

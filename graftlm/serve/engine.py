@@ -15,7 +15,7 @@ import torch
 from transformers import AutoTokenizer
 
 from graftlm import runtime
-from graftlm.errors import GraftError
+from graftlm.errors import GraftError, Unavailable
 
 from .adapter_cache import AdapterCache
 from .adapters import AdapterPool
@@ -25,7 +25,15 @@ from .sampler import SamplingParams, sample
 from .scheduler import QueueFull, Scheduler
 from .sequence import Output, RequestHandle, Sequence
 
-__all__ = ["Engine", "QueueFull", "SamplingParams", "Output", "RequestHandle", "default_dtype"]
+__all__ = ["Engine", "EngineUnavailable", "QueueFull", "SamplingParams", "Output", "RequestHandle",
+           "default_dtype"]
+
+
+class EngineUnavailable(Unavailable):
+    """The engine no longer serves: it was stopped, or its loop died with an error (HTTP 503)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, code="engine_unavailable")
 
 
 def default_device() -> torch.device:
@@ -94,7 +102,9 @@ class Engine:
 
     def submit(self, prompt_ids: list[int], params: SamplingParams | None = None, adapter: str | None = None,
                *, _bounded: bool = True) -> RequestHandle:
-        """Queue a request; raises QueueFull when max_queue requests are already waiting."""
+        """Queue a request; raises QueueFull when max_queue requests are already waiting, and
+        EngineUnavailable once the engine has stopped or failed."""
+        self._check_serving()
         params = params or SamplingParams()
         if not prompt_ids:
             raise GraftError("the prompt is empty", param="prompt")
@@ -109,8 +119,36 @@ class Engine:
         seq = Sequence(prompt_ids, params, adapter, self.tokenizer, generator)
         seq.handle = RequestHandle(seq, self._cancel)
         self.scheduler.add(seq, bounded=_bounded)
+        if self._stopping or self.error is not None:  # it stopped while we queued: fail, don't strand it
+            self._fail_pending()
         self._wake.set()
         return seq.handle
+
+    def _unavailable(self) -> EngineUnavailable | None:
+        """Why this engine no longer serves, or None while it does."""
+        if self.error is not None:
+            error = EngineUnavailable(f"the serving engine for {self.model_path.name} failed and serves no more "
+                                      f"requests ({type(self.error).__name__}: {self.error}); restart the server")
+            error.__cause__ = self.error
+            return error
+        if self._stopping:
+            return EngineUnavailable(f"the serving engine for {self.model_path.name} was stopped (its cluster "
+                                     f"was deleted or the server is shutting down)")
+        return None
+
+    def _check_serving(self) -> None:
+        error = self._unavailable()
+        if error is not None:
+            raise error
+
+    def _fail_pending(self) -> None:
+        """Fail every waiting and running request with the reason the engine stopped."""
+        with self._step_lock:
+            error = self._unavailable()
+            if error is None:
+                return
+            for seq in self.scheduler.drain():
+                seq.fail(error)
 
     def _cancel(self, seq: Sequence) -> None:
         seq.cancelled = True
@@ -206,16 +244,17 @@ class Engine:
                     self._wake.clear()
         except BaseException as e:  # noqa: BLE001 - fail every request rather than hang them
             self.error = e
-            for s in list(self.scheduler.running) + list(self.scheduler.waiting):
-                s.fail(e)
+            self._fail_pending()
             raise
 
     def stop(self) -> None:
+        """Stop the loop; requests still waiting or running fail with EngineUnavailable."""
         self._stopping = True
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        self._fail_pending()
         self.adapters.shutdown()
 
     # --- raw logits (tests, RAG-Token mixtures) ------------------------------------------------------

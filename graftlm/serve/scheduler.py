@@ -7,6 +7,7 @@ step's prefill token budget allows.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 
@@ -18,13 +19,16 @@ from .sequence import Sequence
 
 
 class QueueFull(GraftError):
-    """The engine's waiting queue is full; retry after ``retry_after`` seconds (HTTP 429)."""
+    """The engine's waiting queue is full; retry after ``retry_after`` whole seconds (HTTP 429).
+
+    Retry-After is an integer number of seconds (RFC 9110 delay-seconds), so it is rounded up here.
+    """
     status_code = 429
     error_type = "rate_limit_error"
 
-    def __init__(self, message: str, retry_after: float = 1.0):
+    def __init__(self, message: str, retry_after: float = 1):
         super().__init__(message, code="queue_full")
-        self.retry_after = retry_after
+        self.retry_after = max(1, math.ceil(retry_after))
 
 
 class Scheduler:
@@ -73,6 +77,17 @@ class Scheduler:
             self.waiting = keep
         self.running.extend(new)
         return new
+
+    def drain(self) -> list[Sequence]:
+        """Remove and return every running and waiting sequence (the engine is going away)."""
+        with self._lock:
+            running, waiting = list(self.running), list(self.waiting)
+            self.running.clear()
+            self.waiting.clear()
+        for seq in running:
+            if seq.adapter is not None:
+                self.adapters.release(seq.adapter)
+        return running + waiting
 
     def retire(self, finished: list[Sequence]) -> None:
         """Remove finished rows, highest row first, filling each hole with the current last row."""

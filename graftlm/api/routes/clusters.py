@@ -34,10 +34,6 @@ class EndpointPatch(BaseModel):
     name: str | None = None
 
 
-def as_list(items: list[dict]) -> dict:
-    return {"object": "list", "data": items, "has_more": False}
-
-
 @router.post("/dedicated_ai_clusters")
 async def create_cluster(body: ClusterIn):
     return await run_in_threadpool(clusters.create_cluster, body.type, unit_count=body.unit_count,
@@ -45,8 +41,8 @@ async def create_cluster(body: ClusterIn):
 
 
 @router.get("/dedicated_ai_clusters")
-async def list_clusters(type: str | None = None):
-    return as_list(await run_in_threadpool(clusters.list_clusters, type))
+async def list_clusters(type: str | None = None, after: str | None = None, limit: int = 100):
+    return await run_in_threadpool(lambda: clusters.list_clusters_page(type, after=after, limit=limit))
 
 
 @router.get("/dedicated_ai_clusters/{cluster_id}")
@@ -65,8 +61,9 @@ async def create_endpoint(body: EndpointIn):
 
 
 @router.get("/endpoints")
-async def list_endpoints(dedicated_ai_cluster_id: str | None = None):
-    return as_list(await run_in_threadpool(endpoints.list_endpoints, dedicated_ai_cluster_id))
+async def list_endpoints(dedicated_ai_cluster_id: str | None = None, after: str | None = None, limit: int = 100):
+    return await run_in_threadpool(lambda: endpoints.list_endpoints_page(dedicated_ai_cluster_id, after=after,
+                                                                         limit=limit))
 
 
 @router.get("/endpoints/{endpoint_id}")

@@ -113,11 +113,15 @@ def stream_response(request: Request, target, handle, prompt_tokens: int, make_c
             first = make_chunk(None, first=True)
             if first:
                 yield sse(first)
-            async for delta in handle:
-                if await request.is_disconnected():
-                    break
-                completion += len(delta.token_ids)
-                yield sse(make_chunk(delta))
+            try:
+                async for delta in handle:
+                    if await request.is_disconnected():
+                        break
+                    completion += len(delta.token_ids)
+                    yield sse(make_chunk(delta))
+            except GraftError as e:  # the engine failed or stopped mid-stream: the status is sent, say why
+                yield sse(e.to_dict())
+                return
             if include_usage:
                 yield sse(make_chunk(None, usage=usage(prompt_tokens, completion)))
             yield b"data: [DONE]\n\n"
