@@ -71,4 +71,4 @@ def test_finetune_create_with_yaml_and_watch(tiny_model, tmp_path):
                     "suffix: yaml\n")
     r = runner.invoke(app, ["finetune", "create", "--config", str(spec), "--watch"])
     assert r.exit_code == 0, r.output
-    assert "succeeded" in r.output and "ft:tiny:yaml:" in r.output
+    assert "succeeded" in r.output and "ft:tiny:yaml:" in r.output and "tok/s" in r.output

@@ -106,7 +106,10 @@ def test_metrics_logged_every_step_to_20_then_every_n(tmp_path, base):
           base, TOY, None, tmp_path, on_event=events.append)
     assert sorted(losses(events)) == list(range(1, 21)) + [21, 28, 35]
     m = [e for e in events if e["type"] == "metrics"][0]["data"]
-    assert set(m) == {"step", "train_loss", "train_mean_token_accuracy"}
+    assert set(m) == {"step", "train_loss", "train_mean_token_accuracy", "trained_tokens", "tokens_per_second"}
+    logged = [e["data"] for e in events if e["type"] == "metrics"]
+    assert all(b["trained_tokens"] > a["trained_tokens"] for a, b in zip(logged, logged[1:]))
+    assert all(d["tokens_per_second"] > 0 for d in logged)
     events.clear()
     train({"max_steps": 6, "batch_size": 1, "log_model_metrics_interval_in_steps": 0, "eval_interval_steps": 3},
           base, TOY, TOY[:2], tmp_path / "b", on_event=events.append)

@@ -225,6 +225,7 @@ def train(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict
         return path
 
     stop_reason = None
+    throughput_since = (time.perf_counter(), state["trained_tokens"])  # for tokens/s between metric events
     while state["step"] < total_steps:
         step = state["step"] + 1
         epoch, indices = step_examples(len(train_set), cfg.training_batch_size, cfg.seed, step - 1)
@@ -267,7 +268,10 @@ def train(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict
         state["metrics"] = metrics
         interval = cfg.log_model_metrics_interval_in_steps
         if (at_eval and valid_set) or (interval and (step <= 20 or step % interval == 0)):
-            emit({"type": "metrics", "data": metrics})
+            now, tokens = time.perf_counter(), state["trained_tokens"]
+            speed = (tokens - throughput_since[1]) / max(now - throughput_since[0], 1e-9)
+            throughput_since = (now, tokens)
+            emit({"type": "metrics", "data": {**metrics, "trained_tokens": tokens, "tokens_per_second": round(speed, 1)}})
         if at_eval or (cfg.checkpoint_interval_steps and step % cfg.checkpoint_interval_steps == 0):
             checkpoint()
         if stop_reason == "early_stop":
