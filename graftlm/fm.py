@@ -221,7 +221,7 @@ class Evals:
 
     def run(self, eval_id: str, model: str, **options) -> dict:
         """Run the eval on ``model`` now (blocking); the run without per-example results.
-        options: strategy, k, train_path, kb_id, max_examples, max_tokens."""
+        options: strategy, k, train_path, kb_id, max_examples, max_tokens, failures (store failure clusters)."""
         from graftlm.evals import service
 
         service.check_run_options(options)

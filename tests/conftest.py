@@ -26,6 +26,9 @@ def graft_home(tmp_path, monkeypatch):
     monkeypatch.setenv("GRAFT_HOME", str(home))
     monkeypatch.setenv("GRAFT_ADMIN_KEY", ADMIN_KEY)
     monkeypatch.delenv("GRAFT_DATABASE_URL", raising=False)
+    # knowledge bases go to this test's GRAFT_HOME/rag.db, never to a PostgreSQL server named in the shell;
+    # a test that wants one (the postgres-marked ones) sets it itself with monkeypatch
+    monkeypatch.delenv("GRAFT_RAG_DATABASE_URL", raising=False)
     reset_settings()
     dispose_all()
     yield home

@@ -62,6 +62,23 @@ def test_forgetting_check_same_model_is_no_change(sets):
     assert out["n"] == 32 and out["change"] == 0 and not out["forgot"]
 
 
+def test_general_knowledge_set_ships_inside_the_package():
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    import graftlm
+    from graftlm.evals.forgetting import GENERAL_KNOWLEDGE
+
+    package = Path(graftlm.__file__).resolve().parent
+    assert GENERAL_KNOWLEDGE.is_file() and GENERAL_KNOWLEDGE.is_relative_to(package / "resources")
+    assert (GENERAL_KNOWLEDGE.parent / "README.md").is_file()  # provenance and license note travel with it
+    assert len(GENERAL_KNOWLEDGE.read_text().splitlines()) == 32
+    pyproject = tomllib.loads((package.parent / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["graftlm"]
+    assert any(fnmatch.fnmatch(GENERAL_KNOWLEDGE.relative_to(package).as_posix(), p) for p in patterns)
+
+
 def test_failure_clusters_group_similar_failures():
     from graftlm.evals.failures import cluster_failures, failed_results
 

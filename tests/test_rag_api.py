@@ -87,20 +87,127 @@ def test_multipart_files_become_documents(http, tmp_path):
     assert http.get(f"/v1/knowledge_bases/{kb['id']}").json()["documents"] == 5
 
 
-@pytest.mark.parametrize("name,content,says", [
+BAD_FILES = [
     ("slides.pptx", b"PK\x03\x04", "unsupported file type"),
     ("broken.pdf", b"%PDF-1.4 this is not really a pdf", "not a readable PDF"),
     ("bad.jsonl", b'{"text": "ok"}\nnot json\n', "line 2: invalid JSON"),
     ("empty.txt", b"   \n", "no text found"),
     ("latin1.txt", "café".encode("latin-1"), "not UTF-8"),
-])
-def test_bad_files_are_4xx_and_store_nothing(http, name, content, says):
+]
+
+
+@pytest.mark.parametrize("name,content,says", BAD_FILES)
+def test_a_bad_file_is_reported_and_the_good_ones_are_ingested(http, name, content, says):
+    kb = make_kb(http)  # holds DOCS already: an upload with a bad file must not lose them
+    r = http.post(f"/v1/knowledge_bases/{kb['id']}/documents?wait=true",
+                  files=[("files", ("good.txt", b"Saffron comes from crocus flowers.", "text/plain")),
+                         ("files", (name, content, "x/y"))])
+    assert r.status_code == 200, r.text
+    job = r.json()
+    assert job["status"] == "partially_succeeded" and job["documents"] == 1, job
+    good, bad = job["files"]
+    assert (good["filename"], good["ok"], good["documents"]) == ("good.txt", True, 1) and good["chunks"] >= 1
+    assert (bad["filename"], bad["ok"]) == (name, False) and says in bad["error"] and name in bad["error"]
+    assert says in job["error"] and name in job["error"]
+    assert http.get(f"/v1/knowledge_bases/{kb['id']}").json()["documents"] == len(DOCS) + 1
+    hits = http.post(f"/v1/knowledge_bases/{kb['id']}/search", json={"query": "saffron crocus",
+                                                                       "mode": "keyword"}).json()["data"]
+    assert hits[0]["document_id"] == "good.txt"
+
+
+def test_an_upload_of_only_bad_files_is_4xx_naming_each(http):
     kb = make_kb(http, docs=None)
     r = http.post(f"/v1/knowledge_bases/{kb['id']}/documents",
-                  files=[("files", ("good.txt", b"fine text", "text/plain")), ("files", (name, content, "x/y"))])
+                  files=[("files", (name, content, "x/y")) for name, content, _ in BAD_FILES[:2]])
     assert r.status_code == 400, r.text
-    assert says in r.json()["error"]["message"] and name in r.json()["error"]["message"]
+    message = r.json()["error"]["message"]
+    assert all(name in message and says in message for name, _, says in BAD_FILES[:2])
     assert http.get(f"/v1/knowledge_bases/{kb['id']}").json()["documents"] == 0
+
+
+def minimal_pdf(text: str) -> bytes:
+    """A one-page PDF (Helvetica text object, correct xref offsets) that pypdf reads in strict mode."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+               b"/Resources << /Font << /F1 5 0 R >> >> >>",
+               b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def test_a_real_pdf_is_ingested_and_its_text_searchable(http):
+    kb = make_kb(http, docs=None)
+    pdf = minimal_pdf("Saffron threads are harvested by hand from crocus flowers.")
+    job = http.post(f"/v1/knowledge_bases/{kb['id']}/documents?wait=true",
+                    files=[("files", ("spice.pdf", pdf, "application/pdf"))]).json()
+    assert job["status"] == "succeeded" and job["files"][0]["ok"] is True, job
+    hit = http.post(f"/v1/knowledge_bases/{kb['id']}/search", json={"query": "crocus saffron",
+                                                                      "mode": "keyword"}).json()["data"][0]
+    assert hit["document_id"] == "spice.pdf" and hit["metadata"] == {"source": "spice.pdf", "pages": 1}
+    assert "harvested by hand from crocus flowers" in hit["text"]
+
+
+FUSION_DOCS = [
+    {"id": "kittens", "text": "Kittens and cats purr, nap in the sun and chase mice around the house."},
+    {"id": "manual", "text": "Feline model 7 printer manual: replace the toner cartridge when the light blinks."},
+    {"id": "dogs", "text": "Dogs bark at strangers and love long walks in the park."},
+    {"id": "tax", "text": "File your tax return before April to avoid a late penalty."},
+]
+
+
+def expected_rrf(keyword: list[str], dense: list[str], k: int, weights: dict) -> list[tuple[str, float]]:
+    scores: dict[str, float] = {}
+    for name, ranked in (("keyword", keyword), ("dense", dense)):
+        for rank, doc in enumerate(ranked, start=1):
+            scores[doc] = scores.get(doc, 0.0) + weights.get(name, 1.0) / (k + rank)
+    return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+def test_hybrid_search_takes_rrf_k_and_weights(http):
+    kb = make_kb(http, docs=FUSION_DOCS)
+    url = f"/v1/knowledge_bases/{kb['id']}/search"
+    query = "feline companions"  # keyword: the printer manual (says "feline"); dense: the kittens
+
+    def ranked(**body):
+        r = http.post(url, json={"query": query, **body})
+        assert r.status_code == 200, r.text
+        return [(h["document_id"], h["score"]) for h in r.json()["data"]]
+
+    keyword = [d for d, _ in ranked(mode="keyword")]
+    dense = [d for d, _ in ranked(mode="dense")]
+    assert keyword[0] != dense[0]
+    for k, weights in [(60, {}), (0, {"keyword": 3}), (0, {"dense": 3}), (5, {"keyword": 0, "dense": 1})]:
+        got = ranked(mode="hybrid", rrf_k=k, weights=weights)
+        want = expected_rrf(keyword, dense, k, weights)
+        assert [d for d, _ in got] == [d for d, _ in want], (k, weights)
+        assert [s for _, s in got] == pytest.approx([s for _, s in want]), (k, weights)
+    assert ranked(mode="hybrid", rrf_k=0, weights={"keyword": 3})[0][0] == keyword[0]
+    assert ranked(mode="hybrid", rrf_k=0, weights={"dense": 3})[0][0] == dense[0]
+
+
+def test_bad_fusion_parameters_are_400(http):
+    kb = make_kb(http)
+    cases = [({"rrf_k": -1}, "rrf_k must be an integer >= 0"),
+             ({"rrf_k": "many"}, "rrf_k"),
+             ({"weights": {"keyword": -1}}, "weights.keyword must be a finite number >= 0"),
+             ({"weights": {"keyword": "heavy"}}, "weights.keyword"),
+             ({"weights": {"sparse": 1}}, "unknown list 'sparse'"),
+             ({"weights": {"keyword": 0, "dense": 0}}, "at least one of keyword and dense must be > 0"),
+             ({"weights": {"dense": 2}, "mode": "keyword"}, "weights apply to mode \"hybrid\" only"),
+             ({"weights": [1, 2]}, "weights")]
+    for body, says in cases:
+        r = http.post(f"/v1/knowledge_bases/{kb['id']}/search", json={"query": "cats", **body})
+        assert r.status_code == 400, (body, r.text)
+        assert says in r.json()["error"]["message"], (body, r.text)
 
 
 def test_bad_input_is_4xx_never_500(http):

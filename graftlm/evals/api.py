@@ -3,7 +3,8 @@
 POST /evals {"name", "data_path", "scorers"}          create an eval (scorers may include "judge:<model>")
 GET  /evals                                          list
 GET  /evals/{eval_id}                                one eval
-POST /evals/{eval_id}/runs {"model", "strategy", ...} run it now (blocking) and store the run
+POST /evals/{eval_id}/runs {"model", "strategy", ...} run it now (blocking) and store the run; an unknown
+                                                     field is a 400 naming it
 GET  /evals/{eval_id}/runs                           runs, without per-example results
 GET  /evals/{eval_id}/runs/{run_id}                  one run with per-example results
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from graftlm.evals import service, store
 
@@ -20,6 +21,7 @@ router = APIRouter(tags=["evals"])
 
 
 class EvalCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is a 400 naming it, not silently dropped
     name: str
     data_path: str
     scorers: list[str] = Field(default_factory=lambda: ["label_accuracy"])
@@ -27,6 +29,7 @@ class EvalCreate(BaseModel):
 
 
 class RunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     model: str
     strategy: str = "zero-shot"
     k: int = 4
@@ -34,6 +37,7 @@ class RunCreate(BaseModel):
     kb_id: str | None = None
     max_examples: int | None = None
     max_tokens: int = 32
+    failures: bool = False  # cluster the failed examples and store the clusters with the run
 
 
 @router.post("/evals")

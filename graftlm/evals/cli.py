@@ -1,14 +1,31 @@
-"""`graft eval run|show|compare|list`, plus `ladder_command` and `synth_command` to mount as
-`graft ladder` and `graft data synth`."""
+"""`graft eval run|show|compare|list|calibrate|export-sft|export-preferences|forgetting`, plus
+`ladder_command` and `synth_command` to mount as `graft ladder` and `graft data synth`."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import typer
 
+from graftlm.errors import GraftError
+
 app = typer.Typer(help="Evaluate models on JSONL eval sets.", no_args_is_help=True)
+
+
+def friendly_errors(fn):
+    """A GraftError becomes "error: <message>" on stderr and exit code 2, not a traceback.
+
+    (graftlm.cli.common has the same; importing it here would import graftlm.cli, which imports this module.)"""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GraftError as e:
+            typer.echo(f"error: {e.message}" + (f" (param: {e.param})" if e.param else ""), err=True)
+            raise typer.Exit(2) from None
+    return wrapper
 
 
 def _print_run(run: dict) -> None:
@@ -31,23 +48,26 @@ def run_command(
     max_examples: int | None = typer.Option(None, help="Evaluate only the first N examples."),
     max_tokens: int = typer.Option(32),
     eval_id: str | None = typer.Option(None, "--eval-id", help="Add the run to an existing eval."),
-    failures: bool = typer.Option(False, help="Cluster the failed examples."),
+    failures: bool = typer.Option(False, help="Cluster the failed examples and store the clusters with the run."),
 ) -> None:
     """Run MODEL over DATA and store the run under GRAFT_HOME/evals/."""
     from graftlm.evals.run import run_eval
 
     run = run_eval(model, str(data), scorers=scorer, strategy=strategy, k=k, train_path=str(train) if train else None,
-                   kb_id=kb, max_examples=max_examples, max_tokens=max_tokens, eval_id=eval_id)
+                   kb_id=kb, max_examples=max_examples, max_tokens=max_tokens, eval_id=eval_id, failures=failures)
     _print_run(run)
-    if failures:
-        from graftlm.evals.failures import cluster_failures, failed_results
+    _print_failures(run)
 
-        for c in cluster_failures(failed_results(run)):
-            typer.echo(f"  failure cluster {c['cluster']}: {c['size']} examples, e.g. "
-                       f"{c['samples'][0]['question']!r} -> {c['samples'][0]['prediction']!r}")
+
+def _print_failures(run: dict) -> None:
+    """The failure clusters stored with the run (``graft eval run --failures``), if any."""
+    for c in run.get("failure_clusters") or []:
+        typer.echo(f"  failure cluster {c['cluster']}: {c['size']} examples, e.g. "
+                   f"{c['samples'][0]['question']!r} -> {c['samples'][0]['prediction']!r}")
 
 
 @app.command("show")
+@friendly_errors
 def show_command(run_id: str, examples: int = typer.Option(5, help="Per-example rows to print."),
                  as_json: bool = typer.Option(False, "--json")) -> None:
     """Show a stored eval run."""
@@ -61,6 +81,7 @@ def show_command(run_id: str, examples: int = typer.Option(5, help="Per-example 
     for r in run["results"][:examples]:
         typer.echo(f"  [{', '.join(f'{v:.2f}' for v in r['scores'].values())}] {r['question'][:60]!r} -> "
                    f"{r['prediction'][:40]!r} (expected {str(r['reference'])[:30]!r})")
+    _print_failures(run)
 
 
 @app.command("compare")
@@ -85,6 +106,76 @@ def list_command() -> None:
         typer.echo(f"{e['id']}  {e['name']}  {len(runs)} run(s)")
         for r in runs:
             typer.echo(f"  {r['id']}  {r['model']}  {r['strategy']}  {r['score']:.3f}")
+
+
+@app.command("calibrate")
+@friendly_errors
+def calibrate_command(
+    labels: Path = typer.Option(..., "--labels", exists=True, dir_okay=False,
+                                help='Human labels JSONL: {"id": <example id>, "score": <1-5>} per line '
+                                     '(id: the eval line\'s "id", else its line number).'),
+    run_id: str = typer.Option(..., "--run", help="An eval run scored with judge:<model>."),
+    scorer: str | None = typer.Option(None, "--scorer", help="Which judge:<model> scorer (default: the run's first)."),
+    kappa_warning: float = typer.Option(0.4, help="Warn when Cohen's kappa is below this."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Agreement of a run's LLM judge with human labels (Cohen's kappa, accuracy) and the fitted
+    judge → human calibration; warns when agreement is low."""
+    from graftlm.evals.judge import calibrate_run, load_human_labels
+    from graftlm.evals.store import get_run
+
+    report = calibrate_run(get_run(run_id), load_human_labels(labels), scorer=scorer, kappa_warning=kappa_warning)
+    if as_json:
+        typer.echo(json.dumps(report, indent=1))
+    else:
+        _print_calibration(report)
+    if report["warning"]:
+        typer.echo(f"warning: {report['warning']}", err=True)
+
+
+def _print_calibration(r: dict) -> None:
+    typer.echo(f"{r['run']}  {r['scorer']}  n={r['n']} labelled examples"
+               + (f" ({r['labels_not_in_run']} label(s) not in the run)" if r["labels_not_in_run"] else ""))
+    typer.echo(f"  Cohen's kappa {r['kappa']:.3f}  accuracy {r['accuracy']:.3f}")
+    typer.echo(f"  linear: human = {r['linear']['slope']:.3f} * judge + {r['linear']['intercept']:.3f}")
+    typer.echo("  isotonic: " + ", ".join(f"{g}->{h:.2f}" for g, h in r["isotonic"].items()))
+
+
+@app.command("export-sft")
+@friendly_errors
+def export_sft_command(
+    run_ids: list[str] = typer.Argument(..., help="Eval runs scored with judge:<model> (several: best answer wins)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Chat JSONL to write."),
+    scorer: str | None = typer.Option(None, "--scorer", help="Which judge:<model> scorer (default: the first)."),
+    min_score: int = typer.Option(4, "--min-score", help="Keep answers the judge graded at least this (1-5)."),
+) -> None:
+    """Best judge-graded answer per example as SFT chat JSONL (checks with `graft data validate`)."""
+    from graftlm.evals.export import export_sft
+    from graftlm.evals.store import get_run
+
+    _print_export(export_sft([get_run(r) for r in run_ids], out, scorer=scorer, min_score=min_score), "SFT")
+
+
+@app.command("export-preferences")
+@friendly_errors
+def export_preferences_command(
+    run_ids: list[str] = typer.Argument(..., help="Two or more eval runs over the same examples, judge-scored."),
+    out: Path = typer.Option(..., "--out", "-o", help="Preference JSONL to write."),
+    scorer: str | None = typer.Option(None, "--scorer", help="Which judge:<model> scorer (default: the first)."),
+) -> None:
+    """Chosen (best-graded) / rejected (worst-graded) answer pairs across runs as preference JSONL."""
+    from graftlm.evals.export import export_preferences
+    from graftlm.evals.store import get_run
+
+    _print_export(export_preferences([get_run(r) for r in run_ids], out, scorer=scorer), "preference")
+
+
+def _print_export(r: dict, kind: str) -> None:
+    typer.echo(f"wrote {r['written']} {kind} example(s) to {r['path']} ({r['skipped']} of {r['examples']} "
+               f"examples skipped; judge {r['scorer']})")
+    if r["prompts_from_questions"]:
+        typer.echo("note: an eval data file is gone, so some prompts are only the question (no system prompt)",
+                   err=True)
 
 
 @app.command("forgetting")

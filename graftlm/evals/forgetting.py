@@ -6,7 +6,9 @@ from pathlib import Path
 
 from graftlm.evals.run import compare_runs, run_eval
 
-GENERAL_KNOWLEDGE = Path(__file__).resolve().parents[2] / "examples" / "forgetting" / "general_knowledge.jsonl"
+# Shipped inside the package (pyproject packages graftlm/resources/**), so installed copies have it too.
+RESOURCES = Path(__file__).resolve().parents[1] / "resources" / "forgetting"
+GENERAL_KNOWLEDGE = RESOURCES / "general_knowledge.jsonl"
 
 
 def forgetting_check(custom_model: str, base_model: str | None = None, data: str | Path | None = None, *,

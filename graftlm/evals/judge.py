@@ -6,11 +6,14 @@ A judge is any model id (base or custom) or a function ``judge_fn(list_of_messag
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
+from graftlm.errors import GraftError
 from graftlm.evals.stats import accuracy, cohen_kappa
 
 JudgeFn = Callable[[list[list[dict]]], list[str]]
@@ -134,3 +137,65 @@ def calibrate(judge_scores: list, human_scores: list, *, kappa_warning: float = 
             "accuracy": accuracy(j.tolist(), h.tolist()),
             "linear": {"slope": float(slope), "intercept": float(intercept)},
             "isotonic": {int(g): float(iso.predict([g])[0]) for g in grid}, "warning": warning}
+
+
+# stored runs scored with judge:<model> ------------------------------------------------------------------
+
+def judge_scorer(run: dict, scorer: str | None = None) -> str:
+    """The run's ``judge:<model>`` scorer: ``scorer`` when given (the run must have it), else its first one."""
+    from graftlm.evals.scorers import judge_model_of
+
+    listed = ", ".join(run["scorers"])
+    if scorer is None:
+        judged = [s for s in run["scorers"] if judge_model_of(s) is not None]
+        if not judged:
+            raise GraftError(f"run {run['id']} was not scored by an LLM judge (scorers: {listed}); "
+                             "run the eval with --scorer judge:<model>", param="scorer")
+        return judged[0]
+    if scorer not in run["scorers"]:
+        raise GraftError(f"run {run['id']} has no scorer {scorer!r}; its scorers: {listed}", param="scorer")
+    if judge_model_of(scorer) is None:
+        raise GraftError(f"scorer {scorer!r} is not an LLM judge; use a judge:<model> scorer", param="scorer")
+    return scorer
+
+
+def judge_grades(run: dict, scorer: str) -> dict[str, int]:
+    """Example id → the judge's 1–5 grade, from the stored score (grade − 1) / 4.
+
+    The stored score cannot tell an unparseable grade (stored as 0) from a 1; both come back as 1."""
+    return {str(r["id"]): int(round(1 + 4 * r["scores"][scorer])) for r in run["results"]}
+
+
+def load_human_labels(path) -> dict[str, float]:
+    """JSONL of {"id": example id, "score": human grade on the judge's 1–5 scale} → {id: score}."""
+    path, labels = Path(path), {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path.name} line {lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise GraftError(f"{where}: invalid JSON: {e.msg}", param="labels") from e
+        score = row.get("score") if isinstance(row, dict) else None
+        if not isinstance(row, dict) or "id" not in row:
+            raise GraftError(f"{where}: expected {{\"id\": <example id>, \"score\": <1-5>}}", param="labels")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not 1 <= score <= 5:
+            raise GraftError(f"{where}: \"score\" must be a number from 1 to 5 (the judge's scale)", param="labels")
+        labels[str(row["id"])] = float(score)
+    if not labels:
+        raise GraftError(f"{path.name}: no labels", param="labels")
+    return labels
+
+
+def calibrate_run(run: dict, labels: dict[str, float], *, scorer: str | None = None,
+                  kappa_warning: float = 0.4) -> dict:
+    """``calibrate`` the run's judge grades against human labels matched by example id."""
+    scorer = judge_scorer(run, scorer)
+    grades = judge_grades(run, scorer)
+    shared = [i for i in labels if i in grades]
+    if len(shared) < 2:
+        raise GraftError(f"only {len(shared)} labelled example id(s) are in run {run['id']}; calibration needs "
+                         f"at least two (label ids must be the eval set's example ids)", param="labels")
+    report = calibrate([grades[i] for i in shared], [labels[i] for i in shared], kappa_warning=kappa_warning)
+    return {"run": run["id"], "scorer": scorer, "labels_not_in_run": len(labels) - len(shared), **report}

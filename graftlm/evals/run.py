@@ -90,12 +90,13 @@ def run_eval(model: str, data: str | Path | list[dict], *, scorers=("label_accur
              k: int = 4, train_path: str | None = None, kb_id: str | None = None, shot_selection: str = "similar",
              max_examples: int | None = None, max_tokens: int = 32, stop=None, scorer_options: dict | None = None,
              eval_id: str | None = None, name: str | None = None, save: bool = True, index=None,
-             seed: int = 0) -> dict:
+             seed: int = 0, failures: bool = False) -> dict:
     """Evaluate ``model`` on ``data`` (JSONL path or loaded examples). Returns the run record:
 
     {"id", "eval_id", "model", "strategy", "n", "score", "ci_low", "ci_high" (first scorer),
      "aggregates": {scorer: {"mean", "ci_low", "ci_high", "n"}}, "tokens": {"prompt", "completion"} (means),
      "latency_ms" (amortized per example), "wall_s", "results": [per example]}
+    With ``failures``, also "failure_clusters": the failed examples grouped (graftlm.evals.failures).
     Stored under GRAFT_HOME/evals/<eval_id>/runs/<id>.json when ``save``.
     """
     scorers = list(scorers)
@@ -126,6 +127,10 @@ def run_eval(model: str, data: str | Path | list[dict], *, scorers=("label_accur
            "tokens": {"prompt": float(np.mean([o["prompt_tokens"] for o in outs])),
                       "completion": float(np.mean([o["completion_tokens"] for o in outs]))},
            "latency_ms": 1000 * wall / len(examples), "wall_s": wall, "results": results}
+    if failures:
+        from graftlm.evals.failures import cluster_failures, failed_results
+
+        run["failure_clusters"] = cluster_failures(failed_results(run), seed=seed)
     if save:
         if eval_id is None:
             ev = store.create_eval(name or Path(str(data)).stem if not isinstance(data, list) else (name or "adhoc"),

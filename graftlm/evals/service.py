@@ -8,7 +8,7 @@ from graftlm.errors import GraftError
 from graftlm.evals import store
 from graftlm.evals.scorers import check_scorer
 
-RUN_OPTIONS = ("strategy", "k", "train_path", "kb_id", "max_examples", "max_tokens")
+RUN_OPTIONS = ("strategy", "k", "train_path", "kb_id", "max_examples", "max_tokens", "failures")
 
 
 def define_eval(name: str, data_path: str, scorers: list[str] | None = None, *,

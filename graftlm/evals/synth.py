@@ -265,28 +265,36 @@ def _required(name: str):
     raise GraftError(f"give a {name} (or a generator function)", param=name)
 
 
+def training_lines(items: list[dict], *, min_score: int = 4) -> tuple[list[dict], list[dict]]:
+    """items: [{"messages" (prompt), "scored": [(1–5 judge score, answer), ...], "source"?}] → (SFT lines,
+    preference lines). An SFT line keeps the best answer when it scores ≥ ``min_score``; a preference line
+    pairs the best (chosen) with the worst (rejected) when their scores differ."""
+    sft, pref = [], []
+    for it in items:
+        ranked = sorted(it["scored"], key=lambda x: -x[0])
+        (best_s, best), (worst_s, worst) = ranked[0], ranked[-1]
+        if best_s >= min_score:
+            sft.append({"messages": it["messages"] + [{"role": "assistant", "content": best}],
+                        "source": {**it.get("source", {}), "judge_score": best_s}})
+        if best_s > worst_s:
+            pref.append({"prompt": it["messages"], "chosen": [{"role": "assistant", "content": best}],
+                         "rejected": [{"role": "assistant", "content": worst}], "scores": [best_s, worst_s]})
+    return sft, pref
+
+
 def judged_training_data(items: list[dict], judge, *, sft_path: str | Path | None = None,
                          preference_path: str | Path | None = None, min_score: int = 4) -> dict:
-    """items: [{"messages" (prompt), "candidates": [answers]}]. Each candidate is judged pointwise (1–5);
-    SFT lines keep the best candidate when it scores ≥ ``min_score``; preference lines pair the best
-    (chosen) with the worst (rejected) when their scores differ: {"prompt", "chosen", "rejected", "scores"}."""
+    """items: [{"messages" (prompt), "candidates": [answers]}]. Each candidate is judged pointwise (1–5), then
+    ``training_lines`` picks SFT and preference lines: {"prompt", "chosen", "rejected", "scores"}."""
     from graftlm.evals.judge import judge_pointwise
     from graftlm.evals.prompts import question
 
     flat = [{"question": question(it["messages"]), "answer": c, "reference": it.get("reference")}
             for it in items for c in it["candidates"]]
     scores = iter(s["score"] for s in judge_pointwise(flat, judge))
-    sft, pref = [], []
-    for it in items:
-        scored = [(next(scores) or 0, c) for c in it["candidates"]]
-        ranked = sorted(scored, key=lambda x: -x[0])
-        (best_s, best), (worst_s, worst) = ranked[0], ranked[-1]
-        if best_s >= min_score:
-            sft.append({"messages": it["messages"] + [{"role": "assistant", "content": best}],
-                        "source": {"judge_score": best_s}})
-        if best_s > worst_s:
-            pref.append({"prompt": it["messages"], "chosen": [{"role": "assistant", "content": best}],
-                         "rejected": [{"role": "assistant", "content": worst}], "scores": [best_s, worst_s]})
+    scored = [{"messages": it["messages"], "scored": [(next(scores) or 0, c) for c in it["candidates"]]}
+              for it in items]
+    sft, pref = training_lines(scored, min_score=min_score)
     if sft_path:
         write_jsonl(Path(sft_path), sft)
     if preference_path:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from graftlm import rag
 from graftlm.errors import GraftError
 from graftlm.rag import embeddings, ingestions, rank
-from graftlm.rag.loaders import SUFFIXES, load_file
+from graftlm.rag.loaders import load_file
 
 router = APIRouter()
 
@@ -38,6 +38,8 @@ class SearchRequest(BaseModel):
     rerank: bool = False
     ranker: str | None = None  # a registered ranker, "cosine", "mmr" or "llm:<model>"
     filters: dict[str, Any] | None = None
+    rrf_k: int = 60  # hybrid: score = sum of weights[list] / (rrf_k + rank in list)
+    weights: dict[str, Any] | None = None  # hybrid: {"keyword": w, "dense": w}, each >= 0; a missing one is 1
 
 
 class EmbeddingRequest(BaseModel):
@@ -80,6 +82,7 @@ async def delete_knowledge_base(kb_id: str):
 async def add_documents(kb_id: str, request: Request):
     """JSON ``{"documents": [{"id", "text", "metadata"}]}`` or multipart files (txt, md, html, pdf, jsonl).
 
+    A file that cannot be read is reported as failed in the job's "files" while the others are ingested.
     Returns the ingestion job at once; poll GET …/ingestions/{job_id}. ``?wait=true`` returns it finished."""
     await run_in_threadpool(rag.get_kb, kb_id)  # 404 before reading a large upload
     wait = request.query_params.get("wait", "").lower() in ("1", "true", "yes")
@@ -98,7 +101,9 @@ async def add_documents(kb_id: str, request: Request):
     return await run_in_threadpool(ingestions.start, kb_id, groups, wait=wait)
 
 
-async def _uploaded_groups(request: Request) -> list[tuple[str, list[dict]]]:
+async def _uploaded_groups(request: Request) -> list[tuple[str, list[dict] | GraftError]]:
+    """(file name, its documents) per uploaded file, or (file name, the GraftError) for one that cannot be read:
+    a bad file is reported by the ingestion job, not allowed to sink the good ones."""
     form = await request.form()
     uploads = [v for _, v in form.multi_items() if hasattr(v, "filename") and hasattr(v, "read")]
     if not uploads:
@@ -107,13 +112,17 @@ async def _uploaded_groups(request: Request) -> list[tuple[str, list[dict]]]:
     with tempfile.TemporaryDirectory() as tmp:
         for up in uploads:
             name = Path(up.filename or "upload.txt").name
-            if Path(name).suffix.lower() not in SUFFIXES:
-                raise GraftError(f"{name}: unsupported file type; supported: {', '.join(sorted(SUFFIXES))}",
-                                 param="files")
             path = Path(tmp) / name
             path.write_bytes(await up.read())
-            groups.append((name, await run_in_threadpool(load_file, path)))
+            groups.append((name, await run_in_threadpool(_load_upload, path)))
     return groups
+
+
+def _load_upload(path: Path) -> list[dict] | GraftError:
+    try:
+        return load_file(path)
+    except GraftError as e:
+        return e
 
 
 @router.get("/knowledge_bases/{kb_id}/ingestions/{job_id}")
@@ -130,7 +139,8 @@ async def delete_document(kb_id: str, doc_id: str):
 @router.post("/knowledge_bases/{kb_id}/search")
 async def search(kb_id: str, body: SearchRequest):
     hits = await run_in_threadpool(rag.search, kb_id, body.query, top_k=body.top_k, mode=body.mode,
-                                   rerank=body.rerank, ranker=body.ranker, filters=body.filters)
+                                   rerank=body.rerank, ranker=body.ranker, filters=body.filters,
+                                   rrf_k=body.rrf_k, weights=body.weights)
     ranker = None
     if body.rerank:
         ranker = hits[0]["ranker"] if hits else rank.resolve(body.ranker)[0]

@@ -69,15 +69,49 @@ def ingest(kb: str, paths: list[Path] = typer.Argument(..., help="txt, md, html,
         raise typer.Exit(2)
 
 
+def parse_json_option(value: str | None, option: str) -> dict | None:
+    """A JSON object given on the command line, or a GraftError naming the option."""
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise GraftError(f"{option} must be a JSON object, e.g. '{{\"topic\": \"pets\"}}': {e.msg}",
+                         param=option) from e
+    if not isinstance(parsed, dict):
+        raise GraftError(f"{option} must be a JSON object, not {type(parsed).__name__}", param=option)
+    return parsed
+
+
+def parse_weights(value: str | None) -> dict | None:
+    """'keyword=2,dense=0.5' or '{"keyword": 2, "dense": 0.5}' -> {"keyword": 2.0, "dense": 0.5}."""
+    if value is None or value.strip().startswith("{"):
+        return parse_json_option(value, "--weights")
+    weights = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        name, _, number = part.partition("=")
+        try:
+            weights[name.strip()] = float(number)
+        except ValueError:
+            raise GraftError(f"--weights: {part!r} is not NAME=NUMBER (e.g. keyword=2,dense=0.5)",
+                             param="--weights") from None
+    return weights
+
+
 @app.command("search")
 @friendly_errors
 def search(kb: str, query: str, top_k: int = typer.Option(5, "--top-k"),
            mode: str = typer.Option("hybrid", help="keyword, dense or hybrid"),
            rerank: bool = typer.Option(False, help="second-stage ranking"),
            ranker: Optional[str] = typer.Option(None, help="cosine, mmr, a cross-encoder, or llm:<model>"),
+           filters: Optional[str] = typer.Option(None, help="metadata equality filters as JSON, e.g. "
+                                                            "'{\"topic\": \"pets\"}'"),
+           rrf_k: int = typer.Option(60, "--rrf-k", help="hybrid: score = sum of weight / (rrf_k + rank)"),
+           weights: Optional[str] = typer.Option(None, help="hybrid: list weights, keyword=2,dense=0.5 or JSON"),
            as_json: bool = typer.Option(False, "--json")):
     """Search a knowledge base."""
-    hits = rag.search(kb, query, top_k=top_k, mode=mode, rerank=rerank or ranker is not None, ranker=ranker)
+    hits = rag.search(kb, query, top_k=top_k, mode=mode, rerank=rerank or ranker is not None, ranker=ranker,
+                      filters=parse_json_option(filters, "--filters"), rrf_k=rrf_k, weights=parse_weights(weights))
     if as_json:
         return print_json(hits)
     table = Table("#", "score", "document", "chunk", "text")

@@ -1,5 +1,10 @@
-"""Ingestion as a background job: documents are checked up front (bad input is a 4xx at once), then chunked
-and embedded on a thread; the job's state lives in memory and in GRAFT_HOME/rag_ingestions/{id}.json."""
+"""Ingestion as a background job: documents are checked up front, then chunked and embedded on a thread; the
+job's state lives in memory and in GRAFT_HOME/rag_ingestions/{id}.json.
+
+Bad JSON documents are a 4xx at once. In a multipart upload each file stands alone: a bad file is reported
+in the job's "files" (ok false, with its error) and the good ones are ingested; status is "succeeded" (every
+file), "partially_succeeded" or "failed" (none). Only when no file is good is the upload a 4xx.
+"""
 
 from __future__ import annotations
 
@@ -41,24 +46,47 @@ def _update(job_id: str, **fields) -> dict:
     return snapshot
 
 
-def start(kb_id: str, groups: list[tuple[str | None, list[dict]]], *, wait: bool = False) -> dict:
-    """Ingest ``groups`` of documents, one group per uploaded file (name None for JSON documents).
+def _file_entry(name: str | None, documents: int, *, ok: bool | None = None, error: str | None = None) -> dict:
+    return {"filename": name, "ok": ok, "documents": documents, "chunks": 0, "error": error}
 
-    Every group is validated before anything runs; a bad one raises GraftError naming it.
-    """
-    kb = rag.get_kb(kb_id)
+
+def _waiting_entry(name: str | None, docs: list[dict] | str) -> dict:
+    """A file not ingested yet (ok None), or one rejected before ingestion (``docs`` is its error message)."""
+    return _file_entry(name, 0, ok=False, error=docs) if isinstance(docs, str) else _file_entry(name, len(docs))
+
+
+def _check_groups(groups: list[tuple[str | None, list[dict] | GraftError]]) -> list[tuple[str | None, list | str]]:
+    """(name, checked documents) per good group and (name, error message) per bad file, in upload order.
+
+    A bad named group (one uploaded file) is only reported; bad JSON documents (name None) raise."""
     checked = []
     for name, docs in groups:
         try:
+            if isinstance(docs, GraftError):
+                raise docs
             checked.append((name, _check_documents(docs)))
         except GraftError as e:
-            raise GraftError(f"{name}: {e.message}" if name else e.message, param="documents") from e
-    if not any(docs for _, docs in checked):
-        raise GraftError("no documents to ingest", param="documents")
+            if name is None:
+                raise GraftError(e.message, param="documents") from e
+            checked.append((name, _named(name, e.message)))
+    return checked
+
+
+def start(kb_id: str, groups: list[tuple[str | None, list[dict] | GraftError]], *, wait: bool = False) -> dict:
+    """Ingest ``groups`` of documents, one group per uploaded file (name None for JSON documents).
+
+    A file that could not be read arrives as (name, GraftError): the job reports it as failed and ingests
+    the other files. When no file is good, nothing starts and the GraftError names every bad file.
+    """
+    kb = rag.get_kb(kb_id)
+    checked = _check_groups(groups)
+    good = [(name, docs) for name, docs in checked if not isinstance(docs, str)]
+    if not any(docs for _, docs in good):
+        bad = [message for _, message in checked if isinstance(message, str)]
+        raise GraftError("no documents to ingest" + (": " + "; ".join(bad) if bad else ""), param="documents")
+    files = [_waiting_entry(name, docs) for name, docs in checked]
     job = {"id": f"ingest-{uuid.uuid4().hex[:20]}", "object": "knowledge_base.ingestion", "knowledge_base_id": kb.id,
-           "status": "running", "progress": 0.0, "documents": 0, "chunks": 0, "error": None,
-           "files": [{"filename": name, "ok": None, "documents": len(docs), "chunks": 0, "error": None}
-                     for name, docs in checked],
+           "status": "running", "progress": 0.0, "documents": 0, "chunks": 0, "error": None, "files": files,
            "created_at": int(time.time()), "finished_at": None}
     with _lock:
         _jobs[job["id"]] = job
@@ -70,30 +98,49 @@ def start(kb_id: str, groups: list[tuple[str | None, list[dict]]], *, wait: bool
     return get(kb.id, job["id"])
 
 
-def _run(job_id: str, kb_id: str, groups: list[tuple[str | None, list[dict]]]) -> None:
-    total = sum(len(d) for _, d in groups) or 1
-    done_before, reports, chunks = 0, [], 0
+def _ingest_group(job_id: str, kb_id: str, name: str | None, docs: list[dict], done_before: int,
+                  total: int) -> dict:
+    report = _file_entry(name, len(docs), ok=False)
+    try:
+        out = rag.ingest_documents(kb_id, docs, batch_size=32,
+                                   progress=lambda n, _t: _update(job_id, progress=(done_before + n) / total))
+        report.update(ok=True, chunks=out["chunks"])
+    except GraftError as e:
+        report["error"] = e.message
+    except Exception as e:  # noqa: BLE001 - a job records its failure instead of dying silently
+        report["error"] = f"internal error: {type(e).__name__}: {e}"
+    return report
+
+
+def _final_status(reports: list[dict]) -> str:
+    ok = sum(bool(r["ok"]) for r in reports)
+    return "succeeded" if ok == len(reports) else "failed" if ok == 0 else "partially_succeeded"
+
+
+def _run(job_id: str, kb_id: str, groups: list[tuple[str | None, list[dict] | str]]) -> None:
+    """Ingest each good group in turn; a group given as an error message (an unreadable file) is reported."""
+    total = sum(len(d) for _, d in groups if not isinstance(d, str)) or 1
+    done_before, reports = 0, []
     for name, docs in groups:
-        report = {"filename": name, "ok": False, "documents": len(docs), "chunks": 0, "error": None}
-        try:
-            out = rag.ingest_documents(kb_id, docs, batch_size=32,
-                                       progress=lambda n, _t, b=done_before: _update(job_id, progress=(b + n) / total))
-            report.update(ok=True, chunks=out["chunks"])
-            chunks += out["chunks"]
-        except GraftError as e:
-            report["error"] = e.message
-        except Exception as e:  # noqa: BLE001 - a job records its failure instead of dying silently
-            report["error"] = f"internal error: {type(e).__name__}: {e}"
+        if isinstance(docs, str):
+            reports.append(_waiting_entry(name, docs))
+            continue
+        reports.append(_ingest_group(job_id, kb_id, name, docs, done_before, total))
         done_before += len(docs)
-        reports.append(report)
-        pending = [{"filename": n, "ok": None, "documents": len(d), "chunks": 0, "error": None}
-                   for n, d in groups[len(reports):]]
+        pending = [_waiting_entry(n, d) for n, d in groups[len(reports):]]
         _update(job_id, files=reports + pending, progress=done_before / total)
     ok = [r for r in reports if r["ok"]]
     failed = [r for r in reports if not r["ok"]]
-    _update(job_id, status="succeeded" if not failed else "failed", progress=1.0,
-            documents=sum(r["documents"] for r in ok), chunks=chunks, finished_at=int(time.time()),
-            error=None if not failed else "; ".join(f"{r['filename'] or 'documents'}: {r['error']}" for r in failed))
+    _update(job_id, status=_final_status(reports), progress=1.0, files=reports,
+            documents=sum(r["documents"] for r in ok), chunks=sum(r["chunks"] for r in ok),
+            finished_at=int(time.time()),
+            error=None if not failed else "; ".join(_named(r["filename"], r["error"]) for r in failed))
+
+
+def _named(name: str | None, message: str) -> str:
+    """``message`` starting with the file name (loader errors already do)."""
+    name = name or "documents"
+    return message if message.startswith(name) else f"{name}: {message}"
 
 
 def get(kb_id: str, job_id: str) -> dict:

@@ -17,7 +17,7 @@ from graftlm.errors import GraftError, NotFound
 from graftlm.rag import embeddings, rank
 from graftlm.rag.backend import Backend, DocumentRows, KnowledgeBase, check_filters
 from graftlm.rag.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, chunk_text
-from graftlm.rag.fusion import rrf
+from graftlm.rag.fusion import check_fusion, rrf
 from graftlm.rag.loaders import load_file
 from graftlm.rag.text import query_terms
 
@@ -192,7 +192,8 @@ def search(kb: KnowledgeBase | str, query: str, *, top_k: int = 10, mode: str = 
 
     score: BM25 (keyword), cosine similarity (dense), RRF score (hybrid), or the ranker's score.
     ranker: which second stage ran (None without ``rerank``; see graftlm.rag.rank).
-    hybrid fuses ``candidates`` hits of each mode (default max(2 * needed, 50)) with RRF.
+    hybrid fuses ``candidates`` hits of each mode (default max(2 * needed, 50)) with RRF:
+    score = sum over keyword and dense of weights[list] / (rrf_k + rank in list); a missing weight is 1.
     """
     if not isinstance(query, str) or not query.strip():
         raise GraftError("query must be a non-empty string", param="query")
@@ -200,9 +201,9 @@ def search(kb: KnowledgeBase | str, query: str, *, top_k: int = 10, mode: str = 
         raise GraftError(f"mode must be one of {', '.join(MODES)}", param="mode")
     if not isinstance(top_k, int) or not 1 <= top_k <= 1000:
         raise GraftError("top_k must be between 1 and 1000", param="top_k")
-    weights = weights or {}
-    if any(m not in ("keyword", "dense") or not isinstance(w, (int, float)) or w < 0 for m, w in weights.items()):
-        raise GraftError("weights maps \"keyword\"/\"dense\" to non-negative numbers", param="weights")
+    weights = check_fusion(rrf_k, weights)
+    if weights and mode != "hybrid":
+        raise GraftError(f"weights apply to mode \"hybrid\" only (mode is {mode!r})", param="weights")
     filters = check_filters(filters)
     store, kb = _resolve(kb, db)
     if store.counts(kb)[0] == 0:

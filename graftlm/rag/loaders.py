@@ -97,13 +97,12 @@ def load_file(path: str | Path) -> list[dict]:
 
 def _load_pdf(path: Path, meta: dict) -> dict:
     from pypdf import PdfReader
-    from pypdf.errors import PyPdfError
 
     try:
         reader = PdfReader(path)
         pages = [(page.extract_text() or "").strip() for page in reader.pages]
-    except (PyPdfError, ValueError, KeyError, OSError) as e:
-        raise GraftError(f"{path.name}: not a readable PDF: {e}") from e
+    except Exception as e:  # noqa: BLE001 - a damaged PDF can break pypdf in many ways; all mean "unreadable"
+        raise GraftError(f"{path.name}: not a readable PDF: {type(e).__name__}: {e}") from e
     return {"id": path.name, "text": "\n\n".join(p for p in pages if p),
             "metadata": {**meta, "pages": len(pages)}}
 
