@@ -1,28 +1,13 @@
-"""`graft`: the command line. Commands that need no server work directly on GRAFT_HOME."""
+"""`graft`: the command line (assembled in graftlm.cli.main).
 
-from __future__ import annotations
+``app`` is resolved lazily so that modules elsewhere (graftlm.rag.cli, graftlm.evals.cli) can import
+graftlm.cli.common without importing every sub-app back.
+"""
 
-import typer
 
-from graftlm.cli import clusters, data, finetune, keys, models, serve
-from graftlm.rag import cli as rag_cli
-from graftlm.evals import cli as evals_cli
+def __getattr__(name: str):
+    if name == "app":
+        from graftlm.cli.main import app
 
-app = typer.Typer(help="graftlm: fine-tune open LLMs and serve many adapters from one batch.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-app.add_typer(models.app, name="models", help="Pull, import, list and export models.")
-app.add_typer(data.app, name="data", help="Validate datasets.")
-app.add_typer(keys.app, name="keys", help="Manage API keys.")
-app.add_typer(finetune.app, name="finetune", help="Create fine-tuning jobs.")
-app.add_typer(finetune.jobs_app, name="jobs", help="List, watch and control fine-tuning jobs.")
-app.add_typer(clusters.clusters_app, name="clusters", help="Dedicated AI clusters.")
-app.add_typer(clusters.endpoints_app, name="endpoints", help="Endpoints on hosting clusters.")
-app.add_typer(evals_cli.app, name="eval", help="Evaluate models and compare runs.")
-data.app.command("synth")(evals_cli.synth_command)
-app.command("ladder")(evals_cli.ladder_command)
-app.add_typer(rag_cli.app, name="kb", help="Knowledge bases: create, list, delete, ingest, search.")
-app.add_typer(rag_cli.rag_app, name="rag", help="Evaluate retrieval and grounded answers.")
-app.command("serve")(serve.serve)
-app.command("chat")(models.chat)
-app.command("worker")(finetune.worker)
-app.command("usage")(clusters.usage)
+        return app
+    raise AttributeError(f"module 'graftlm.cli' has no attribute {name!r}")

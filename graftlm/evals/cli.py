@@ -3,29 +3,14 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
 import typer
 
-from graftlm.errors import GraftError
+from graftlm.cli.common import friendly_errors
 
 app = typer.Typer(help="Evaluate models on JSONL eval sets.", no_args_is_help=True)
-
-
-def friendly_errors(fn):
-    """A GraftError becomes "error: <message>" on stderr and exit code 2, not a traceback.
-
-    (graftlm.cli.common has the same; importing it here would import graftlm.cli, which imports this module.)"""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except GraftError as e:
-            typer.echo(f"error: {e.message}" + (f" (param: {e.param})" if e.param else ""), err=True)
-            raise typer.Exit(2) from None
-    return wrapper
 
 
 def _print_run(run: dict) -> None:
