@@ -1,7 +1,9 @@
 """Unit-hours per dedicated AI cluster (OCI semantics).
 
 A hosting cluster commits to at least 744 unit-hours (a month); each fine-tuning job bills at
-least 1 unit-hour. Spans are opened and closed as clusters live and jobs run.
+least 1 unit-hour. Spans are opened and closed as clusters live and jobs run. A fine-tuning cluster
+bills its units for the time it is busy: jobs that run at once on it share its units (their
+overlapping hours count once), so concurrency never bills more than the cluster has.
 """
 
 from __future__ import annotations
@@ -53,18 +55,41 @@ def span_unit_hours(rec: UsageRecord, at: float) -> float:
     return max(rec.unit_count * hours, rec.minimum_unit_hours)
 
 
+def busy_hours(spans: list[UsageRecord], at: float) -> float:
+    """Hours covered by the union of the spans (overlaps counted once)."""
+    total, reach = 0.0, None
+    for start, end in sorted((r.started_at, r.ended_at or at) for r in spans):
+        if reach is None or start > reach:
+            total, reach = total + (end - start), end
+        elif end > reach:
+            total, reach = total + (end - reach), end
+    return total / 3600.0
+
+
+def job_spans_unit_hours(spans: list[UsageRecord], at: float) -> float:
+    """A fine-tuning cluster's job spans: its units × busy hours, and at least each job's minimum."""
+    units = max(r.unit_count for r in spans)
+    return max(units * busy_hours(spans, at), sum(r.minimum_unit_hours for r in spans))
+
+
 def usage_report(price_per_unit_hour: float | None = None, at: float | None = None) -> dict:
     at = at or time.time()
     with session() as s:
         clusters = {c.id: c for c in s.scalars(select(Cluster))}
         per_cluster: dict[str, dict] = {}
+        job_spans: dict[str, list[UsageRecord]] = {}
         for rec in s.scalars(select(UsageRecord).order_by(UsageRecord.id)):
             c = clusters.get(rec.cluster_id)
             row = per_cluster.setdefault(rec.cluster_id, {
                 "dedicated_ai_cluster_id": rec.cluster_id, "name": c.name if c else None, "type": rec.kind,
                 "unit_count": rec.unit_count, "unit_hours": 0.0, "jobs": 0})
-            row["unit_hours"] += span_unit_hours(rec, at)
-            row["jobs"] += rec.job_id is not None
+            if rec.job_id is None:
+                row["unit_hours"] += span_unit_hours(rec, at)
+            else:
+                job_spans.setdefault(rec.cluster_id, []).append(rec)
+                row["jobs"] += 1
+        for cluster_id, spans in job_spans.items():
+            per_cluster[cluster_id]["unit_hours"] += job_spans_unit_hours(spans, at)
     data = [dict(r, unit_hours=round(r["unit_hours"], 4)) for r in per_cluster.values()]
     total = round(sum(r["unit_hours"] for r in data), 4)
     report = {"object": "usage", "data": data, "total_unit_hours": total}
