@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 2 * 1024**3
     job_concurrency: int = 1
     max_queued_requests: int = 64
+    kv_cache_bytes: int | None = Field(None, gt=0)  # per engine; unset: batch × context, ≤ ½ free GPU memory
+    deactivate_grace_s: float = Field(30.0, ge=0)  # time a deactivated endpoint's requests get to finish
 
     @field_validator("rag_database_url")
     @classmethod

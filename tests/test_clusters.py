@@ -15,13 +15,12 @@ def add_custom(model_id: str, parent: str, path: str = "/nonexistent") -> None:
         s.add(Model(id=model_id, kind="custom", parent=parent, path=path, adapter_type="lora"))
 
 
-def test_capacity_counts_every_endpoint_and_refuses_the_51st(tiny_model):
+def test_capacity_counts_every_endpoint_and_refuses_the_51st(lora_of_tiny):
     c = clusters.create_cluster("HOSTING", base_model="tiny", name="h")
     assert c["total_endpoint_capacity"] == 50 and c["used_endpoint_capacity"] == 0
-    add_custom("ft:tiny:a:1", "tiny")
     endpoints.create_endpoint("tiny", c["id"], "base")
     for i in range(49):  # several endpoints may serve the same model
-        endpoints.create_endpoint("ft:tiny:a:1", c["id"], f"ep{i}")
+        endpoints.create_endpoint(lora_of_tiny, c["id"], f"ep{i}")
     assert clusters.get_cluster(c["id"])["used_endpoint_capacity"] == 50
     with pytest.raises(Conflict) as e:
         endpoints.create_endpoint("tiny", c["id"], "one-too-many")
@@ -207,3 +206,50 @@ def test_cluster_and_endpoint_lists_page_with_after_and_limit(http, tiny_model):
                                ({"after": "no-such-id"}, 404)):
             r = http.get(path, params=params)
             assert r.status_code == status and r.json()["error"]["param"] in ("limit", "after"), (path, params)
+
+
+def test_an_endpoint_whose_model_files_are_missing_or_broken_is_refused(http, lora_of_tiny):
+    """Refused up front with a 400 naming the problem, not created to fail its first request."""
+    import shutil
+    from pathlib import Path
+
+    from graftlm.models.catalog import get_model
+
+    c = clusters.create_cluster("HOSTING", base_model="tiny")
+    path = Path(get_model(lora_of_tiny)["path"])
+    shutil.copytree(path, path.with_name("good"))
+    breakages = [("adapter_config.json", lambda f: f.unlink(), "no adapter_config.json"),
+                 ("adapter_model.safetensors", lambda f: f.unlink(), "FileNotFoundError"),
+                 ("adapter_model.safetensors", lambda f: f.write_bytes(b"\x10" + b"\x00" * 7 + b"{not json"),
+                  "JSONDecodeError")]
+    for file, breakage, problem in breakages:
+        breakage(path / file)
+        r = http.post("/v1/endpoints", json={"model": lora_of_tiny, "dedicated_ai_cluster_id": c["id"]})
+        assert r.status_code == 400, (file, r.text)
+        error = r.json()["error"]
+        assert error["code"] == "model_files_unreadable" and error["param"] == "model"
+        assert lora_of_tiny in error["message"] and str(path) in error["message"] and problem in error["message"]
+        shutil.rmtree(path)
+        shutil.copytree(path.with_name("good"), path)
+    assert clusters.get_cluster(c["id"])["used_endpoint_capacity"] == 0
+    ep = endpoints.create_endpoint(lora_of_tiny, c["id"], "ok")
+    endpoints.deactivate_endpoint(ep["id"])
+    (path / "adapter_config.json").unlink()
+    r = http.post(f"/v1/endpoints/{ep['id']}/activate")  # files lost while inactive: refused, stays INACTIVE
+    assert r.status_code == 400 and "adapter_config.json" in r.json()["error"]["message"]
+    assert endpoints.get_endpoint(ep["id"])["lifecycle_state"] == "INACTIVE"
+
+
+def test_model_files_lost_after_deployment_answer_409_not_500(http, lora_of_tiny):
+    from pathlib import Path
+
+    from graftlm.models.catalog import get_model
+
+    c = clusters.create_cluster("HOSTING", base_model="tiny")
+    endpoints.create_endpoint(lora_of_tiny, c["id"], "lora-ep")
+    (Path(get_model(lora_of_tiny)["path"]) / "adapter_model.safetensors").unlink()
+    body = {"model": "lora-ep", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 409, r.text
+    error = r.json()["error"]
+    assert error["code"] == "model_files_unreadable" and "FileNotFoundError" in error["message"]

@@ -4,6 +4,7 @@ official SDK, clear 4xx errors, deactivation, disconnect, and 429 under overload
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx
 import openai
@@ -166,22 +167,102 @@ def test_overload_answers_429_with_retry_after(live_server, served):
     assert set(statuses) <= {200, 429}
 
 
+def break_engine(engine, message="simulated device fault"):
+    def broken(*_):
+        raise RuntimeError(message)
+
+    engine._prefill = broken  # the next step that admits work raises and kills the engine thread
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_a_failed_engine_answers_503_naming_the_failure(http, served):
+def test_a_failed_engine_answers_503_then_is_replaced_on_the_next_request(http, served, caplog):
     from graftlm.clusters.hosting import get_runtime
 
-    engine = get_runtime().resolve("base").engine
-
-    def broken(*_):
-        raise RuntimeError("simulated device fault")
-
-    engine._prefill = broken
+    runtime, key = get_runtime(), f"cluster:{served['id']}"
+    first = runtime.resolve("base").engine
+    break_engine(first)
     body = {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-    with http.stream("POST", "/v1/chat/completions", json=body | {"stream": True}) as r:
-        events = [line for line in r.iter_lines() if line.startswith("data: ")]
-    assert r.status_code == 200 and "simulated device fault" in events[-1]  # queued, then failed mid-stream
-    assert '"engine_unavailable"' in events[-1] and "[DONE]" not in events[-1]
-    r = http.post("/v1/chat/completions", json=body)
+    r = http.post("/v1/chat/completions", json=body)  # queued, then failed with the engine
     assert r.status_code == 503, r.text
     error = r.json()["error"]
     assert error["code"] == "engine_unavailable" and "RuntimeError: simulated device fault" in error["message"]
+    with caplog.at_level("WARNING", logger="graftlm.serve"):
+        r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    second = runtime.engines[key]
+    assert second is not first and second.error is None and first._thread is None
+    assert any("failed" in m and "starting a fresh one" in m for m in caplog.messages)
+    assert http.post("/v1/chat/completions", json=body | {"model": "lora-ep"}).status_code == 200
+
+    break_engine(second, "second fault")  # each failure is followed by one fresh engine
+    with http.stream("POST", "/v1/chat/completions", json=body | {"stream": True}) as r:
+        events = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert r.status_code == 200 and "second fault" in events[-1]  # queued, then failed mid-stream
+    assert '"engine_unavailable"' in events[-1] and "[DONE]" not in events[-1]
+    assert http.post("/v1/chat/completions", json=body).status_code == 200
+    assert runtime.engines[key] not in (first, second)
+
+
+def slow_down(engine, monkeypatch, seconds=0.02):
+    decode = engine._decode
+
+    def slow(seqs):
+        time.sleep(seconds)
+        decode(seqs)
+
+    monkeypatch.setattr(engine, "_decode", slow)
+
+
+def test_deactivate_returns_once_the_endpoint_no_longer_serves(http, served, monkeypatch):
+    """Running requests of the endpoint finish within the grace period or fail; its adapter is freed."""
+    from graftlm.clusters.hosting import get_runtime
+    from graftlm.config import reset_settings
+    from graftlm.errors import GraftError
+    from graftlm.serve import SamplingParams
+
+    monkeypatch.setenv("GRAFT_DEACTIVATE_GRACE_S", "1")
+    reset_settings()
+    runtime = get_runtime()
+    target = runtime.resolve("lora-ep")
+    engine, adapter = target.engine, target.adapter
+    slow_down(engine, monkeypatch)
+
+    def submit(max_tokens):
+        params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+        handle = engine.submit([1, 20, 31, 45], params, adapter)
+        runtime.track(target, handle)
+        return handle
+
+    slow = submit(400)  # cannot finish within the grace period
+    while not slow.seq.output_ids:
+        time.sleep(0.01)
+    quick = submit(10)  # finishes within it
+    ep = endpoints.find_endpoint("lora-ep")
+    assert not quick.done
+    r = http.post(f"/v1/endpoints/{ep['id']}/deactivate")
+    assert r.status_code == 200 and r.json()["lifecycle_state"] == "INACTIVE"
+    assert quick.result(timeout=0).finish_reason == "length"
+    with pytest.raises(GraftError) as e:
+        slow.result(timeout=0)
+    assert e.value.code == "endpoint_inactive" and "grace period" in e.value.message
+    assert all(s.adapter != adapter for s in engine.scheduler.running + list(engine.scheduler.waiting))
+    assert adapter not in engine.adapters.resident and adapter not in engine.adapters.cpu
+    assert adapter not in engine.adapters.paths
+    r = http.post("/v1/chat/completions", json={"model": "lora-ep", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "endpoint_inactive"
+    other = {"model": "tfew-ep", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    assert http.post("/v1/chat/completions", json=other).status_code == 200  # the cluster's other endpoints serve
+
+
+def test_max_tokens_beyond_the_kv_cache_is_a_400_naming_the_limit(http, served, monkeypatch):
+    from graftlm.config import reset_settings
+
+    monkeypatch.setenv("GRAFT_KV_CACHE_BYTES", str(64 * 512))  # 64 tokens of the tiny float32 model
+    reset_settings()
+    body = {"model": "base", "messages": [{"role": "user", "content": "hi"}]}
+    r = http.post("/v1/chat/completions", json=body | {"max_tokens": 100})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "kv_cache_exceeded" and "at most 64 tokens" in error["message"]
+    r = http.post("/v1/chat/completions", json=body | {"temperature": 1.0})  # the default max_tokens fits
+    assert r.status_code == 200 and r.json()["usage"]["total_tokens"] <= 64

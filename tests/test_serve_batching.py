@@ -218,3 +218,69 @@ def test_cpu_tier_evicts_the_least_recently_used_adapter(setup):
     cache.load_now("lora2")
     assert list(cache.cpu) == ["lora0", "lora2"]  # lora1, least recently used, was evicted
     e.stop()
+
+
+def kv_budget(setup, tokens: int) -> int:
+    """Bytes of KV cache for ``tokens`` tokens of the test model in float32."""
+    import json
+
+    from graftlm.serve.kv_cache import kv_bytes_per_token
+    from graftlm.serve.model import read_shape
+
+    s = read_shape(json.loads((setup[0] / "config.json").read_text()))
+    return tokens * kv_bytes_per_token(s.layers, s.kv_heads, s.head_dim, torch.float32)
+
+
+def test_kv_budget_admits_only_requests_whose_kv_fits(setup, engine):
+    """Each request reserves prompt + max_tokens (2 blocks of 16); a 4-block budget runs 2 at a time."""
+    budget = kv_budget(setup, 64)
+    e = make_engine(setup, max_batch_size=8, kv_cache_bytes=budget)
+    assert e.cache.nbytes <= budget and e.cache.capacity_tokens == 64
+    reqs = [(P[i % 4][:6], greedy(32 - len(P[i % 4][:6])), [None, "lora0", "ia3"][i % 3]) for i in range(5)]
+    handles = [e.submit(*r) for r in reqs]
+    most_running, saw_waiting = 0, False
+    while not all(h.done for h in handles):
+        e.step()
+        most_running = max(most_running, e.num_running)
+        saw_waiting = saw_waiting or (e.num_waiting > 0 and e.num_running > 0)
+    assert most_running == 2 and saw_waiting  # 8 rows free, but KV for only two
+    assert [h.result().token_ids for h in handles] == [engine.generate([r])[0].token_ids for r in reqs]
+    assert e.cache.free_tokens == 64  # every block came back
+    short = [e.submit(P[1], greedy(4)) for _ in range(8)]  # 8 tokens each: 1 block each, 4 at a time
+    e.step()
+    assert e.num_running == 4
+    while not all(h.done for h in short):
+        e.step()
+    e.stop()
+
+
+def test_a_request_larger_than_the_whole_kv_cache_is_refused_naming_the_limit(setup):
+    from graftlm.errors import GraftError
+
+    e = make_engine(setup, kv_cache_bytes=kv_budget(setup, 32))
+    with pytest.raises(GraftError) as err:
+        e.submit(P[0], greedy(40))
+    assert err.value.status_code == 400 and err.value.code == "kv_cache_exceeded"
+    assert "46 tokens" in err.value.message and "at most 32 tokens" in err.value.message
+    assert "GRAFT_KV_CACHE_BYTES" in err.value.message
+    assert e.generate([(P[0], greedy(26), None)])[0].completion_tokens == 26  # 6 + 26 = 32 fits exactly
+    e.stop()
+
+
+def test_evict_adapter_fails_its_requests_and_frees_its_slot_and_cpu_copy(setup):
+    e = make_engine(setup)
+    keep = e.submit(P[0], greedy(30), "lora1")
+    gone = [e.submit(P[1], greedy(30), "lora0"), e.submit(P[2], greedy(30), "lora0")]
+    while e.num_running < 3:
+        e.step()
+    slot = e.adapters.resident["lora0"]
+    e.evict_adapter("lora0", EngineUnavailable("lora0 was unloaded"))
+    for h in gone:
+        with pytest.raises(EngineUnavailable, match="unloaded"):
+            h.result(timeout=1)
+    assert e.num_running == 1 and all(s.adapter != "lora0" for s in e.scheduler.running)
+    assert "lora0" not in e.adapters.resident and "lora0" not in e.adapters.cpu and slot in e.adapters.free_slots
+    while not keep.done:
+        e.step()
+    assert keep.result().completion_tokens == 30 and e.cache.free_tokens == e.cache.capacity_tokens
+    e.stop()

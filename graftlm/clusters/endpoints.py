@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from graftlm.clusters.clusters import (ENDPOINT_CAPACITY, LIVE_ENDPOINT_STATES, MAX_PAGE, get_cluster_row,
                                        page_anchor, used_capacity)
+from graftlm.clusters.model_files import check_model_files
 from graftlm.errors import Conflict, GraftError, NotFound
 from graftlm.models.catalog import get_model
 from graftlm.store.db import session
@@ -43,12 +44,14 @@ def _get_row(s, endpoint_id: str) -> Endpoint:
 
 
 def _check_model_fits(cluster, model_id: str) -> dict:
+    """The model runs on this cluster's base model and its files load (else a 400 naming the problem)."""
     model = get_model(model_id)
     base = model["parent"] if model["kind"] == "custom" else model["id"]
     if base != cluster.base_model:
         raise GraftError(f"model {model_id} is built on base model {base}, but cluster {cluster.id} hosts "
                          f"{cluster.base_model}; create a hosting cluster for {base}",
                          param="model", code="base_model_mismatch")
+    check_model_files(model)
     return model
 
 
@@ -134,6 +137,8 @@ def update_endpoint(endpoint_id: str, *, name: str | None = None, model: str | N
 def _set_state(endpoint_id: str, state: str, event: str) -> dict:
     with session() as s:
         e = _get_row(s, endpoint_id)
+        if state == "ACTIVE":
+            check_model_files(get_model(e.model))  # its files may have gone while it was inactive
         e.lifecycle_state = state
         e.updated_at = now()
         out = endpoint_to_dict(e)

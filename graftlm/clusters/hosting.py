@@ -5,21 +5,29 @@ weights), every active endpoint's adapter registered on it by name, requests rou
 that name a model directly share one engine per base model: a hosting cluster's engine when one runs,
 and a cluster adopts the per-base engine rather than load its base weights a second time. A
 full-weights (vanilla) custom model gets an engine of its own, since it has no base to share. Deleting
-a cluster stops its engine.
+a cluster stops its engine; an engine whose loop failed is replaced by a fresh one on the next request.
+Deactivating an endpoint lets its running requests finish for GRAFT_DEACTIVATE_GRACE_S, fails the rest
+and frees its adapter before it returns.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 
 from graftlm.clusters import clusters as cluster_store
 from graftlm.clusters import endpoints as endpoint_store
+from graftlm.clusters.model_files import unreadable_model_files
 from graftlm.config import get_settings
+from graftlm.errors import GraftError
 from graftlm.models.catalog import get_model
 
 MAX_SEQ_LEN = 2048
+log = logging.getLogger("graftlm.serve")
 
 
 @dataclass
@@ -57,20 +65,35 @@ class HostingRuntime:
         A cluster's engine adopts the engine already serving its base model directly (`base:<id>`), so
         the base weights are never loaded twice for one cluster.
         """
-        from graftlm.serve.engine import Engine
-
         with self._lock:
             engine = self.engines.get(key)
             if engine is None and base_id is not None and key.startswith("cluster:"):
                 engine = self.engines.pop(f"base:{base_id}", None)
                 if engine is not None:
                     self.engines[key] = engine
+            if engine is not None and engine.error is not None:
+                self._retire_failed(key, engine)
+                engine = None
             if engine is None:
-                engine = Engine(model_path, max_batch_size=self.max_batch_size, max_queue=self.max_queue,
-                                max_seq_len=min(context_length or MAX_SEQ_LEN, MAX_SEQ_LEN))
-                engine.start()
+                engine = self._start_engine(model_path, context_length)
                 self.engines[key] = engine
             return engine
+
+    def _start_engine(self, model_path: str, context_length: int | None):
+        from graftlm.serve.engine import Engine
+
+        engine = Engine(model_path, max_batch_size=self.max_batch_size, max_queue=self.max_queue,
+                        max_seq_len=min(context_length or MAX_SEQ_LEN, MAX_SEQ_LEN),
+                        kv_cache_bytes=get_settings().kv_cache_bytes)
+        engine.start()
+        return engine
+
+    def _retire_failed(self, key: str, engine) -> None:
+        """Drop an engine whose loop died (its requests already failed); the caller starts a fresh one."""
+        log.warning("serving engine %s failed (%s: %s); starting a fresh one", key, type(engine.error).__name__,
+                    engine.error)
+        del self.engines[key]
+        engine.stop()
 
     def resolve(self, name: str) -> Target:
         endpoint = endpoint_store.find_endpoint(name)
@@ -89,8 +112,15 @@ class HostingRuntime:
         if model["kind"] == "custom":
             adapter = model["id"]
             if adapter not in engine.adapters.paths:
-                engine.register_adapter(adapter, model["path"])
+                self._register(engine, model)
         return Target(engine, adapter, model, endpoint)
+
+    @staticmethod
+    def _register(engine, model: dict) -> None:
+        try:
+            engine.register_adapter(model["id"], model["path"])
+        except (GraftError, OSError, ValueError) as e:  # files gone or broken since the model was deployed
+            raise unreadable_model_files(model, e, status_code=409) from e
 
     def _shared_key(self, base_id: str) -> str:
         """A direct model request reuses a hosting cluster's engine of the same base model if one runs
@@ -118,20 +148,46 @@ class HostingRuntime:
             self.inflight[target.endpoint["id"]].discard(handle)
 
     def on_endpoint_change(self, endpoint: dict, event: str) -> None:
-        """Deactivated or deleted: cancel its requests and free its adapter unless another endpoint serves it."""
-        if event not in ("deactivated", "deleted", "updated"):
-            return
-        if event != "updated":
-            for handle in list(self.inflight.pop(endpoint["id"], ())):
-                handle.cancel()
+        """Deactivated or deleted: stop serving it before returning. Updated: free adapters no endpoint of
+        the cluster serves any more (rows running with them finish first)."""
+        if event in ("deactivated", "deleted"):
+            self._stop_serving(endpoint, event)
+        elif event == "updated":
+            engine = self.engines.get(f"cluster:{endpoint['dedicated_ai_cluster_id']}")
+            for name in self._unserved_adapters(engine, endpoint):
+                engine.unregister_adapter(name)
+
+    def _stop_serving(self, endpoint: dict, event: str) -> None:
+        """Let the endpoint's requests finish within the grace period, fail the rest, free its adapter."""
+        grace = get_settings().deactivate_grace_s
+        handles = list(self.inflight.pop(endpoint["id"], ()))
+        wait_for_handles(handles, grace)
         engine = self.engines.get(f"cluster:{endpoint['dedicated_ai_cluster_id']}")
         if engine is None:
             return
-        still_served = {e["model"] for e in endpoint_store.list_endpoints(endpoint["dedicated_ai_cluster_id"])
-                        if e["lifecycle_state"] == "ACTIVE"}
-        for name in list(engine.adapters.paths):
-            if name not in still_served:
-                engine.unregister_adapter(name)
+        error = endpoint_store.EndpointInactive(
+            f"endpoint {endpoint['name']} was {event} while this request ran, and it did not finish within the "
+            f"{grace:g} s grace period", param="model", code="endpoint_inactive")
+        engine.fail_requests(handles, error)
+        for name in self._unserved_adapters(engine, endpoint):
+            engine.evict_adapter(name, error)
+
+    @staticmethod
+    def _unserved_adapters(engine, endpoint: dict) -> list[str]:
+        """Adapters registered on the cluster's engine that no ACTIVE endpoint of the cluster serves."""
+        if engine is None:
+            return []
+        served = {e["model"] for e in endpoint_store.list_endpoints(endpoint["dedicated_ai_cluster_id"])
+                  if e["lifecycle_state"] == "ACTIVE"}
+        return [name for name in list(engine.adapters.paths) if name not in served]
+
+
+def wait_for_handles(handles: list, timeout: float) -> None:
+    """Wait until every request is done or ``timeout`` seconds have passed, whichever comes first."""
+    deadline = time.monotonic() + timeout
+    for handle in handles:
+        with contextlib.suppress(Exception):  # a request's own error is its caller's to report
+            handle.result(timeout=max(0.0, deadline - time.monotonic()))
 
 
 _runtime: HostingRuntime | None = None

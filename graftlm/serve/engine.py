@@ -19,7 +19,7 @@ from graftlm.errors import GraftError, Unavailable
 
 from .adapter_cache import AdapterCache
 from .adapters import AdapterPool
-from .kv_cache import KVCache
+from .kv_cache import KVCache, kv_bytes_per_token
 from .model import Llama
 from .sampler import SamplingParams, sample
 from .scheduler import QueueFull, Scheduler
@@ -61,11 +61,21 @@ def eos_token_ids(model_path: Path, tokenizer) -> set[int]:
     return ids
 
 
+def default_kv_cache_bytes(device: torch.device, full_bytes: int) -> int:
+    """Without a set budget: room for every row at full length, but on a GPU at most half the memory still
+    free once the weights and adapter slots are allocated (the rest is for activations)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return min(full_bytes, free // 2)
+    return full_bytes
+
+
 class Engine:
     def __init__(self, model_path: str | Path, dtype: torch.dtype | str | None = None,
                  device: torch.device | str | None = None, max_batch_size: int = 32, max_seq_len: int = 2048,
                  max_queue: int = 64, max_adapters: int = 8, max_lora_rank: int = 64,
-                 max_cpu_adapters: int | None = None, max_prefill_tokens: int = 4096):
+                 max_cpu_adapters: int | None = None, max_prefill_tokens: int = 4096,
+                 kv_cache_bytes: int | None = None):
         self.model_path = Path(model_path)
         self.device = torch.device(device) if device is not None else default_device()
         if isinstance(dtype, str):
@@ -76,11 +86,14 @@ class Engine:
         self.model = Llama(self.model_path, self.dtype, self.device, max_seq_len)
         s = self.model.shape
         self.max_seq_len = max_seq_len
-        self.cache = KVCache(s.layers, max_batch_size, s.kv_heads, max_seq_len, s.head_dim, self.dtype, self.device)
         self.pool = AdapterPool(s, max_adapters, max_lora_rank, self.dtype, self.device)
+        if kv_cache_bytes is None:
+            full = max_batch_size * max_seq_len * kv_bytes_per_token(s.layers, s.kv_heads, s.head_dim, self.dtype)
+            kv_cache_bytes = default_kv_cache_bytes(self.device, full)
+        self.cache = KVCache(s.layers, s.kv_heads, s.head_dim, self.dtype, self.device, kv_cache_bytes)
         self._wake = threading.Event()
         self.adapters = AdapterCache(self.pool, max_cpu_adapters or 4 * max_adapters, on_loaded=self._wake.set)
-        self.scheduler = Scheduler(self.cache, self.adapters, max_queue, max_prefill_tokens)
+        self.scheduler = Scheduler(self.cache, self.adapters, max_batch_size, max_queue, max_prefill_tokens)
         self._step_lock = threading.RLock()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -94,9 +107,26 @@ class Engine:
         self.adapters.register(name, path)
 
     def unregister_adapter(self, name: str) -> None:
-        """Forget an adapter (endpoint deactivated); rows already running with it finish normally."""
+        """Forget an adapter (endpoint model changed); rows already running with it finish normally."""
         with self._step_lock:
             self.adapters.unregister(name)
+
+    def evict_adapter(self, name: str, error: BaseException) -> None:
+        """Fail every request using the adapter with ``error`` and free its device slot and CPU copy now."""
+        with self._step_lock:
+            users = [s for s in self.scheduler.running + list(self.scheduler.waiting) if s.adapter == name]
+            self._remove(users, error)
+            self.adapters.unregister(name)
+
+    def fail_requests(self, handles: list[RequestHandle], error: BaseException) -> None:
+        """Fail these requests (queued or running) with ``error``, freeing their rows at once."""
+        with self._step_lock:
+            self._remove([h.seq for h in handles if not h.done], error)
+
+    def _remove(self, seqs: list[Sequence], error: BaseException) -> None:
+        self.scheduler.remove(seqs)
+        for seq in seqs:
+            seq.fail(error)
 
     # --- requests --------------------------------------------------------------------------------
 
@@ -117,6 +147,8 @@ class Engine:
         if params.seed is not None and params.temperature > 0:
             generator = torch.Generator(device=self.device).manual_seed(params.seed)
         seq = Sequence(prompt_ids, params, adapter, self.tokenizer, generator)
+        seq.kv_tokens = min(seq.kv_tokens, self.max_seq_len)  # generation stops at max_seq_len anyway
+        self._check_kv_fits(seq)
         seq.handle = RequestHandle(seq, self._cancel)
         self.scheduler.add(seq, bounded=_bounded)
         if self._stopping or self.error is not None:  # it stopped while we queued: fail, don't strand it
@@ -124,11 +156,26 @@ class Engine:
         self._wake.set()
         return seq.handle
 
+    def _check_kv_fits(self, seq: Sequence) -> None:
+        """Refuse a request that could never be admitted: its KV alone exceeds the whole cache."""
+        if seq.kv_tokens > self.cache.capacity_tokens:
+            raise GraftError(f"prompt ({len(seq.prompt_ids)} tokens) + max_tokens ({seq.params.max_tokens}) needs "
+                             f"KV cache for {seq.kv_tokens} tokens; this engine's KV cache holds at most "
+                             f"{self.cache.capacity_tokens} tokens (GRAFT_KV_CACHE_BYTES="
+                             f"{self.cache.budget_bytes}); lower max_tokens or shorten the prompt",
+                             param="max_tokens", code="kv_cache_exceeded")
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        """The most tokens (prompt + max_tokens) one request may reserve in the KV cache."""
+        return min(self.max_seq_len, self.cache.capacity_tokens)
+
     def _unavailable(self) -> EngineUnavailable | None:
         """Why this engine no longer serves, or None while it does."""
         if self.error is not None:
             error = EngineUnavailable(f"the serving engine for {self.model_path.name} failed and serves no more "
-                                      f"requests ({type(self.error).__name__}: {self.error}); restart the server")
+                                      f"requests ({type(self.error).__name__}: {self.error}); retry: the "
+                                      f"server starts a fresh engine for the next request")
             error.__cause__ = self.error
             return error
         if self._stopping:
@@ -206,21 +253,23 @@ class Engine:
             self.scheduler.retire(running)
 
     def _prefill(self, seqs: list[Sequence]) -> None:
-        row0 = len(self.scheduler.running) - len(seqs)
         lengths = [len(s.prompt_ids) for s in seqs]
         tokens = torch.zeros(len(seqs), max(lengths), dtype=torch.long)
         for i, s in enumerate(seqs):
             tokens[i, :lengths[i]] = torch.tensor(s.prompt_ids)
         logits = self.model.prefill(tokens.to(self.device), torch.tensor(lengths, device=self.device),
-                                    self.pool.rows([s.slot for s in seqs]), self.cache, row0)
+                                    self.pool.rows([s.slot for s in seqs]), self.cache, self._block_table(seqs))
         self._append(seqs, logits)
 
     def _decode(self, seqs: list[Sequence]) -> None:
-        # finished rows were retired, so running[i] is cache row i
         tokens = torch.tensor([s.last_token for s in seqs], device=self.device)
         positions = torch.tensor([len(s) - 1 for s in seqs], device=self.device)
-        logits = self.model.decode(tokens, positions, self.pool.rows([s.slot for s in seqs]), self.cache)
+        logits = self.model.decode(tokens, positions, self.pool.rows([s.slot for s in seqs]), self.cache,
+                                   self._block_table(seqs))
         self._append(seqs, logits)
+
+    def _block_table(self, seqs: list[Sequence]) -> torch.Tensor:
+        return self.cache.table([s.blocks for s in seqs], self.device)
 
     def _append(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         tokens, logprobs = sample(logits, [s.params for s in seqs], [s.generator for s in seqs])

@@ -1,4 +1,4 @@
-"""Llama written plainly for serving: fused projections, a static KV cache, per-row adapters.
+"""Llama written plainly for serving: fused projections, a paged KV cache, per-row adapters.
 
 Two entry points, named for the step they perform: ``prefill`` (new prompts, right-padded, causal)
 and ``decode`` (one token for every running row). Adapter deltas come from ``AdapterRows``, so a
@@ -152,15 +152,19 @@ class Llama:
 
     @torch.inference_mode()
     def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, adapters=None, cache=None,
-                row0: int = 0) -> torch.Tensor:
-        """Run right-padded prompts [B, T]; write their KV into cache rows row0.. ; next-token logits [B, V]."""
+                table: torch.Tensor | None = None) -> torch.Tensor:
+        """Run right-padded prompts [B, T]; write their KV into the cache blocks of ``table`` (one row per
+        prompt, padding not written); next-token logits [B, V]."""
         b, t = tokens.shape
         positions = torch.arange(t, device=self.device).expand(b, t)
+        if cache is not None:
+            real = positions < lengths[:, None]
+            slots = cache.slots(table, positions)[real]
 
         def attend(i, q, k, v):
             if cache is not None:
-                cache.k[i][row0:row0 + b, :, :t] = k
-                cache.v[i][row0:row0 + b, :, :t] = v
+                cache.k[i].index_copy_(1, slots, k.transpose(0, 1)[:, real])
+                cache.v[i].index_copy_(1, slots, v.transpose(0, 1)[:, real])
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
         x = self._layers(self.embed[tokens], positions, adapters, attend)
@@ -168,22 +172,23 @@ class Llama:
         return self._logits(last)
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, adapters, cache) -> torch.Tensor:
-        """One token per running row (rows 0..B-1 of the cache) at per-row positions; logits [B, V]."""
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, adapters, cache,
+               table: torch.Tensor) -> torch.Tensor:
+        """One token per running row at per-row positions, each row's KV in its blocks of ``table``; logits [B, V]."""
         b = tokens.shape[0]
         span = int(positions.max()) + 1
         mask = (torch.arange(span, device=self.device) <= positions[:, None])[:, None, None, :]
-        # flat [row, head, position] index into a layer's cache: index_copy_ is far cheaper than index_put
-        heads, seq, dim = self.shape.kv_heads, cache.max_seq_len, self.shape.head_dim
-        flat = ((torch.arange(b, device=self.device)[:, None] * heads
-                 + torch.arange(heads, device=self.device)) * seq + positions[:, None]).flatten()
+        write = cache.slots(table, positions[:, None])[:, 0]
+        read = cache.slots(table, torch.arange(span, device=self.device).expand(b, span)).flatten()
+        heads, dim = self.shape.kv_heads, self.shape.head_dim
 
         def attend(i, q, k, v):
             kc, vc = cache.k[i], cache.v[i]
-            kc.view(-1, dim).index_copy_(0, flat, k.reshape(-1, dim))
-            vc.view(-1, dim).index_copy_(0, flat, v.reshape(-1, dim))
-            return F.scaled_dot_product_attention(q, kc[:b, :, :span], vc[:b, :, :span], attn_mask=mask,
-                                                  enable_gqa=True)
+            kc.index_copy_(1, write, k[:, :, 0].transpose(0, 1))
+            vc.index_copy_(1, write, v[:, :, 0].transpose(0, 1))
+            context_k = kc.index_select(1, read).view(heads, b, span, dim).transpose(0, 1)
+            context_v = vc.index_select(1, read).view(heads, b, span, dim).transpose(0, 1)
+            return F.scaled_dot_product_attention(q, context_k, context_v, attn_mask=mask, enable_gqa=True)
 
         x = self._layers(self.embed[tokens[:, None]], positions[:, None], adapters, attend)
         return self._logits(x[:, 0])

@@ -1,8 +1,9 @@
-"""Who runs next: a bounded FIFO of waiting requests, a dense list of running ones (index = cache row).
+"""Who runs next: a bounded FIFO of waiting requests, a list of running ones (index = batch row).
 
-Between decode steps, finished or cancelled sequences leave (the last row moves into the hole so rows
-stay 0..B-1) and waiting ones join, as long as there is a free row, their adapter is resident and the
-step's prefill token budget allows.
+Between decode steps, finished or cancelled sequences leave (freeing their KV blocks) and waiting ones
+join, as long as there is a free row, the KV cache has room for their prompt + max_tokens, their adapter
+is resident and the step's prefill token budget allows. A request that does not fit the KV cache yet
+holds back the ones behind it, so long requests are not starved by short ones.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 import threading
 from collections import deque
 
-from graftlm.errors import GraftError
+from graftlm.errors import Conflict, GraftError
 
 from .adapter_cache import AdapterCache
 from .kv_cache import KVCache
@@ -32,9 +33,10 @@ class QueueFull(GraftError):
 
 
 class Scheduler:
-    def __init__(self, cache: KVCache, adapters: AdapterCache, max_queue: int, max_prefill_tokens: int):
+    def __init__(self, cache: KVCache, adapters: AdapterCache, max_batch: int, max_queue: int,
+                 max_prefill_tokens: int):
         self.cache, self.adapters = cache, adapters
-        self.max_queue, self.max_prefill_tokens = max_queue, max_prefill_tokens
+        self.max_batch, self.max_queue, self.max_prefill_tokens = max_batch, max_queue, max_prefill_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self._lock = threading.Lock()  # guards `waiting` against submitting threads
@@ -50,53 +52,72 @@ class Scheduler:
         return len(self.waiting)
 
     def admit(self) -> list[Sequence]:
-        """Move waiting sequences into free rows (FIFO, skipping those whose adapter is still loading)."""
-        new, budget, keep = [], self.max_prefill_tokens, deque()
+        """Move waiting sequences into the batch (FIFO, skipping those whose adapter is still loading)."""
+        new, budget, keep, kv_full = [], self.max_prefill_tokens, deque(), False
         with self._lock:
             while self.waiting:
                 seq = self.waiting.popleft()
                 if seq.cancelled:
                     seq.finish("cancelled")
                     continue
-                full = len(self.running) + len(new) >= self.cache.max_batch
-                if full or (new and len(seq.prompt_ids) > budget):
-                    keep.append(seq)
-                    continue
-                if seq.adapter is not None:
-                    try:
-                        slot = self.adapters.acquire(seq.adapter)
-                    except Exception as e:  # noqa: BLE001 - the load error belongs to this request
-                        seq.fail(e)
-                        continue
-                    if slot is None:
+                kv_full = kv_full or not self.cache.can_allocate(seq.kv_tokens)
+                rows_full = len(self.running) + len(new) >= self.max_batch
+                if kv_full or rows_full or (new and len(seq.prompt_ids) > budget) or not self._take_adapter(seq):
+                    if seq.finish_reason is None:  # (not failed by its adapter's load error)
                         keep.append(seq)
-                        continue
-                    seq.slot = slot
+                    continue
+                seq.blocks = self.cache.allocate(seq.kv_tokens)
                 budget -= len(seq.prompt_ids)
                 new.append(seq)
             self.waiting = keep
         self.running.extend(new)
         return new
 
+    def _take_adapter(self, seq: Sequence) -> bool:
+        """Acquire the sequence's adapter slot; False while it loads (or when its load failed: seq failed)."""
+        if seq.adapter is None:
+            return True
+        try:
+            slot = self.adapters.acquire(seq.adapter)
+        except Exception as e:  # noqa: BLE001 - the load error belongs to this request
+            seq.fail(adapter_load_error(seq.adapter, e))
+            return False
+        if slot is None:
+            return False
+        seq.slot = slot
+        return True
+
     def drain(self) -> list[Sequence]:
         """Remove and return every running and waiting sequence (the engine is going away)."""
         with self._lock:
-            running, waiting = list(self.running), list(self.waiting)
-            self.running.clear()
-            self.waiting.clear()
-        for seq in running:
-            if seq.adapter is not None:
-                self.adapters.release(seq.adapter)
+            waiting = list(self.waiting)
+        running = list(self.running)
+        self.remove(running + waiting)
         return running + waiting
 
+    def remove(self, seqs: list[Sequence]) -> None:
+        """Take sequences out of the queue or the batch, freeing their KV blocks and adapter references."""
+        gone = set(seqs)
+        with self._lock:
+            self.waiting = deque(s for s in self.waiting if s not in gone)
+        self.retire([s for s in self.running if s in gone])
+
     def retire(self, finished: list[Sequence]) -> None:
-        """Remove finished rows, highest row first, filling each hole with the current last row."""
-        rows = sorted((self.running.index(s) for s in finished), reverse=True)
-        for row in rows:
-            seq, last = self.running[row], self.running[-1]
-            if seq is not last:
-                self.cache.move_row(len(self.running) - 1, row, len(last) - 1)
-                self.running[row] = last
-            self.running.pop()
+        """Remove finished rows from the batch and give back what they held."""
+        gone = set(finished)
+        self.running = [s for s in self.running if s not in gone]
+        for seq in finished:
+            self.cache.free(seq.blocks)
+            seq.blocks = []
             if seq.adapter is not None:
                 self.adapters.release(seq.adapter)
+
+
+def adapter_load_error(name: str, error: Exception) -> GraftError:
+    """A clear error for a request whose adapter files could not be read (not a bare OSError, not a 500)."""
+    if isinstance(error, GraftError):
+        return error
+    wrapped = Conflict(f"the adapter files of {name} cannot be read ({type(error).__name__}: {error}); "
+                       f"restore them or deploy the model again", param="model", code="model_files_unreadable")
+    wrapped.__cause__ = error
+    return wrapped

@@ -132,6 +132,8 @@ class Sequence:
         self.output_ids: list[int] = []
         self.logprobs: list[TokenLogprob | None] = []
         self.slot = 0  # adapter slot while running
+        self.kv_tokens = len(self.prompt_ids) + params.max_tokens  # KV slots reserved; the engine caps it
+        self.blocks: list[int] = []  # KV cache blocks while running
         self.finish_reason: str | None = None
         self.cancelled = False
         self.arrival_s = time.perf_counter()

@@ -71,7 +71,9 @@ def sampling_params(req: Sampling, prompt_len: int, engine, logprobs: int | None
                          f"{engine.max_seq_len} tokens; lower max_tokens to at most {room}",
                          param="max_tokens", code="context_length_exceeded")
     stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
-    return SamplingParams(max_tokens=max_tokens or min(DEFAULT_MAX_TOKENS, room), temperature=req.temperature,
+    if max_tokens is None:  # a default that fits the KV cache too (the engine refuses a request that cannot)
+        max_tokens = max(1, min(DEFAULT_MAX_TOKENS, room, engine.kv_capacity_tokens - prompt_len))
+    return SamplingParams(max_tokens=max_tokens, temperature=req.temperature,
                           top_p=req.top_p, top_k=req.top_k, stop=stop, seed=req.seed, logprobs=logprobs)
 
 
