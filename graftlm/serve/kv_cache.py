@@ -1,7 +1,7 @@
 """A paged KV cache: one fixed budget of token slots in blocks; each running sequence holds the blocks for
 its prompt + max_tokens from admission to retirement, so admitted work can never run out of KV memory.
 
-A layer's keys (and values) are one tensor [kv_heads, slots, head_dim]; slot = block * block_size + offset.
+A layer's keys (and values) are one tensor [slots, kv_heads, head_dim]; slot = block * block_size + offset.
 A batch addresses it through a block table [rows, blocks]: ``slots(table, positions)`` gives the slot of
 every (row, position), used to write new K/V with index_copy_ and to gather a decode step's context.
 """
@@ -27,7 +27,7 @@ class KVCache:
         self.budget_bytes = budget_bytes
         block_bytes = kv_bytes_per_token(layers, kv_heads, head_dim, dtype) * block_size
         self.num_blocks = max(1, budget_bytes // block_bytes)
-        shape = (kv_heads, self.num_blocks * block_size, head_dim)
+        shape = (self.num_blocks * block_size, kv_heads, head_dim)
         # zeros, not empty: masked positions are multiplied by 0 in attention and must not hold NaN
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]

@@ -163,8 +163,8 @@ class Llama:
 
         def attend(i, q, k, v):
             if cache is not None:
-                cache.k[i].index_copy_(1, slots, k.transpose(0, 1)[:, real])
-                cache.v[i].index_copy_(1, slots, v.transpose(0, 1)[:, real])
+                cache.k[i].index_copy_(0, slots, k.transpose(1, 2)[real])
+                cache.v[i].index_copy_(0, slots, v.transpose(1, 2)[real])
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
         x = self._layers(self.embed[tokens], positions, adapters, attend)
@@ -184,10 +184,10 @@ class Llama:
 
         def attend(i, q, k, v):
             kc, vc = cache.k[i], cache.v[i]
-            kc.index_copy_(1, write, k[:, :, 0].transpose(0, 1))
-            vc.index_copy_(1, write, v[:, :, 0].transpose(0, 1))
-            context_k = kc.index_select(1, read).view(heads, b, span, dim).transpose(0, 1)
-            context_v = vc.index_select(1, read).view(heads, b, span, dim).transpose(0, 1)
+            kc.index_copy_(0, write, k[:, :, 0])
+            vc.index_copy_(0, write, v[:, :, 0])
+            context_k = kc.index_select(0, read).view(b, span, heads, dim).transpose(1, 2)
+            context_v = vc.index_select(0, read).view(b, span, heads, dim).transpose(1, 2)
             return F.scaled_dot_product_attention(q, context_k, context_v, attn_mask=mask, enable_gqa=True)
 
         x = self._layers(self.embed[tokens[:, None]], positions[:, None], adapters, attend)
