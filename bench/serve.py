@@ -69,14 +69,18 @@ def decode_step_ms(engine, prompts, batches: dict, reps=8):
         slots[name] = [0 if a is None else engine.adapters.acquire(a) for a in adapters]
     tokens = torch.tensor([p[-1] for p in prompts], device=engine.device)
     positions = torch.full((len(prompts),), len(prompts[0]), device=engine.device)
+    blocks = [cache.allocate(len(prompts[0]) + 1) for _ in prompts]  # each row's KV blocks for this step
+    table = cache.table(blocks, engine.device)
     times = {name: [] for name in batches}
     for rep in range(reps + 1):
         for name in batches:
             rows = engine.pool.rows(slots[name])
             t0 = time.perf_counter()
-            model.decode(tokens, positions, rows, cache)
+            model.decode(tokens, positions, rows, cache, table)
             if rep:  # the first round builds the gathered weights
                 times[name].append(time.perf_counter() - t0)
+    for b in blocks:
+        cache.free(b)
     for name, adapters in batches.items():
         for a in adapters:
             if a is not None:
