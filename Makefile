@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check "torch==2.13.0" || \
 	  $(PY) -m pip install --quiet --disable-pip-version-check "torch<=2.14.1"
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
+	# build the serving engine's paged attention kernel now (gcc + ninja, ~40 s) rather than at first request
+	$(PY) -c "from graftlm.serve.paged_attention import load_kernel; load_kernel()"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -266,3 +266,52 @@ def test_max_tokens_beyond_the_kv_cache_is_a_400_naming_the_limit(http, served, 
     assert error["code"] == "kv_cache_exceeded" and "at most 64 tokens" in error["message"]
     r = http.post("/v1/chat/completions", json=body | {"temperature": 1.0})  # the default max_tokens fits
     assert r.status_code == 200 and r.json()["usage"]["total_tokens"] <= 64
+
+
+def test_a_hosting_cluster_runs_on_its_units_share_of_the_cores(http, served, monkeypatch):
+    """units × GRAFT_THREADS_PER_UNIT threads, capped at the cores; set on the engine's own thread only."""
+    import os
+
+    import torch
+
+    from graftlm.clusters.hosting import cluster_threads, get_runtime
+    from graftlm.config import reset_settings
+
+    monkeypatch.setenv("GRAFT_THREADS_PER_UNIT", "1")
+    reset_settings()
+    assert cluster_threads(1) == 1 and cluster_threads(10_000) == (os.cpu_count() or 1)
+    caller_threads = torch.get_num_threads()
+    engine = get_runtime().resolve("base").engine
+    seen = []
+    decode = engine._decode
+    monkeypatch.setattr(engine, "_decode", lambda seqs: (seen.append(torch.get_num_threads()), decode(seqs)))
+    r = http.post("/v1/chat/completions", json={"model": "base", "max_tokens": 3,
+                                                "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200 and engine.threads == 1 and seen and set(seen) == {1}
+    assert torch.get_num_threads() == caller_threads  # other threads keep their own count
+    monkeypatch.delenv("GRAFT_THREADS_PER_UNIT")
+    reset_settings()
+    assert get_runtime().resolve("base").engine.threads == cluster_threads(1) == (os.cpu_count() or 1)
+
+
+def test_deactivating_an_endpoint_spares_direct_requests_for_its_custom_model(http, served, monkeypatch):
+    """A request naming the custom model itself (no endpoint) keeps running; the adapter is freed once unused."""
+    from graftlm.clusters.hosting import get_runtime
+    from graftlm.serve import SamplingParams
+
+    runtime = get_runtime()
+    runtime.resolve("lora-ep")  # the cluster's engine is up, so direct requests share it
+    direct = runtime.resolve("ft:tiny:lora:1")
+    engine, adapter = direct.engine, direct.adapter
+    assert direct.endpoint is None and engine is runtime.resolve("lora-ep").engine
+    slow_down(engine, monkeypatch)
+    handle = engine.submit([1, 20, 31, 45], SamplingParams(max_tokens=30, temperature=0, ignore_eos=True), adapter)
+    while not handle.seq.output_ids:
+        time.sleep(0.01)
+    ep = endpoints.find_endpoint("lora-ep")
+    assert http.post(f"/v1/endpoints/{ep['id']}/deactivate").status_code == 200
+    assert handle.result(timeout=30).finish_reason == "length"
+    assert http.post("/v1/chat/completions", json={"model": "ft:tiny:lora:1", "max_tokens": 2,
+                                                   "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+    assert http.post("/v1/chat/completions", json={"model": "lora-ep", "max_tokens": 2,
+                                                   "messages": [{"role": "user", "content": "hi"}]}).status_code == 409

@@ -6,14 +6,17 @@ that name a model directly share one engine per base model: a hosting cluster's 
 and a cluster adopts the per-base engine rather than load its base weights a second time. A
 full-weights (vanilla) custom model gets an engine of its own, since it has no base to share. Deleting
 a cluster stops its engine; an engine whose loop failed is replaced by a fresh one on the next request.
+A hosting cluster's units are its share of this machine: its engine steps on units × GRAFT_THREADS_PER_UNIT
+CPU threads (default: one unit = every core), capped at the cores there are.
 Deactivating an endpoint lets its running requests finish for GRAFT_DEACTIVATE_GRACE_S, fails the rest
-and frees its adapter before it returns.
+and frees its adapter before it returns (unless requests naming the custom model directly still use it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections import defaultdict
@@ -65,6 +68,9 @@ class HostingRuntime:
         A cluster's engine adopts the engine already serving its base model directly (`base:<id>`), so
         the base weights are never loaded twice for one cluster.
         """
+        threads = None
+        if key.startswith("cluster:"):
+            threads = cluster_threads(cluster_store.get_cluster(key.removeprefix("cluster:"))["unit_count"])
         with self._lock:
             engine = self.engines.get(key)
             if engine is None and base_id is not None and key.startswith("cluster:"):
@@ -77,6 +83,8 @@ class HostingRuntime:
             if engine is None:
                 engine = self._start_engine(model_path, context_length)
                 self.engines[key] = engine
+            if threads is not None:
+                engine.threads = threads
             return engine
 
     def _start_engine(self, model_path: str, context_length: int | None):
@@ -170,7 +178,8 @@ class HostingRuntime:
             f"{grace:g} s grace period", param="model", code="endpoint_inactive")
         engine.fail_requests(handles, error)
         for name in self._unserved_adapters(engine, endpoint):
-            engine.evict_adapter(name, error)
+            # requests that name the custom model directly, not through an endpoint, keep running
+            engine.unregister_adapter_if_unused(name)
 
     @staticmethod
     def _unserved_adapters(engine, endpoint: dict) -> list[str]:
@@ -180,6 +189,12 @@ class HostingRuntime:
         served = {e["model"] for e in endpoint_store.list_endpoints(endpoint["dedicated_ai_cluster_id"])
                   if e["lifecycle_state"] == "ACTIVE"}
         return [name for name in list(engine.adapters.paths) if name not in served]
+
+
+def cluster_threads(unit_count: int) -> int:
+    """CPU threads a hosting cluster of ``unit_count`` units runs its engine on."""
+    cores = os.cpu_count() or 1
+    return max(1, min(cores, unit_count * (get_settings().threads_per_unit or cores)))
 
 
 def wait_for_handles(handles: list, timeout: float) -> None:

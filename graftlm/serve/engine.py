@@ -75,8 +75,9 @@ class Engine:
                  device: torch.device | str | None = None, max_batch_size: int = 32, max_seq_len: int = 2048,
                  max_queue: int = 64, max_adapters: int = 8, max_lora_rank: int = 64,
                  max_cpu_adapters: int | None = None, max_prefill_tokens: int = 4096,
-                 kv_cache_bytes: int | None = None):
+                 kv_cache_bytes: int | None = None, threads: int | None = None):
         self.model_path = Path(model_path)
+        self.threads = threads  # CPU threads for this engine's steps (its cluster's units); None: torch's default
         self.device = torch.device(device) if device is not None else default_device()
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
@@ -110,6 +111,14 @@ class Engine:
         """Forget an adapter (endpoint model changed); rows already running with it finish normally."""
         with self._step_lock:
             self.adapters.unregister(name)
+
+    def unregister_adapter_if_unused(self, name: str) -> bool:
+        """Forget the adapter and free its memory unless a queued or running request still uses it."""
+        with self._step_lock:
+            if any(s.adapter == name for s in self.scheduler.running + list(self.scheduler.waiting)):
+                return False
+            self.adapters.unregister(name)
+            return True
 
     def evict_adapter(self, name: str, error: BaseException) -> None:
         """Fail every request using the adapter with ``error`` and free its device slot and CPU copy now."""
@@ -226,6 +235,7 @@ class Engine:
     def step(self) -> bool:
         """One engine iteration; returns whether any work was done."""
         with self._step_lock:
+            self._use_threads()
             self._drop_cancelled()
             new = self.scheduler.admit()
             if new:
@@ -236,6 +246,12 @@ class Engine:
                 self._decode(running)
                 self._retire_finished()
             return bool(new or running)
+
+    def _use_threads(self) -> None:
+        """Run this step on ``self.threads`` CPU threads. torch's thread count is per calling thread
+        (OpenMP), so engines of clusters with different units in one process each keep their own share."""
+        if self.threads and self.device.type == "cpu" and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
 
     def _retire_finished(self) -> None:
         finished = [s for s in self.scheduler.running if s.finish_reason is not None]

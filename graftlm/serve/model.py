@@ -17,6 +17,8 @@ from safetensors import safe_open
 
 from graftlm.errors import GraftError
 
+from .paged_attention import kernel_enabled, paged_decode_attention
+
 
 @dataclass(frozen=True)
 class LlamaShape:
@@ -114,6 +116,7 @@ class Llama:
             })
         cos, sin = rope_tables(self.path, max_seq_len)
         self.cos, self.sin = cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)
+        self.paged_kernel = kernel_enabled(device)
         d = s.module_dims
         self._qkv_split = [d["q_proj"][1], d["k_proj"][1], d["v_proj"][1]]
 
@@ -175,20 +178,35 @@ class Llama:
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, adapters, cache,
                table: torch.Tensor) -> torch.Tensor:
         """One token per running row at per-row positions, each row's KV in its blocks of ``table``; logits [B, V]."""
-        b = tokens.shape[0]
-        span = int(positions.max()) + 1
-        mask = (torch.arange(span, device=self.device) <= positions[:, None])[:, None, None, :]
         write = cache.slots(table, positions[:, None])[:, 0]
-        read = cache.slots(table, torch.arange(span, device=self.device).expand(b, span)).flatten()
-        heads, dim = self.shape.kv_heads, self.shape.head_dim
+        read = (self._paged_read if self.paged_kernel else self._gather_read)(cache, table, positions)
 
         def attend(i, q, k, v):
             kc, vc = cache.k[i], cache.v[i]
             kc.index_copy_(0, write, k[:, :, 0])
             vc.index_copy_(0, write, v[:, :, 0])
-            context_k = kc.index_select(0, read).view(b, span, heads, dim).transpose(1, 2)
-            context_v = vc.index_select(0, read).view(b, span, heads, dim).transpose(1, 2)
-            return F.scaled_dot_product_attention(q, context_k, context_v, attn_mask=mask, enable_gqa=True)
+            return read(q, kc, vc)
 
         x = self._layers(self.embed[tokens[:, None]], positions[:, None], adapters, attend)
         return self._logits(x[:, 0])
+
+    @staticmethod
+    def _paged_read(cache, table, positions):
+        """Attention read in place from each row's blocks by the C++ kernel (CPU)."""
+        lengths = positions + 1
+        return lambda q, kc, vc: paged_decode_attention(q[:, :, 0], kc, vc, table, lengths,
+                                                        cache.block_size).unsqueeze(2)
+
+    def _gather_read(self, cache, table, positions):
+        """Attention over each row's context gathered out of its blocks into a dense tensor (a copy per step)."""
+        b = positions.shape[0]
+        span = int(positions.max()) + 1
+        mask = (torch.arange(span, device=self.device) <= positions[:, None])[:, None, None, :]
+        slots = cache.slots(table, torch.arange(span, device=self.device).expand(b, span)).flatten()
+        heads, dim = self.shape.kv_heads, self.shape.head_dim
+
+        def read(q, kc, vc):
+            context_k = kc.index_select(0, slots).view(b, span, heads, dim).transpose(1, 2)
+            context_v = vc.index_select(0, slots).view(b, span, heads, dim).transpose(1, 2)
+            return F.scaled_dot_product_attention(q, context_k, context_v, attn_mask=mask, enable_gqa=True)
+        return read
