@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import tempfile
 import time
@@ -23,6 +24,7 @@ import torch
 
 from graftlm.serve import Engine, SamplingParams, default_dtype
 from graftlm.serve.adapters import read_adapter
+from graftlm.serve.model import read_shape
 from graftlm.serve.testing import make_peft_adapters
 
 RESULTS = Path(__file__).parent / "results" / "serve.json"
@@ -88,6 +90,40 @@ def decode_step_ms(engine, prompts, batches: dict, reps=8):
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
+def long_context_ms(engine, contexts, rows, reps=5):
+    """Median decode step (base rows) at long contexts: the paged kernel vs the gather fallback it replaced
+    (each step copies every row's context out of its blocks), interleaved, on one cache with blocks shuffled
+    as a long-running server leaves them."""
+    from graftlm.serve.kv_cache import KVCache, kv_bytes_per_token
+
+    model, s = engine.model, engine.model.shape
+    if not model.paged_kernel:
+        return {}
+    per_token = kv_bytes_per_token(s.layers, s.kv_heads, s.head_dim, engine.dtype)
+    budget = rows * (max(contexts) + 32) * per_token
+    cache = KVCache(s.layers, s.kv_heads, s.head_dim, engine.dtype, engine.device, budget)
+    random.Random(0).shuffle(cache.free_blocks)
+    out = {}
+    for ctx in contexts:
+        blocks = [cache.allocate(ctx + 1) for _ in range(rows)]
+        table = cache.table(blocks, engine.device)
+        tokens = torch.randint(3, 300, (rows,), device=engine.device)
+        positions = torch.full((rows,), ctx, device=engine.device)
+        times = {"kernel": [], "gather": []}
+        for rep in range(reps + 1):
+            for path in times:
+                model.paged_kernel = path == "kernel"
+                t0 = time.perf_counter()
+                model.decode(tokens, positions, None, cache, table)
+                if rep:
+                    times[path].append(time.perf_counter() - t0)
+        model.paged_kernel = True
+        for b in blocks:
+            cache.free(b)
+        out[ctx] = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    return out
+
+
 def latency(engine, prompts, adapters, new_tokens, concurrency):
     engine.start()
     try:
@@ -120,8 +156,13 @@ def bench_dtype(args, dtype, model_path, adapters, prompts):
              "q,v": [p.name for p in adapters["lora_qv"] + adapters["ia3"]][:n]}
     base = [None] * n
     paths = {p.name: p for ps in adapters.values() for p in ps}
-    engine = Engine(model_path, dtype=dtype, max_batch_size=n, max_seq_len=256,
-                    max_adapters=len(paths) + 1, max_queue=256)
+    from graftlm.serve.kv_cache import kv_bytes_per_token
+
+    s = read_shape(json.loads((Path(model_path) / "config.json").read_text()))
+    # positions up to the longest long-context run; KV for the main runs sized as for 256 tokens per row
+    engine = Engine(model_path, dtype=dtype, max_batch_size=n, max_seq_len=max(256, max(args.long_contexts) + 1),
+                    max_adapters=len(paths) + 1, max_queue=256,
+                    kv_cache_bytes=n * 256 * kv_bytes_per_token(s.layers, s.kv_heads, s.head_dim, dtype))
     for name, p in paths.items():
         engine.register_adapter(name, p)
     tokens_per_s(engine, prompts[:4], mixed["all-linear"][:4], 4)  # warm up
@@ -187,6 +228,7 @@ def bench_dtype(args, dtype, model_path, adapters, prompts):
         ttft, itl = latency(engine, prompts, mixed["all-linear"], args.new_tokens, c)
         res["latency_ms"][c] = {"ttft_p50": 1e3 * pct(ttft, .5), "ttft_p99": 1e3 * pct(ttft, .99),
                                 "itl_p50": 1e3 * pct(itl, .5), "itl_p99": 1e3 * pct(itl, .99)}
+    res["long_context_decode_step_ms"] = long_context_ms(engine, args.long_contexts, n)
     res["adapter_load_ms"] = {"T-Few (IA)3": load_ms(engine, adapters["ia3"][0]),
                               "LoRA r=8 all-linear": load_ms(engine, adapters["lora"][0]),
                               "LoRA r=8 q,v": load_ms(engine, adapters["lora_qv"][0])}
@@ -212,6 +254,11 @@ def report(res, args):
     for c, m in res["latency_ms"].items():
         print(f"  {c:3d} concurrent            {m['ttft_p50']:9.1f}  {m['ttft_p99']:9.1f}  "
               f"{m['itl_p50']:8.1f}  {m['itl_p99']:8.1f}")
+    if res["long_context_decode_step_ms"]:
+        print(f"decode step at long contexts, {args.batch} base rows (ms)   paged kernel   gather fallback   ratio")
+        for ctx, m in res["long_context_decode_step_ms"].items():
+            print(f"  context {ctx:5d}                              {m['kernel']:9.1f}   {m['gather']:13.1f}"
+                  f"   {m['gather'] / m['kernel']:5.2f}x")
     print("adapter load (disk -> CPU -> device slot), median of 5")
     for k, v in res["adapter_load_ms"].items():
         goal = 20 if k.startswith("T") else 100
@@ -225,6 +272,8 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--long-contexts", type=lambda v: [int(x) for x in v.split(",")], default=[64, 512, 1024],
+                    help="contexts for the paged-kernel vs gather decode step")
     ap.add_argument("--naive-requests", type=int, default=8, help="requests timed for the set_adapter server")
     args = ap.parse_args()
     torch.manual_seed(0)
