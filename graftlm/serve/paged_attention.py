@@ -14,8 +14,13 @@ the gather path too.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import logging
+import platform
+import time
+from pathlib import Path
 
 import torch
 
@@ -126,14 +131,38 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k, torch::Te
 """
 
 
+STALE_LOCK_S = 600  # a build lock older than this was left by a killed build (torch would wait on it forever)
+
+
+def _module_name() -> str:
+    """Versioned by source and by CPU features: the build uses -march=native, and a cache directory shared
+    by different CPUs must not hand one machine another's instructions."""
+    flags = ""
+    with contextlib.suppress(OSError):
+        flags = next((line for line in open("/proc/cpuinfo") if line.startswith(("flags", "Features"))), "")
+    digest = hashlib.sha256((_SOURCE + platform.machine() + flags).encode()).hexdigest()[:12]
+    return f"graftlm_paged_attention_{digest}"
+
+
+def _clear_stale_lock(name: str) -> None:
+    from torch.utils.cpp_extension import _get_build_directory
+
+    lock = Path(_get_build_directory(name, verbose=False)) / "lock"
+    with contextlib.suppress(OSError):
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            log.warning("removing a stale kernel build lock %s (a build was interrupted)", lock)
+            lock.unlink()
+
+
 @functools.lru_cache(maxsize=1)
 def load_kernel():
     """The compiled kernel's function, or None where it cannot be built."""
     try:
         from torch.utils.cpp_extension import load_inline
 
-        module = load_inline(name="graftlm_paged_attention_v3", cpp_sources=[_SOURCE],
-                             functions=["paged_decode_attention"],
+        name = _module_name()
+        _clear_stale_lock(name)
+        module = load_inline(name=name, cpp_sources=[_SOURCE], functions=["paged_decode_attention"],
                              # reassociation lets gcc vectorize the dot products; not -ffast-math, whose
                              # crtfastmath would flush denormals for the whole process
                              extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fassociative-math",
