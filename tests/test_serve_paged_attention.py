@@ -112,3 +112,14 @@ def test_a_lock_left_by_a_killed_build_is_removed_and_a_live_one_kept(tmp_path, 
     os.utime(lock, (old, old))
     paged_attention._clear_stale_lock("some_kernel")
     assert not lock.exists()
+
+
+def test_the_venvs_ninja_is_found_when_the_venv_is_not_activated(tmp_path, monkeypatch):
+    import shutil
+
+    from graftlm.serve import paged_attention
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ninja here, as for `.venv/bin/python` run from make
+    assert shutil.which("ninja") is None
+    paged_attention._find_ninja()
+    assert shutil.which("ninja") is not None

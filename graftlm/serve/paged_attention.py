@@ -18,7 +18,9 @@ import contextlib
 import functools
 import hashlib
 import logging
+import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -154,12 +156,22 @@ def _clear_stale_lock(name: str) -> None:
             lock.unlink()
 
 
+def _find_ninja() -> None:
+    """torch runs `ninja` from PATH; a venv's pip-installed ninja is not on PATH unless the venv is activated."""
+    if shutil.which("ninja") is None:
+        with contextlib.suppress(ImportError):
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
 @functools.lru_cache(maxsize=1)
 def load_kernel():
     """The compiled kernel's function, or None where it cannot be built."""
     try:
         from torch.utils.cpp_extension import load_inline
 
+        _find_ninja()
         name = _module_name()
         _clear_stale_lock(name)
         module = load_inline(name=name, cpp_sources=[_SOURCE], functions=["paged_decode_attention"],
