@@ -149,7 +149,10 @@ def _module_name() -> str:
 def _clear_stale_lock(name: str) -> None:
     from torch.utils.cpp_extension import _get_build_directory
 
-    lock = Path(_get_build_directory(name, verbose=False)) / "lock"
+    build = Path(_get_build_directory(name, verbose=False))
+    if not any(build.glob("*.so")):
+        log.info("building the paged attention kernel in %s (once, about 40 s on 2 cores)", build)
+    lock = build / "lock"
     with contextlib.suppress(OSError):
         if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
             log.warning("removing a stale kernel build lock %s (a build was interrupted)", lock)
