@@ -32,11 +32,16 @@ def stub(prompts):
     return out
 
 
-def test_synthesize_writes_valid_chunk_citing_jsonl(tmp_path):
-    docs = tmp_path / "docs"
-    docs.mkdir()
+def write_docs(folder):
+    """Every document of DOCS written into ``folder``."""
+    folder.mkdir()
     for name, text in DOCS.items():
-        (docs / name).write_text(text)
+        (folder / name).write_text(text)
+    return folder
+
+
+def test_synthesize_writes_valid_chunk_citing_jsonl(tmp_path):
+    docs = write_docs(tmp_path / "docs")
     report = synthesize(docs, tmp_path / "out", generator=stub, questions_per_chunk=3, evolve_fraction=0.5,
                         eval_fraction=0.34, system_prompt="Answer from the bank's documents.")
     assert report["kept"] > 0 and report["train"] > 0 and report["eval"] > 0
@@ -127,10 +132,7 @@ def test_synth_cli_from_queries_needs_no_source_and_n_caps_examples(tmp_path, va
     report = json.loads(out.stdout)
     assert report["queries"] == 4 and report["generated"] == 5  # 4 queries x 3 variants, capped at 5
 
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for name, text in DOCS.items():
-        (docs / name).write_text(text)
+    docs = write_docs(tmp_path / "docs")
     out = runner.invoke(_synth_cli(), ["synth", str(docs), "-m", "tiny", "--out", str(tmp_path / "s"), "--n", "1",
                                        "--questions-per-chunk", "3"])
     assert out.exit_code == 0, out.output
@@ -141,10 +143,7 @@ def test_synth_cli_from_queries_needs_no_source_and_n_caps_examples(tmp_path, va
 
 
 def test_n_spreads_over_all_chunks(tmp_path):
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for name, text in DOCS.items():
-        (docs / name).write_text(text)
+    docs = write_docs(tmp_path / "docs")
     report = synthesize(docs, tmp_path / "out", generator=stub, questions_per_chunk=3, evolve_fraction=0,
                         eval_fraction=0, max_examples=2)
     assert report["generated"] == 2

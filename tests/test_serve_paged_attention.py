@@ -96,21 +96,19 @@ def test_gather_fallback_serves_what_the_kernel_serves(tmp_path, monkeypatch):
         assert (lp - torch.tensor([x.logprob for x in gathered.logprobs])).abs().max() < 1e-4
 
 
-def test_a_lock_left_by_a_killed_build_is_removed_and_a_live_one_kept(tmp_path, monkeypatch):
+def test_a_lock_left_by_a_killed_build_is_removed_and_a_live_one_kept(tmp_path):
     import os
     import time
 
     from graftlm.serve import paged_attention
 
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    lock = tmp_path / "some_kernel" / "lock"
-    lock.parent.mkdir()
+    lock = tmp_path / "lock"
     lock.touch()
-    paged_attention._clear_stale_lock("some_kernel")
+    paged_attention._clear_stale_lock(tmp_path)
     assert lock.exists()  # a build may be running right now
     old = time.time() - paged_attention.STALE_LOCK_S - 1
     os.utime(lock, (old, old))
-    paged_attention._clear_stale_lock("some_kernel")
+    paged_attention._clear_stale_lock(tmp_path)
     assert not lock.exists()
 
 

@@ -140,18 +140,13 @@ def _module_name() -> str:
     """Versioned by source and by CPU features: the build uses -march=native, and a cache directory shared
     by different CPUs must not hand one machine another's instructions."""
     flags = ""
-    with contextlib.suppress(OSError):
-        flags = next((line for line in open("/proc/cpuinfo") if line.startswith(("flags", "Features"))), "")
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        flags = next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
     digest = hashlib.sha256((_SOURCE + platform.machine() + flags).encode()).hexdigest()[:12]
     return f"graftlm_paged_attention_{digest}"
 
 
-def _clear_stale_lock(name: str) -> None:
-    from torch.utils.cpp_extension import _get_build_directory
-
-    build = Path(_get_build_directory(name, verbose=False))
-    if not any(build.glob("*.so")):
-        log.info("building the paged attention kernel in %s (once, about 40 s on 2 cores)", build)
+def _clear_stale_lock(build: Path) -> None:
     lock = build / "lock"
     with contextlib.suppress(OSError):
         if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
@@ -172,11 +167,14 @@ def _find_ninja() -> None:
 def load_kernel():
     """The compiled kernel's function, or None where it cannot be built."""
     try:
-        from torch.utils.cpp_extension import load_inline
+        from torch.utils.cpp_extension import _get_build_directory, load_inline
 
         _find_ninja()
         name = _module_name()
-        _clear_stale_lock(name)
+        build = Path(_get_build_directory(name, verbose=False))
+        if not any(build.glob("*.so")):
+            log.info("building the paged attention kernel in %s (once, about 40 s on 2 cores)", build)
+        _clear_stale_lock(build)
         module = load_inline(name=name, cpp_sources=[_SOURCE], functions=["paged_decode_attention"],
                              # reassociation lets gcc vectorize the dot products; not -ffast-math, whose
                              # crtfastmath would flush denormals for the whole process
