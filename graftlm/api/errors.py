@@ -18,9 +18,25 @@ def error_body(message: str, *, type_: str, param: str | None = None, code: str 
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "bytes"}
+
+
+def _is_union_tag(part: str) -> bool:
+    """pydantic names the branch of a union in the location (``str``, ``list[ContentPart]``): not a field."""
+    return part in _TYPE_TAGS or any(c in part for c in "[-(") or part[:1].isupper()
+
+
 def _loc_to_param(loc) -> str | None:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or None
+    return ".".join(p for p in parts if not _is_union_tag(p)) or None
+
+
+def _most_specific(errors: list[dict]) -> dict:
+    """Of a union's errors, the one from the branch that got furthest (the list, not the string), and of
+    those a broken constraint rather than a wrong type (the branch the client meant)."""
+    if not errors:
+        return {"loc": (), "msg": "invalid request"}
+    return max(errors, key=lambda e: (len(e.get("loc", ())), not str(e.get("type", "")).endswith("_type")))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -31,7 +47,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        first = _most_specific(exc.errors())
         param = _loc_to_param(first.get("loc", ()))
         msg = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
         return JSONResponse(error_body(msg, type_="invalid_request_error", param=param), status_code=400)

@@ -7,6 +7,7 @@ a handle to stream from; ``generate()`` is the synchronous form.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -25,8 +26,19 @@ from .sampler import SamplingParams, sample
 from .scheduler import QueueFull, Scheduler
 from .sequence import Output, RequestHandle, Sequence
 
-__all__ = ["Engine", "EngineUnavailable", "QueueFull", "SamplingParams", "Output", "RequestHandle",
+log = logging.getLogger("graftlm.serve")
+
+__all__ = ["Engine", "EngineUnavailable", "RowFailed", "QueueFull", "SamplingParams", "Output", "RequestHandle",
            "default_dtype"]
+
+
+class RowFailed(GraftError):
+    """One request failed inside the engine (a bug, not the client's input): HTTP 500 for it alone."""
+    status_code = 500
+    error_type = "server_error"
+
+    def __init__(self, message: str):
+        super().__init__(message, code="engine_row_failed")
 
 
 class EngineUnavailable(Unavailable):
@@ -150,6 +162,9 @@ class Engine:
         if len(prompt_ids) >= self.max_seq_len:
             raise GraftError(f"the prompt has {len(prompt_ids)} tokens; this engine serves at most "
                              f"{self.max_seq_len} tokens per sequence", param="prompt")
+        if min(prompt_ids) < 0 or max(prompt_ids) >= self.model.shape.vocab:
+            raise GraftError(f"the prompt has token ids outside this model's vocabulary (0 to "
+                             f"{self.model.shape.vocab - 1})", param="prompt")
         if adapter is not None:
             self.adapters.check(adapter)
         generator = None
@@ -269,29 +284,76 @@ class Engine:
             self.scheduler.retire(running)
 
     def _prefill(self, seqs: list[Sequence]) -> None:
+        self._run_rows(seqs, self._prefill_logits)
+
+    def _decode(self, seqs: list[Sequence]) -> None:
+        self._run_rows(seqs, self._decode_logits)
+
+    def _prefill_logits(self, seqs: list[Sequence]) -> torch.Tensor:
         lengths = [len(s.prompt_ids) for s in seqs]
         tokens = torch.zeros(len(seqs), max(lengths), dtype=torch.long)
         for i, s in enumerate(seqs):
             tokens[i, :lengths[i]] = torch.tensor(s.prompt_ids)
-        logits = self.model.prefill(tokens.to(self.device), torch.tensor(lengths, device=self.device),
-                                    self.pool.rows([s.slot for s in seqs]), self.cache, self._block_table(seqs))
-        self._append(seqs, logits)
+        return self.model.prefill(tokens.to(self.device), torch.tensor(lengths, device=self.device),
+                                  self.pool.rows([s.slot for s in seqs]), self.cache, self._block_table(seqs))
 
-    def _decode(self, seqs: list[Sequence]) -> None:
+    def _decode_logits(self, seqs: list[Sequence]) -> torch.Tensor:
         tokens = torch.tensor([s.last_token for s in seqs], device=self.device)
         positions = torch.tensor([len(s) - 1 for s in seqs], device=self.device)
-        logits = self.model.decode(tokens, positions, self.pool.rows([s.slot for s in seqs]), self.cache,
-                                   self._block_table(seqs))
-        self._append(seqs, logits)
+        return self.model.decode(tokens, positions, self.pool.rows([s.slot for s in seqs]), self.cache,
+                                 self._block_table(seqs))
 
     def _block_table(self, seqs: list[Sequence]) -> torch.Tensor:
         return self.cache.table([s.blocks for s in seqs], self.device)
 
+    def _run_rows(self, seqs: list[Sequence], forward) -> None:
+        """Forward ``seqs`` as one batch and append a token to each. When the batch raises, each row is run
+        alone (its KV writes go to its own blocks, so a rerun is harmless): only the rows that fail alone fail."""
+        try:
+            logits = forward(seqs)
+        except Exception as e:  # noqa: BLE001 - a row's fault is that row's error
+            if len(seqs) == 1:
+                self._fail_row(seqs[0], e)
+                return
+            for seq in seqs:
+                self._run_rows([seq], forward)
+            return
+        self._append(seqs, logits)
+
     def _append(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
-        tokens, logprobs = sample(logits, [s.params for s in seqs], [s.generator for s in seqs])
-        for s, t, lp in zip(seqs, tokens, logprobs):
-            is_eos = not s.params.ignore_eos and (t in self.eos_ids or t in s.params.stop_token_ids)
-            s.append(t, lp, is_eos, self.max_seq_len)
+        try:
+            tokens, logprobs = sample(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        except Exception:  # noqa: BLE001 - sample row by row so only the faulty row fails
+            for i, seq in enumerate(seqs):
+                try:
+                    token, logprob = sample(logits[i:i + 1], [seq.params], [seq.generator])
+                except Exception as e:  # noqa: BLE001
+                    self._fail_row(seq, e)
+                else:
+                    self._add_token(seq, token[0], logprob[0])
+            return
+        for seq, token, logprob in zip(seqs, tokens, logprobs):
+            self._add_token(seq, token, logprob)
+
+    def _add_token(self, seq: Sequence, token: int, logprob) -> None:
+        try:
+            is_eos = not seq.params.ignore_eos and (token in self.eos_ids or token in seq.params.stop_token_ids)
+            seq.append(token, logprob, is_eos, self.max_seq_len)
+        except Exception as e:  # noqa: BLE001
+            self._fail_row(seq, e)
+
+    def _fail_row(self, seq: Sequence, error: BaseException) -> None:
+        """The one place a fault in one row becomes that row's error; the row retires with the finished ones
+        and the rest of the batch, and the engine, carry on."""
+        log.error("request %d failed in the engine (%s: %s); other requests continue", seq.request_id,
+                  type(error).__name__, error, exc_info=error)
+        if isinstance(error, GraftError):
+            seq.fail(error)
+            return
+        wrapped = RowFailed(f"this request failed in the serving engine ({type(error).__name__}: {error}); "
+                            f"other requests on the engine were not affected")
+        wrapped.__cause__ = error
+        seq.fail(wrapped)
 
     def start(self) -> None:
         """Step the batch on a background thread until ``stop()``."""

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
 from graftlm.errors import GraftError
+
+GREEDY_BELOW = 1e-5  # temperatures below this sample the argmax (p(best) rounds to 1 for any real logits gap)
+SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
 @dataclass
@@ -25,11 +29,14 @@ class SamplingParams:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         checks = [(self.max_tokens >= 1, "max_tokens", "must be >= 1"),
-                  (self.temperature >= 0, "temperature", "must be >= 0"),
+                  (math.isfinite(self.temperature) and self.temperature >= 0, "temperature",
+                   "must be a finite number >= 0"),
                   (0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
                   (self.top_k >= 0, "top_k", "must be >= 0"),
                   (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs", "must be between 0 and 20"),
-                  (all(self.stop), "stop", "stop strings must be non-empty")]
+                  (all(self.stop), "stop", "stop strings must be non-empty"),
+                  (self.seed is None or SEED_RANGE[0] <= self.seed <= SEED_RANGE[1], "seed",
+                   f"must be an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}")]
         for ok, name, why in checks:
             if not ok:
                 raise GraftError(f"{name} {why}", param=name)
@@ -42,18 +49,23 @@ class TokenLogprob:
     top: list[tuple[int, float]]  # (token id, logprob), best first
 
 
+def is_greedy(p: SamplingParams) -> bool:
+    """Temperature 0 (or below GREEDY_BELOW, where sampling is argmax in all but name), or top_k 1."""
+    return p.temperature < GREEDY_BELOW or p.top_k == 1
+
+
 def sample(logits: torch.Tensor, params: list[SamplingParams],
            generators: list[torch.Generator | None]) -> tuple[list[int], list[TokenLogprob | None]]:
     """Choose one token per row of fp32 logits [B, V]; logprobs are of the model's own distribution."""
     tokens = logits.argmax(dim=-1)
     for row, p in enumerate(params):
-        if p.temperature > 0:
-            tokens[row] = _sample_row(logits[row], p, generators[row])
+        if not is_greedy(p):
+            tokens[row] = sample_row(logits[row], p, generators[row])
     chosen = tokens.tolist()
     want = [i for i, p in enumerate(params) if p.logprobs is not None]
     logprobs: list[TokenLogprob | None] = [None] * len(params)
     if want:
-        lp = torch.log_softmax(logits[want], dim=-1)
+        lp = torch.log_softmax(logits[want].float(), dim=-1)
         n = max(params[i].logprobs for i in want)
         top_v, top_i = lp.topk(max(n, 1), dim=-1)
         for j, i in enumerate(want):
@@ -63,15 +75,30 @@ def sample(logits: torch.Tensor, params: list[SamplingParams],
     return chosen, logprobs
 
 
-def _sample_row(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
-    logits = logits / p.temperature
-    if p.top_k and p.top_k < logits.numel():
-        kth = logits.topk(p.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+def sample_row(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+    """Sample one token from one row of logits [V], safe for every temperature/top_p/top_k the params admit.
+
+    In float64 and relative to the row's maximum, so dividing by a tiny temperature gives 0 for the best
+    token and -inf (never nan) for the rest; the best token always survives top-k and top-p, so the
+    distribution handed to multinomial is never empty or nan. A row whose logits are not finite falls
+    back to its argmax.
+    """
+    x = logits.double()
+    best = int(x.argmax())
+    if not torch.isfinite(x[best]):
+        return torch.tensor(best)
+    x = (x - x[best]) / p.temperature
+    x = x.nan_to_num(nan=-math.inf)
+    if p.top_k and p.top_k < x.numel():
+        kth = x.topk(p.top_k).values[-1]
+        x = x.masked_fill(x < kth, -math.inf)
     if p.top_p < 1:
-        sorted_logits, order = logits.sort(descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= p.top_p  # keep the smallest prefix reaching top_p
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-    probs = logits.softmax(-1)
+        sorted_x, order = x.sort(descending=True)
+        probs = sorted_x.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= p.top_p  # keep the smallest prefix reaching top_p
+        drop[0] = False  # the best token, even when top_p is below every probability
+        x = x.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), -math.inf)
+    probs = x.softmax(-1)
+    if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+        return torch.tensor(best)
     return torch.multinomial(probs, 1, generator=generator)[0]

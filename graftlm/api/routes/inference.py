@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Request
@@ -15,16 +15,24 @@ from pydantic import BaseModel, ConfigDict, Field
 from graftlm.clusters.hosting import get_runtime
 from graftlm.data.render import render_prompt
 from graftlm.errors import GraftError
-from graftlm.serve.sampler import SamplingParams
+from graftlm.serve.sampler import SEED_RANGE, SamplingParams
 
 router = APIRouter()
 DEFAULT_MAX_TOKENS = 512
+MAX_STOPS, MAX_STOP_CHARS = 16, 1000  # matched against the text at every token
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text"]  # image/audio parts: 400 naming the part, not silently dropped
+    text: str
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
 
 
 class Sampling(BaseModel):
@@ -36,8 +44,8 @@ class Sampling(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
     n: int = Field(1, ge=1, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOPS)] | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool = False
     stream_options: dict[str, Any] | None = None
 
@@ -55,8 +63,8 @@ class CompletionRequest(Sampling):
 
 
 def message_text(m: ChatMessage) -> str:
-    if isinstance(m.content, list):  # content parts: keep the text ones
-        return "".join(p.get("text", "") for p in m.content if p.get("type") == "text")
+    if isinstance(m.content, list):
+        return "".join(p.text for p in m.content)
     return m.content or ""
 
 
