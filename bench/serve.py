@@ -25,7 +25,7 @@ import torch
 from graftlm.serve import Engine, SamplingParams, default_dtype
 from graftlm.serve.adapters import read_adapter
 from graftlm.serve.model import read_shape
-from graftlm.serve.testing import make_peft_adapters
+from graftlm.testing.adapters import make_peft_adapters
 
 RESULTS = Path(__file__).parent / "results" / "serve.json"
 
@@ -33,7 +33,7 @@ RESULTS = Path(__file__).parent / "results" / "serve.json"
 def build_random_llama(path: Path) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from graftlm.testing import build_tiny_tokenizer
+    from graftlm.testing.models import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=576, intermediate_size=1536, num_hidden_layers=30,

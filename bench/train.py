@@ -33,7 +33,7 @@ def random_model(path: Path, layers: int) -> Path:
     """SmolLM2-135M's shape with random weights and the tiny test tokenizer (ids < 384, vocab 49152)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from graftlm.testing import build_tiny_tokenizer
+    from graftlm.testing.models import build_tiny_tokenizer
     tok = build_tiny_tokenizer()
     cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
                       num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,

@@ -60,7 +60,7 @@ def child_ours(path: str) -> dict:
 
 def child_tokenized(path: str) -> dict:
     from graftlm.data.validate import validate_file
-    from graftlm.testing import build_tiny_tokenizer
+    from graftlm.testing.models import build_tiny_tokenizer
     tokenizer = build_tiny_tokenizer()
     start, cpu = time.perf_counter(), time.process_time()
     report = validate_file(path, tokenizer=tokenizer, context_length=512)

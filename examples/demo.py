@@ -43,7 +43,7 @@ def load_test() -> list[tuple[list[dict], str]]:
 
 
 def accuracy(model_names: list[str]) -> dict[str, float]:
-    from graftlm.inference import chat_batch
+    from graftlm.inference.service import chat_batch
 
     tests = load_test()
     requests = [(m, messages) for m in model_names for messages, _ in tests]
@@ -124,7 +124,7 @@ def main() -> None:
 
     from graftlm.cli.data import print_report
     from graftlm.data.validate import validate_file
-    from graftlm.inference import chat_batch
+    from graftlm.inference.service import chat_batch
     from graftlm.models import catalog
     from graftlm.models.generate import load_hf  # noqa: F401  (warms the import path)
 

@@ -43,7 +43,7 @@ def graft_home(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    from graftlm.testing import build_tiny_llama
+    from graftlm.testing.models import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
@@ -102,6 +102,6 @@ def http(live_server):
 @pytest.fixture(scope="session")
 def varied_model_dir(tmp_path_factory):
     """The tiny Llama with weights scaled so greedy outputs differ token to token (serving tests)."""
-    from graftlm.serve.testing import build_test_llama
+    from graftlm.testing.adapters import build_test_llama
 
     return build_test_llama(tmp_path_factory.mktemp("varied-llama"))

@@ -77,7 +77,7 @@ def test_auth_is_required_except_healthz(live_server):
 def test_created_and_revoked_keys(live_server):
     import httpx
 
-    from graftlm.keys import create_key, revoke_key
+    from graftlm.keys.service import create_key, revoke_key
 
     secret, record = create_key("ci")
     hdr = {"Authorization": f"Bearer {secret}"}
@@ -112,7 +112,7 @@ def test_models_list_in_openai_shape(client, tiny_model):
 
 def test_admin_key_generated_once_with_mode_600(monkeypatch, graft_home):
     from graftlm.config import reset_settings
-    from graftlm.keys import check_key, ensure_admin_key
+    from graftlm.keys.service import check_key, ensure_admin_key
 
     monkeypatch.delenv("GRAFT_ADMIN_KEY")
     reset_settings()

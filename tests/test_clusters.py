@@ -132,7 +132,7 @@ def test_clusters_and_endpoints_over_http(http, tiny_model):
 @pytest.fixture
 def lora_of_tiny(tiny_model, tmp_path):
     """A real LoRA custom model `ft:tiny:lora:1` of `tiny` (the runtime reads its adapter config)."""
-    from graftlm.serve.testing import make_peft_adapter
+    from graftlm.testing.adapters import make_peft_adapter
 
     path = make_peft_adapter(tiny_model["path"], tmp_path / "lora", kind="lora", r=4)
     add_custom("ft:tiny:lora:1", "tiny", str(path))

@@ -11,7 +11,7 @@ import pytest
 from graftlm.data.split import dataset_hash, load_examples, split_examples, split_indices
 from graftlm.data.validate import validate_file
 from graftlm.errors import GraftError
-from graftlm.testing import build_tiny_tokenizer
+from graftlm.testing.models import build_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from tests.test_evals_ladder import LABELS, QUESTIONS, write_set
 
 def test_cli_and_router(tmp_path, varied_model_dir):
     from graftlm.api.errors import install_error_handlers
-    from graftlm.evals.api import router
-    from graftlm.evals.cli import app
+    from graftlm.api.routes.evals import router
+    from graftlm.cli.evals import app
     from graftlm.models.catalog import import_model
 
     import_model(varied_model_dir, "tiny")
@@ -54,8 +54,8 @@ def test_judge_scorer_in_runs_cli_and_api(tmp_path, varied_model_dir, monkeypatc
     from graftlm.api.errors import install_error_handlers
     from graftlm.errors import GraftError
     from graftlm.evals import run as run_module
-    from graftlm.evals.api import router
-    from graftlm.evals.cli import app
+    from graftlm.api.routes.evals import router
+    from graftlm.cli.evals import app
     from graftlm.evals.run import run_eval
     from graftlm.models.catalog import import_model
 
@@ -85,7 +85,7 @@ def test_judge_scorer_in_runs_cli_and_api(tmp_path, varied_model_dir, monkeypatc
 
 def test_unknown_fields_are_400_naming_the_field(tmp_path):
     from graftlm.api.errors import install_error_handlers
-    from graftlm.evals.api import router
+    from graftlm.api.routes.evals import router
 
     data = write_set(tmp_path / "test.jsonl", [(QUESTIONS[label][0], label) for label in LABELS])
     api = FastAPI()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 LABELS = ["balance", "transfer", "freeze"]
 QUESTIONS = {"balance": ["what is my balance", "how much money do i have", "show my account balance"],
@@ -29,11 +28,9 @@ def test_ladder_end_to_end(tmp_path, varied_model_dir):
     pairs = [(q, label) for label in LABELS for q in QUESTIONS[label]]
     train = write_set(tmp_path / "train.jsonl", pairs * 2)
     test = write_set(tmp_path / "test.jsonl", [(q + " please", label) for q, label in pairs])
-    start = time.time()
     lines = []
     result = run_ladder(train, test, "tiny", methods=("tfew", "lora"), out_dir=tmp_path / "out", few_shot_k=2,
                         rag_k=2, training_duration="2ba", context_length=256, max_tokens=4, echo=lines.append)
-    assert time.time() - start < 60
     names = [r["name"] for r in result["rungs"]]
     assert names == ["zero-shot", "few-shot", "rag", "tfew", "tfew+rag", "lora", "lora+rag"]
     saved = json.loads((tmp_path / "out" / "ladder.json").read_text())

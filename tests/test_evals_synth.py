@@ -109,7 +109,7 @@ def test_key_phrase():
 def _synth_cli():
     import typer
 
-    from graftlm.evals.cli import synth_command
+    from graftlm.cli.evals import synth_command
 
     app = typer.Typer()
     app.command("synth")(synth_command)

@@ -19,7 +19,7 @@ from graftlm.store.models import Model
 def served(varied_model_dir, tmp_path, monkeypatch):
     """`tiny` plus a LoRA and a T-Few custom model of it, and a hosting cluster with three endpoints."""
     from graftlm.models.catalog import import_model
-    from graftlm.serve.testing import make_peft_adapter
+    from graftlm.testing.adapters import make_peft_adapter
 
     tiny_model = import_model(varied_model_dir, "tiny")
 

@@ -28,7 +28,7 @@ def test_schema_needs_the_key_and_docs_pages_are_gone(live_server):
 
 
 def test_file_level_errors_have_no_line_number():
-    from graftlm.files import _format_details
+    from graftlm.files.service import _format_details
 
     report = {"errors": [{"line": None, "field": None, "message": "the file is empty"},
                          {"line": 0, "field": None, "message": "validator failed: boom"},
@@ -39,7 +39,7 @@ def test_file_level_errors_have_no_line_number():
 
 
 def test_empty_upload_status_details_name_the_file_not_a_line():
-    from graftlm.files import create_file, get_file, validate_stored_file
+    from graftlm.files.service import create_file, get_file, validate_stored_file
 
     record = create_file(io.BytesIO(b""), "empty.jsonl", "fine-tune")
     validate_stored_file(record["id"])
@@ -48,7 +48,7 @@ def test_empty_upload_status_details_name_the_file_not_a_line():
 
 
 def _stuck_files():
-    from graftlm.files import create_file
+    from graftlm.files.service import create_file
 
     good = create_file(io.BytesIO(GOOD.encode()), "good.jsonl", "fine-tune")["id"]
     bad = create_file(io.BytesIO(b"{bad\n"), "bad.jsonl", "fine-tune")["id"]
@@ -57,7 +57,7 @@ def _stuck_files():
 
 
 def test_files_left_uploaded_are_finished():
-    from graftlm.files import (create_file, finish_unfinished_files, get_file, unfinished_file_ids,
+    from graftlm.files.service import (create_file, finish_unfinished_files, get_file, unfinished_file_ids,
                                validate_stored_file)
 
     good, bad, other = _stuck_files()
@@ -73,7 +73,7 @@ def test_files_left_uploaded_are_finished():
 
 
 def test_deleted_file_is_skipped():
-    from graftlm.files import delete_file, finish_unfinished_files
+    from graftlm.files.service import delete_file, finish_unfinished_files
 
     good, bad, other = _stuck_files()
     delete_file(bad)
@@ -84,7 +84,7 @@ def test_server_start_revalidates_stuck_files():
     from fastapi.testclient import TestClient
 
     from graftlm.api.app import create_app
-    from graftlm.files import get_file
+    from graftlm.files.service import get_file
 
     good, bad, other = _stuck_files()
     with TestClient(create_app(run_scheduler=False)):

@@ -58,7 +58,7 @@ def test_export_adapter_and_merged(tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from graftlm.models.export import export_model
-    from graftlm.serve.testing import make_peft_adapter
+    from graftlm.testing.adapters import make_peft_adapter
     from graftlm.store.db import session
     from graftlm.store.models import Model
 

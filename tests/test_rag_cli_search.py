@@ -20,7 +20,7 @@ DOCS = [
 
 @pytest.fixture
 def kb():
-    from graftlm.cli import app  # noqa: F401 - import the CLI package before graftlm.rag.cli (it mounts it)
+    from graftlm.cli import app  # noqa: F401 - import the CLI package before graftlm.cli.kb (it mounts it)
 
     kb = rag.create_kb("cli-kb", chunk_size=64, chunk_overlap=8)
     rag.ingest_documents(kb, DOCS)

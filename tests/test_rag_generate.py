@@ -25,7 +25,7 @@ def served_kb(varied_model_dir, tmp_path, monkeypatch):
     """Base model `tiny`, a LoRA custom model of it behind an endpoint, and a small knowledge base."""
     from graftlm.clusters import clusters, endpoints
     from graftlm.models.catalog import import_model
-    from graftlm.serve.testing import make_peft_adapter
+    from graftlm.testing.adapters import make_peft_adapter
     from graftlm.store.db import session
     from graftlm.store.models import Model
 

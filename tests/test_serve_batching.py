@@ -8,7 +8,7 @@ import torch
 
 from graftlm.errors import NotFound
 from graftlm.serve import Engine, EngineUnavailable, QueueFull, SamplingParams
-from graftlm.serve.testing import build_test_llama, make_peft_adapter
+from graftlm.testing.adapters import build_test_llama, make_peft_adapter
 
 P = [[1, 20, 31, 45, 99, 7], [1, 5, 6, 7], [1, 200, 300, 12, 13, 14, 15, 16, 17], [1, 42]]
 

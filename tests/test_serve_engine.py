@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from graftlm.serve import Engine, SamplingParams
-from graftlm.serve.testing import build_test_llama, make_peft_adapter
+from graftlm.testing.adapters import build_test_llama, make_peft_adapter
 
 ADAPTERS = {"lora4": dict(kind="lora", r=4, seed=1),
             "lora8qv": dict(kind="lora", r=8, seed=2, target_modules=["q_proj", "v_proj"]),

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from graftlm.serve import Engine, SamplingParams
 from graftlm.serve.kv_cache import KVCache
 from graftlm.serve.paged_attention import load_kernel, paged_decode_attention
-from graftlm.serve.testing import build_test_llama, make_peft_adapter
+from graftlm.testing.adapters import build_test_llama, make_peft_adapter
 
 
 def scattered_cache(rows, max_len, kv_heads, dim, dtype, seed=0):

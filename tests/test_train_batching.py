@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from graftlm.data.render import encode_example
-from graftlm.testing import build_tiny_llama
+from graftlm.testing.models import build_tiny_llama
 from graftlm.train.batching import (IGNORE_INDEX, epoch_order, group_micro_batches, micro_batches, pack,
                                     step_examples, steps_per_epoch, target_count)
 from graftlm.train.loop import target_loss

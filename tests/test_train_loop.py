@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from graftlm.testing import build_tiny_llama
+from graftlm.testing.models import build_tiny_llama
 from graftlm.train import checkpoint as ckpt
 from graftlm.train.config import parse_config
 from graftlm.train.loop import train

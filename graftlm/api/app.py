@@ -11,12 +11,12 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI, Request
 
 from graftlm import __version__
-from graftlm import files as file_store
+from graftlm.files import service as file_store
 from graftlm.api.auth import require_key
 from graftlm.api.errors import install_error_handlers
 from graftlm.api.routes import clusters, files, fine_tuning, inference, models
-from graftlm.evals import api as evals_api
-from graftlm.rag import api as rag_api
+from graftlm.api.routes import evals as evals_api
+from graftlm.api.routes import rag as rag_api
 from graftlm.store.db import upgrade
 
 log = logging.getLogger("graftlm.api")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 
 from graftlm.errors import GraftError
-from graftlm.keys import check_key
+from graftlm.keys.service import check_key
 
 
 class Unauthorized(GraftError):

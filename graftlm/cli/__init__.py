@@ -1,6 +1,6 @@
 """`graft`: the command line (assembled in graftlm.cli.main).
 
-``app`` is resolved lazily so that modules elsewhere (graftlm.rag.cli, graftlm.evals.cli) can import
+``app`` is resolved lazily so that modules elsewhere (graftlm.cli.kb, graftlm.cli.evals) can import
 graftlm.cli.common without importing every sub-app back.
 """
 

@@ -21,7 +21,7 @@ jobs_app = typer.Typer(no_args_is_help=True)
 
 def upload_local(path: str) -> str:
     """Store a local dataset in the blob store and validate it now (no server needed)."""
-    from graftlm import files
+    from graftlm.files import service as files
 
     p = Path(path)
     if not p.exists():

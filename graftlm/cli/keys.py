@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from graftlm import keys
+from graftlm.keys import service as keys
 from graftlm.cli.common import console, friendly_errors
 
 app = typer.Typer(no_args_is_help=True)

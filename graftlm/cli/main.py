@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 
 from graftlm.cli import clusters, data, finetune, keys, models, serve
-from graftlm.rag import cli as rag_cli
-from graftlm.evals import cli as evals_cli
+from graftlm.cli import kb as rag_cli
+from graftlm.cli import evals as evals_cli
 
 app = typer.Typer(help="graftlm: fine-tune open LLMs and serve many adapters from one batch.",
                   no_args_is_help=True, pretty_exceptions_enable=False)

@@ -15,7 +15,7 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
     import uvicorn
 
     from graftlm.api.app import create_app
-    from graftlm.keys import ensure_admin_key
+    from graftlm.keys.service import ensure_admin_key
     from graftlm.store.db import upgrade
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -33,7 +33,7 @@ Reply with "Verdict: A", "Verdict: B" or "Verdict: tie"."""
 
 
 def model_judge(model: str, *, max_tokens: int = 48) -> JudgeFn:
-    from graftlm.inference import chat_batch
+    from graftlm.inference.service import chat_batch
 
     return lambda prompts: [o["text"] for o in chat_batch([(model, p) for p in prompts], max_tokens=max_tokens)]
 

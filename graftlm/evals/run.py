@@ -72,7 +72,7 @@ def build_prompts(model: str, examples: list[dict], strategy: str = "zero-shot",
 
 def generate(model: str, prompt_list: list[list[dict]], *, max_tokens: int = 32, stop=None) -> tuple[list[dict], float]:
     """All prompts in one chat_batch; returns (outputs, wall seconds)."""
-    from graftlm.inference import chat_batch
+    from graftlm.inference.service import chat_batch
 
     start = time.perf_counter()
     outs = chat_batch([(model, m) for m in prompt_list], max_tokens=max_tokens, temperature=0.0, stop=stop)

@@ -32,7 +32,7 @@ about over under more most other some any each all also only very just""".split(
 
 
 def model_generator(model: str, *, max_tokens: int = 96, temperature: float = 0.0, seed: int | None = 0) -> Generator:
-    from graftlm.inference import chat_batch
+    from graftlm.inference.service import chat_batch
 
     def generate(prompts):
         return [o["text"] for o in chat_batch([(model, p) for p in prompts], max_tokens=max_tokens,

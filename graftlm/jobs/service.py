@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from graftlm.clusters.clusters import ensure_default_fine_tuning_cluster, get_cluster_row
 from graftlm.errors import Conflict, GraftError, NotFound
-from graftlm.files import get_file_record
+from graftlm.files.service import get_file_record
 from graftlm.models.catalog import get_model
 from graftlm.store.db import session
 from graftlm.store.paging import check_limit, newest_first_page

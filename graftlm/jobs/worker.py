@@ -19,7 +19,7 @@ from pathlib import Path
 from graftlm.clusters import metering
 from graftlm.config import get_settings
 from graftlm.errors import GraftError
-from graftlm.files import create_file, file_path
+from graftlm.files.service import create_file, file_path
 from graftlm.jobs.service import add_event
 from graftlm.jobs.tracking import tracker_for
 from graftlm.models.catalog import get_model

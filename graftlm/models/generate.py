@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from graftlm.data.render import render_prompt
 from graftlm.models.catalog import get_model
-from graftlm.runtime import default_dtype, device
+from graftlm.device import default_dtype, device
 
 
 def load_hf(model_id: str):

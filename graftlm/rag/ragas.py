@@ -112,7 +112,7 @@ def evaluate(rows: list[dict], judge: Judge, embed: Embed | None = None) -> dict
 
 def chat_judge(model: str, *, max_tokens: int = 24) -> Judge:
     """A hosted model (any name /v1/chat/completions accepts) as the judge, greedy, one batch per call."""
-    from graftlm.inference import chat_batch
+    from graftlm.inference.service import chat_batch
 
     def judge(prompts: list[str]) -> list[str]:
         outs = chat_batch([(model, [{"role": "user", "content": p}]) for p in prompts], max_tokens=max_tokens)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from graftlm import runtime
+from graftlm.device import default_dtype as _default_dtype
 from graftlm.errors import GraftError, Unavailable
 
 from .adapter_cache import AdapterCache
@@ -57,7 +57,7 @@ def default_device() -> torch.device:
 
 def default_dtype(device: torch.device) -> torch.dtype:
     """GRAFT_DTYPE if set, else the device's fastest dtype: one rule for serving, chat and training."""
-    return runtime.default_dtype(device)
+    return _default_dtype(device)
 
 
 def eos_token_ids(model_path: Path, tokenizer) -> set[int]:

@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 
-from graftlm import files
+from graftlm.files import service as files
 from graftlm.config import get_settings
 from graftlm.errors import GraftError
 

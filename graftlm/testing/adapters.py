@@ -47,7 +47,7 @@ def build_test_llama(path: str | Path, seed: int = 0, weight_scale: float = 6.0)
     token (at the default init every prompt decodes to one repeated token, which would hide bugs)."""
     from safetensors.torch import load_file, save_file
 
-    from graftlm.testing import build_tiny_llama
+    from graftlm.testing.models import build_tiny_llama
 
     path = build_tiny_llama(path, seed=seed)
     f = Path(path) / "model.safetensors"

@@ -169,7 +169,7 @@ def evaluate(kb: str, questions: list[dict], *, modes: list[str], qrels: dict | 
             run = {q: [h["document_id"] for h in hits[q]] for q in judged}
             row["retrieval"] = metrics.evaluate(run, judged, k=min(10, top_k), recall_k=top_k)
         if model:
-            from graftlm.inference import chat_batch
+            from graftlm.inference.service import chat_batch
 
             passages = {q: [{**h, "index": i} for i, h in enumerate(hits[q][:context_k], start=1)] for q in hits}
             asks = [(model, grounded_messages([{"role": "user", "content": q["question"]}], passages[q["id"]]))
