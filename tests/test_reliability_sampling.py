@@ -10,7 +10,7 @@ from graftlm.errors import GraftError
 from graftlm.serve import Engine, SamplingParams
 from graftlm.serve.engine import RowFailed
 from graftlm.serve.sampler import sample, sample_row
-from graftlm.serve.testing import build_test_llama
+from graftlm.testing.adapters import build_test_llama
 
 P = [[1, 20, 31, 45, 99, 7], [1, 5, 6, 7], [1, 200, 300, 12, 13, 14, 15, 16, 17], [1, 42]]
 HOSTILE = [dict(top_p=1e-300), dict(temperature=1e-300), dict(temperature=1e-45, top_k=1),
