@@ -50,8 +50,16 @@ def test_sdk_drives_a_tfew_job_to_a_custom_model(client, tiny_model):
                                          method=hyper(training_method="tfew", n_epochs=2, batch_size=4,
                                                       log_model_metrics_interval_in_steps=1))
     assert job.status in ("queued", "validating_files") and job.id.startswith("ftjob-")
+    shown = job.to_dict()["hyperparameters"]
+    assert (shown["n_epochs"], shown["batch_size"], shown["learning_rate"]) == (2, 4, "auto")
+    assert not [k for k in shown if k.startswith("lora_")]  # only what T-Few reads is shown
     job = wait_job(client, job.id)
     assert job.status == "succeeded", job.error
+    # auto's pick is shown once training chose it, and its reason is in the events
+    picked = job.to_dict()["hyperparameters"]["learning_rate"]
+    assert isinstance(picked, float) and picked == job.to_dict()["run_info"]["auto"]["picks"]["learning_rate"]["value"]
+    assert any(e.message.startswith("auto hyperparameters: learning_rate")
+               for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data)
     assert job.fine_tuned_model == f"ft:tiny:toy:{job.id}"
     assert job.trained_tokens > 0 and job.result_files
     # 16 examples, 80:20 split → 13 train (ceil(13/4) = 4 steps per epoch) × 2 epochs
@@ -87,6 +95,8 @@ def test_sdk_drives_a_tfew_job_to_a_custom_model(client, tiny_model):
     ({"log_model_metrics_interval_in_steps": -1}, "log_model_metrics_interval_in_steps"),
     ({"training_method": "magic"}, "training_method"),
     ({"lora_r": 0}, "lora_r"),
+    ({"training_method": "tfew", "lora_r": 8}, "lora_r"),
+    ({"learning_rte": 1e-3}, "learning_rte"),
     ({"training_method": "qlora"}, "training_method"),
     ({"lora_target_modules": ["q_proj", "attn"]}, "lora_target_modules"),
 ])

@@ -100,6 +100,8 @@ def watch_job(job_id: str, run_here: bool = False) -> dict:
                     stats = f"loss {d['train_loss']:.3f} acc {d['train_mean_token_accuracy']:.2f}"
                     if "valid_loss" in d:
                         stats += f" | valid {d['valid_loss']:.3f}"
+                    if "valid_exact_match" in d:
+                        stats += f" exact {d['valid_exact_match']:.2f}"
                     if d.get("tokens_per_second"):
                         stats += f" | {d['tokens_per_second']:,.0f} tok/s"
                     bar.update(task, completed=d["step"], stats=stats)

@@ -11,17 +11,29 @@ from graftlm.models.catalog import get_model
 from graftlm.store.db import session
 from graftlm.store.paging import check_limit, newest_first_page
 from graftlm.store.models import FineTuningJob, JobCheckpoint, JobEvent, new_id, now
-from graftlm.train.config import check_runtime, parse_config
+from graftlm.train.config import METHOD_FIELDS, check_runtime, parse_config
 
 ACTIVE = ("validating_files", "queued", "running", "paused")
 FINISHED = ("succeeded", "failed", "cancelled")
 OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+AUTO_FIELDS = ("total_training_epochs", "training_batch_size", "learning_rate")  # auto picks at training time
+
+
+def shown_hyperparameters(cfg: dict, run_info: dict | None) -> dict:
+    """The job's hyperparameters as OpenAI shows them: ``"auto"`` until training picks a value, then the
+    value; fields another method would read are left out."""
+    picks = ((run_info or {}).get("auto") or {}).get("picks") or {}
+    method = cfg.get("training_method", "lora")
+    shown = {k: v for k, v in cfg.items() if method in METHOD_FIELDS.get(k, (method,))}
+    for name in AUTO_FIELDS:
+        if shown.get(name) is None:
+            shown[name] = picks.get(name, {}).get("value", "auto")
+    return {"n_epochs": shown["total_training_epochs"], "batch_size": shown["training_batch_size"],
+            "learning_rate_multiplier": cfg.get("learning_rate_multiplier") or "auto", **shown}
 
 
 def job_to_dict(j: FineTuningJob) -> dict:
-    cfg = j.config
-    hyper = {"n_epochs": cfg.get("total_training_epochs"), "batch_size": cfg.get("training_batch_size"),
-             "learning_rate_multiplier": cfg.get("learning_rate_multiplier") or "auto", **cfg}
+    hyper = shown_hyperparameters(j.config, j.run_info)
     return {"object": "fine_tuning.job", "id": j.id, "model": j.model, "status": j.status,
             "fine_tuned_model": j.fine_tuned_model, "trained_tokens": j.trained_tokens, "error": j.error,
             "result_files": j.result_files or [], "hyperparameters": hyper,
@@ -41,7 +53,7 @@ def _hyperparameters(method: dict | None, hyperparameters: dict | None) -> dict:
         if kind != "supervised":
             raise GraftError(f"method.type {kind!r} is not supported; use \"supervised\"", param="method.type")
         merged |= (method.get("supervised") or {}).get("hyperparameters") or {}
-    for name in OPENAI_HYPERPARAMETERS:  # "auto" means: the OCI default
+    for name in OPENAI_HYPERPARAMETERS:  # "auto" means: the default (itself auto unless defaults is "oci")
         if merged.get(name) == "auto":
             merged.pop(name)
     return merged

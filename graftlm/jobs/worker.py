@@ -98,6 +98,9 @@ def make_event_sink(job_id: str, tracker=None):
                 add_event(s, job_id, f"step {data['step']}: " + ", ".join(parts), type="metrics", data=data)
             else:
                 add_event(s, job_id, event["message"], level=event.get("level", "info"), data=data)
+                if "auto_hyperparameters" in data:  # the job shows auto's picks from now on
+                    job = s.get(FineTuningJob, job_id)
+                    job.run_info = {**(job.run_info or {}), "auto": data["auto_hyperparameters"]}
             if time.time() - last_beat[0] > HEARTBEAT_SECONDS or event["type"] != "message":
                 s.get(FineTuningJob, job_id).heartbeat_at = last_beat[0] = time.time()
 
@@ -116,7 +119,8 @@ def metrics_csv(job_id: str) -> bytes:
 
     from graftlm.store.models import JobEvent
 
-    cols = ["step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    cols = ["step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
+            "valid_exact_match"]
     lines = [",".join(cols)]
     with session() as s:
         for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")

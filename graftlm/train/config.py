@@ -1,13 +1,22 @@
-"""Fine-tuning hyperparameters: one pydantic model, OCI names and defaults, OpenAI/Databricks aliases.
+"""Fine-tuning hyperparameters: one pydantic model, OCI names, OpenAI/Databricks aliases.
 
-Method-specific defaults (learning rate, early stopping) are resolved at validation time, so a
-validated ``FineTuneConfig`` never holds ``None`` for them. Aliases (``n_epochs``, ``batch_size``,
-``learning_rate_multiplier``, ``training_duration``, ``method``, ``max_seq_length``) are mapped onto
-the OCI names and kept as given, so a job records what the user asked for.
+Two sets of defaults, chosen by ``defaults``:
+
+- ``"auto"`` (the default): LoRA r 16, alpha 2r, dropout 0.05, warmup 10%; epochs, batch size and
+  learning rate are left ``None`` here and chosen at training time from the dataset and the model
+  (``graftlm.train.auto``), unless given.
+- ``"oci"``: OCI's documented values (3 epochs, batch 8, T-Few 0.01 / LoRA 2e-4 / vanilla 1e-5,
+  LoRA r 8, alpha 8, dropout 0.1, warmup 3%), all resolved here.
+
+Explicit values always win. Early-stopping defaults are method-specific in both. Aliases
+(``n_epochs``, ``batch_size``, ``learning_rate_multiplier``, ``training_duration``, ``method``,
+``max_seq_length``) are mapped onto the OCI names and kept as given, so a job records what the user
+asked for. A field that belongs to another method is refused, naming the method it belongs to.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Literal
 
@@ -18,7 +27,17 @@ from graftlm.errors import GraftError
 Method = Literal["tfew", "lora", "qlora", "vanilla"]
 TaskType = Literal["CHAT_COMPLETION", "CONTINUED_PRETRAIN"]
 
-DEFAULT_LEARNING_RATE = {"tfew": 1e-2, "lora": 2e-4, "qlora": 2e-4, "vanilla": 1e-5}
+Defaults = Literal["auto", "oci"]
+
+DEFAULT_LEARNING_RATE = {"tfew": 1e-2, "lora": 2e-4, "qlora": 2e-4, "vanilla": 1e-5}  # OCI's
+OCI_DEFAULTS = {"total_training_epochs": 3, "training_batch_size": 8, "lora_r": 8, "lora_alpha": 8,
+                "lora_dropout": 0.1, "warmup_ratio": 0.03}
+AUTO_STATIC_DEFAULTS = {"lora_r": 16, "lora_dropout": 0.05, "warmup_ratio": 0.1}  # lora_alpha: 2 x lora_r
+AUTO_MAX_LR_SCALE = 2.0  # the auto learning rate is at most 2x the method's auto base (batch 32)
+METHOD_FIELDS = {  # hyperparameters only some methods read
+    "lora_r": ("lora", "qlora"), "lora_alpha": ("lora", "qlora"), "lora_dropout": ("lora", "qlora"),
+    "lora_target_modules": ("lora", "qlora"), "num_of_last_layers": ("vanilla",),
+}
 DEFAULT_PATIENCE = {"tfew": 6, "lora": 15, "qlora": 15, "vanilla": 15}
 DEFAULT_THRESHOLD = {"tfew": 1e-2, "lora": 1e-4, "qlora": 1e-4, "vanilla": 1e-4}
 LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -31,17 +50,19 @@ class FineTuneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True)
 
     training_method: Method = Field("lora", validation_alias=AliasChoices("training_method", "method"))
+    defaults: Defaults = Field("auto", description='"auto": chosen from the data and model at training time; '
+                               '"oci": OCI\'s documented defaults')
     task_type: TaskType = "CHAT_COMPLETION"
-    total_training_epochs: int = Field(3, ge=1, description="passes over the training split")
+    total_training_epochs: int | None = Field(None, ge=1, description="passes over the training split; None: default")
     learning_rate: float | None = Field(None, gt=0, le=1, description="None: the method's default")
-    training_batch_size: int = Field(8, ge=1, description="examples per optimizer step")
+    training_batch_size: int | None = Field(None, ge=1, description="examples per optimizer step; None: default")
     early_stopping_patience: int | None = Field(None, ge=0, description="evaluations without improvement; 0 disables")
     early_stopping_threshold: float | None = Field(None, ge=0, description="minimum decrease of validation loss")
     log_model_metrics_interval_in_steps: int = Field(10, ge=0, description="every step up to 20, then every N; 0 disables")
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(8, ge=1)
-    lora_dropout: float = Field(0.1, ge=0, lt=1)
-    lora_target_modules: list[str] = Field(default_factory=lambda: list(LLAMA_LINEAR_MODULES))
+    lora_r: int | None = Field(None, ge=1, description="LoRA rank; None: 16 (auto) or 8 (oci)")
+    lora_alpha: int | None = Field(None, ge=1, description="None: 2 x lora_r (auto) or 8 (oci)")
+    lora_dropout: float | None = Field(None, ge=0, lt=1, description="None: 0.05 (auto) or 0.1 (oci)")
+    lora_target_modules: list[str] | None = Field(None, description="None: every linear layer of the decoder")
     num_of_last_layers: int | None = Field(None, ge=1, description="vanilla: train only the last N decoder layers; None = all")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides total_training_epochs")
     eval_interval_steps: int | None = Field(None, ge=1, description="None: evaluate at the end of every epoch")
@@ -51,7 +72,7 @@ class FineTuneConfig(BaseModel):
     gradient_checkpointing: bool = False
     micro_batch_size: int | None = Field(None, ge=1, description="max examples per forward pass; None = token budget only")
     max_tokens_per_micro_batch: int = Field(2048, ge=8, description="token budget of one packed forward pass")
-    warmup_ratio: float = Field(0.03, ge=0, le=1)
+    warmup_ratio: float | None = Field(None, ge=0, le=1, description="None: 0.1 (auto) or 0.03 (oci)")
     lr_scheduler: Literal["cosine", "linear"] = "cosine"
     weight_decay: float = Field(0.0, ge=0)
 
@@ -93,6 +114,8 @@ class FineTuneConfig(BaseModel):
     @field_validator("lora_target_modules")
     @classmethod
     def _targets(cls, v):
+        if v is None:
+            return v
         if not v:
             raise ValueError("name at least one module")
         unknown = [m for m in v if m not in LLAMA_LINEAR_MODULES]
@@ -119,17 +142,49 @@ class FineTuneConfig(BaseModel):
         if self.learning_rate_multiplier not in (None, "auto"):
             if self.learning_rate is not None:
                 raise _field_error("learning_rate_multiplier", "give learning_rate or learning_rate_multiplier, not both")
-            lr = DEFAULT_LEARNING_RATE[method] * self.learning_rate_multiplier
-            if lr > 1:
-                raise _field_error("learning_rate_multiplier", f"gives a learning rate of {lr:g}, above 1")
-            self.learning_rate = lr
-        if self.learning_rate is None:
+            if self.defaults == "oci":
+                lr = DEFAULT_LEARNING_RATE[method] * self.learning_rate_multiplier
+                if lr > 1:
+                    raise _field_error("learning_rate_multiplier", f"gives a learning rate of {lr:g}, above 1")
+                self.learning_rate = lr
+            else:  # scales the auto learning rate, chosen at training time
+                from graftlm.train.auto import AUTO_BASE_LEARNING_RATE
+                lr = AUTO_BASE_LEARNING_RATE[method] * AUTO_MAX_LR_SCALE * self.learning_rate_multiplier
+                if lr > 1:
+                    raise _field_error("learning_rate_multiplier", f"can give a learning rate of {lr:g}, above 1")
+        defaults = OCI_DEFAULTS if self.defaults == "oci" else AUTO_STATIC_DEFAULTS
+        if self.defaults == "oci" and self.learning_rate is None:
             self.learning_rate = DEFAULT_LEARNING_RATE[method]
+        for name, value in defaults.items():  # a field another method reads stays None (and unstored)
+            if getattr(self, name) is None and method in METHOD_FIELDS.get(name, (method,)):
+                setattr(self, name, value)
+        if method in METHOD_FIELDS["lora_r"]:
+            if self.lora_alpha is None:
+                self.lora_alpha = 2 * self.lora_r
+            if self.lora_target_modules is None:
+                self.lora_target_modules = list(LLAMA_LINEAR_MODULES)
         if self.early_stopping_patience is None:
             self.early_stopping_patience = DEFAULT_PATIENCE[method]
         if self.early_stopping_threshold is None:
             self.early_stopping_threshold = DEFAULT_THRESHOLD[method]
         return self
+
+
+    @property
+    def resolved(self) -> bool:
+        """Whether epochs, batch size and learning rate are all known (auto resolves them at training time)."""
+        return None not in (self.total_training_epochs, self.training_batch_size, self.learning_rate)
+
+
+def check_method_fields(data: dict) -> None:
+    """A hyperparameter another method reads is refused: it would silently do nothing."""
+    method = data.get("training_method", data.get("method", "lora"))
+    for name, methods in METHOD_FIELDS.items():
+        if data.get(name) is not None and method not in methods:
+            hint = " or ".join(f'"{m}"' for m in methods)
+            raise GraftError(f"invalid hyperparameter {name}: it applies to training_method {hint}, not "
+                             f'"{method}"; did you mean training_method {hint}, or to leave {name} out?',
+                             param=name, code="invalid_hyperparameter")
 
 
 def _field_error(field: str, message: str) -> ValidationError:
@@ -143,6 +198,9 @@ def graft_error(exc: ValidationError) -> GraftError:
     err = exc.errors()[0]
     field = ".".join(str(p) for p in err["loc"]) or None
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden" and field:
+        close = difflib.get_close_matches(field, FineTuneConfig.model_fields, n=1, cutoff=0.6)
+        msg = "unknown hyperparameter" + (f"; did you mean {close[0]}?" if close else "")
     return GraftError(f"invalid hyperparameter {field}: {msg}", param=field, code="invalid_hyperparameter")
 
 
@@ -150,8 +208,11 @@ def parse_config(data: dict | FineTuneConfig | None = None, **overrides) -> Fine
     """Validate user hyperparameters; raises GraftError(param=field) on the first bad one."""
     if isinstance(data, FineTuneConfig):
         data = data.model_dump(exclude_unset=True)
+    data = {**(data or {}), **overrides}
+    if data.get("training_method", data.get("method", "lora")) in ("tfew", "lora", "qlora", "vanilla"):
+        check_method_fields(data)  # an unknown method is reported by validation instead
     try:
-        return FineTuneConfig.model_validate({**(data or {}), **overrides})
+        return FineTuneConfig.model_validate(data)
     except ValidationError as exc:
         raise graft_error(exc) from None
 

@@ -8,8 +8,15 @@
 Events (``on_event`` receives plain dicts):
     {"type": "message", "level": "info", "message": str, "data": {...}}
     {"type": "metrics", "data": {"step", "train_loss", "train_mean_token_accuracy",
-                                 ["valid_loss", "valid_mean_token_accuracy"]}}
+                                 ["valid_loss", "valid_mean_token_accuracy", ["valid_exact_match"]]}}
     {"type": "checkpoint", "data": {"step", "path", "metrics"}}
+
+``valid_exact_match`` is the share of validation examples whose every target token (the whole
+completion, its end token included) is the model's argmax given the reference prefix: exactly the
+examples greedy decoding would answer word for word. It comes from the validation forward pass
+(no generation), and is reported when the validation completions are short (every one at most
+``EXACT_MATCH_MAX_TARGETS`` tokens: labels, short extractions); then it decides which evaluation is
+best (ties: lower loss) and so early stopping and the kept checkpoint. Otherwise validation loss does.
 """
 
 from __future__ import annotations
@@ -28,12 +35,14 @@ import torch.nn.functional as F
 
 from graftlm.data.render import encode_example
 from graftlm.errors import GraftError
+from graftlm.train import auto as auto_hp
 from graftlm.train import checkpoint as ckpt
 from graftlm.train.batching import IGNORE_INDEX, micro_batches, step_examples, steps_per_epoch, target_count
 from graftlm.train.config import FineTuneConfig, check_runtime, parse_config
 from graftlm.train.methods import count_parameters, get_method
 
 MAX_GRAD_NORM = 1.0
+EXACT_MATCH_MAX_TARGETS = 48  # validation completions up to this many target tokens get valid_exact_match
 
 
 @dataclass
@@ -103,8 +112,8 @@ def causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def target_loss(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of cross-entropy, number of correct argmax) over target positions only.
+def target_logits(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, labels, row of each) at target positions only.
 
     The LM head runs on the hidden states of target positions alone: with short assistant answers
     and a 49k vocabulary, full logits would cost more than the rest of the model.
@@ -114,8 +123,13 @@ def target_loss(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]
                       use_cache=False).last_hidden_state
     targets = batch["targets"].to(device)
     keep = targets != IGNORE_INDEX
-    logits = lm.lm_head(hidden[keep]).float()
-    labels = targets[keep]
+    rows = keep.nonzero()[:, 0]
+    return lm.lm_head(hidden[keep]).float(), targets[keep], rows
+
+
+def target_loss(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of cross-entropy, number of correct argmax) over target positions only."""
+    logits, labels, _ = target_logits(model, batch, device)
     loss_sum = F.cross_entropy(logits, labels, reduction="sum")
     correct = (logits.detach().argmax(-1) == labels).sum()
     return loss_sum, correct
@@ -132,17 +146,45 @@ def learning_rate_at(step: int, cfg: FineTuneConfig, total_steps: int) -> float:
     return cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def reports_exact_match(examples: list[dict], cfg: FineTuneConfig) -> bool:
+    """Short completions (labels, short extractions): exact match is the task's measure."""
+    return (cfg.task_type == "CHAT_COMPLETION" and bool(examples)
+            and max(target_count(e) for e in examples) <= EXACT_MATCH_MAX_TARGETS)
+
+
 @torch.no_grad()
-def evaluate(model, examples: list[dict], cfg: FineTuneConfig, device, dtype) -> dict:
+def evaluate(model, examples: list[dict], cfg: FineTuneConfig, device, dtype, exact_match: bool = False) -> dict:
+    """Validation loss and token accuracy (OCI's), and valid_exact_match when asked for."""
     model.eval()
-    loss_sum = correct = 0.0
+    loss_sum = correct = exact = 0.0
     n = sum(target_count(e) for e in examples)
     for batch in micro_batches(examples, cfg.max_tokens_per_micro_batch, cfg.micro_batch_size):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            s, c = target_loss(model, batch, device)
-        loss_sum += s.item()
-        correct += c.item()
-    return {"valid_loss": loss_sum / max(n, 1), "valid_mean_token_accuracy": correct / max(n, 1)}
+            logits, labels, rows = target_logits(model, batch, device)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        hits = logits.argmax(-1) == labels
+        correct += hits.sum().item()
+        # one example per row: a row is an exact match when none of its targets is missed
+        misses = torch.zeros(batch["input_ids"].shape[0], dtype=torch.long, device=hits.device)
+        misses.index_add_(0, rows, (~hits).long())
+        has_targets = torch.zeros_like(misses).index_add_(0, rows, torch.ones_like(rows))
+        exact += ((misses == 0) & (has_targets > 0)).sum().item()
+    out = {"valid_loss": loss_sum / max(n, 1), "valid_mean_token_accuracy": correct / max(n, 1)}
+    if exact_match:
+        out["valid_exact_match"] = exact / max(len(examples), 1)
+    return out
+
+
+def improves(metrics: dict, best: dict | None, threshold: float) -> bool:
+    """Whether an evaluation beats the best so far: higher exact match when reported (ties: loss lower by
+    ``threshold``), else validation loss lower by ``threshold``."""
+    if not best:
+        return True
+    loss_better = best["valid_loss"] - metrics["valid_loss"] >= threshold
+    if "valid_exact_match" in metrics and "valid_exact_match" in best:
+        em, best_em = metrics["valid_exact_match"], best["valid_exact_match"]
+        return em > best_em or (em == best_em and loss_better)
+    return loss_better
 
 
 def run_info(cfg: FineTuneConfig, device, dtype, base_model_path) -> dict:
@@ -179,8 +221,6 @@ def train(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict
     if not train_set:
         raise GraftError("no training example has a token to learn (assistant turns with weight 1, or text)",
                          param="training_file")
-    per_epoch = steps_per_epoch(len(train_set), cfg.training_batch_size)
-    total_steps = cfg.max_steps or cfg.total_training_epochs * per_epoch
 
     # model: fp32 master weights; the method decides what trains
     method = get_method(cfg.training_method)
@@ -189,6 +229,11 @@ def train(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict
     if "device_map" not in extra:
         model.to(device)
     model = method.prepare(model, cfg)
+    # auto: epochs, batch size, learning rate from the data and the model (deterministic, so a resumed run agrees)
+    cfg, auto = auto_hp.resolve(cfg, auto_hp.dataset_stats(train_set), model.config.hidden_size)
+    per_epoch = steps_per_epoch(len(train_set), cfg.training_batch_size)
+    total_steps = cfg.max_steps or cfg.total_training_epochs * per_epoch
+    exact_match = reports_exact_match(valid_set, cfg)
     if cfg.gradient_checkpointing:
         causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
@@ -199,6 +244,8 @@ def train(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8)
     info = run_info(cfg, device, dtype, base_model_path)
+    if auto:
+        info["auto"] = auto
     state = {"step": 0, "epoch": 0, "best_loss": None, "best_step": None, "bad_evals": 0,
              "trained_tokens": 0, "metrics": {}, "best_metrics": {}, "last_saved_step": None}
     if resume_from is not None:
@@ -211,6 +258,8 @@ def train(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "run_info.json").write_text(json.dumps(info, indent=1))
+        if auto.get("picks"):
+            say(auto_hp.describe(auto), auto_hyperparameters=auto)
         say(f"training started: {cfg.training_method}, {len(train_set)} examples, {total_steps} steps",
             train_examples=len(train_set), valid_examples=len(valid_set), total_steps=total_steps,
             steps_per_epoch=per_epoch, device=str(device), dtype=info["autocast_dtype"])
@@ -257,13 +306,14 @@ def train(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict
         end_of_epoch = step % per_epoch == 0
         at_eval = step == total_steps or (step % cfg.eval_interval_steps == 0 if cfg.eval_interval_steps else end_of_epoch)
         if at_eval and valid_set:
-            metrics.update(evaluate(model, valid_set, cfg, device, dtype))
-            best = state["best_loss"]
-            if best is None or best - metrics["valid_loss"] >= cfg.early_stopping_threshold:
+            metrics.update(evaluate(model, valid_set, cfg, device, dtype, exact_match))
+            if improves(metrics, state["best_metrics"] if state["best_step"] is not None else None,
+                        cfg.early_stopping_threshold):
                 state.update(best_loss=metrics["valid_loss"], best_step=step, bad_evals=0, best_metrics=metrics)
             else:
                 state["bad_evals"] += 1
-            if cfg.early_stopping_patience and state["bad_evals"] >= cfg.early_stopping_patience:
+            if (cfg.early_stopping_patience and state["bad_evals"] >= cfg.early_stopping_patience
+                    and step < total_steps):  # at the last step training simply finishes
                 stop_reason = "early_stop"
         state["metrics"] = metrics
         interval = cfg.log_model_metrics_interval_in_steps
@@ -275,9 +325,13 @@ def train(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict
         if at_eval or (cfg.checkpoint_interval_steps and step % cfg.checkpoint_interval_steps == 0):
             checkpoint()
         if stop_reason == "early_stop":
-            say(f"early stopping at step {step}: validation loss has not improved by "
-                f"{cfg.early_stopping_threshold} for {state['bad_evals']} evaluations; best step {state['best_step']}",
-                step=step, best_step=state["best_step"], best_valid_loss=state["best_loss"])
+            measure = ("validation exact match has not risen (nor, at equal exact match, validation loss fallen "
+                       f"by {cfg.early_stopping_threshold})" if exact_match else
+                       f"validation loss has not improved by {cfg.early_stopping_threshold}")
+            say(f"early stopping at step {step} of {total_steps}: {measure} for {state['bad_evals']} evaluations; "
+                f"best step {state['best_step']}", step=step, best_step=state["best_step"],
+                best_valid_loss=state["best_loss"],
+                best_valid_exact_match=state["best_metrics"].get("valid_exact_match"))
             break
         request = should_stop() if should_stop else None
         if request in ("pause", "cancel"):

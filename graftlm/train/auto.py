@@ -1,0 +1,90 @@
+"""``defaults: "auto"``: epochs, batch size and learning rate chosen from the dataset and the model.
+
+The rule (deterministic: the same dataset, method and model give the same picks; explicit values win):
+
+- batch size: 4 below 100 training examples, 8 below 1,000, else 16.
+- epochs: enough for about 100 optimizer steps, between 3 and 10; above 10,000 examples fewer than 3, so
+  that a run sees at most 30,000 examples. OCI's default (3 epochs, batch 8) is what auto replaces: from
+  267 examples up, auto trains 3 epochs too; at 200 examples it trains 4 (1.33x the OCI default's cost);
+  below, the minimum of 100 steps costs more than 3 epochs but stays small in absolute terms.
+- learning rate: the method's base x min(1, 576 / hidden_size) x sqrt(batch / 8), times
+  ``learning_rate_multiplier`` when given. The bases were measured on SmolLM2-135M (hidden 576, fp32
+  CPU) on CLINC150 banking intents (see README, bench/quality.py): LoRA 2e-3 (OCI's 2e-4 leaves it
+  undertrained), T-Few 1e-2, vanilla 5e-5. Wider models get proportionally smaller rates (the usual
+  width scaling), larger batches sqrt-scaled ones.
+
+Training-set statistics (examples, target tokens, distinct completions) are reported with the picks.
+"""
+
+from __future__ import annotations
+
+import math
+
+from graftlm.train.batching import IGNORE_INDEX, target_count
+from graftlm.train.config import FineTuneConfig
+
+AUTO_BASE_LEARNING_RATE = {"tfew": 1e-2, "lora": 2e-3, "qlora": 2e-3, "vanilla": 5e-5}
+REFERENCE_HIDDEN = 576  # SmolLM2-135M, where the bases were measured
+MIN_STEPS = 100
+MIN_EPOCHS, MAX_EPOCHS = 3, 10
+MAX_EXAMPLES_SEEN = 30_000
+
+
+def dataset_stats(encoded: list[dict]) -> dict:
+    """examples, target tokens and distinct completions (target token sequences) of an encoded split."""
+    completions = {tuple(t for t in ex["labels"][1:] if t != IGNORE_INDEX) for ex in encoded}
+    targets = sum(target_count(ex) for ex in encoded)
+    return {"examples": len(encoded), "target_tokens": targets, "distinct_completions": len(completions),
+            "mean_target_tokens": round(targets / max(len(encoded), 1), 2)}
+
+
+def auto_batch_size(n: int) -> int:
+    return 4 if n < 100 else 8 if n < 1000 else 16
+
+
+def auto_epochs(n: int, batch: int) -> int:
+    if n * MIN_EPOCHS > MAX_EXAMPLES_SEEN:
+        return max(1, MAX_EXAMPLES_SEEN // n)
+    return min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(MIN_STEPS * batch / max(n, 1))))
+
+
+def auto_learning_rate(method: str, hidden_size: int, batch: int) -> float:
+    width = min(1.0, REFERENCE_HIDDEN / hidden_size)
+    return AUTO_BASE_LEARNING_RATE[method] * width * math.sqrt(batch / 8)
+
+
+def resolve(cfg: FineTuneConfig, stats: dict, hidden_size: int) -> tuple[FineTuneConfig, dict]:
+    """(a config with epochs, batch size and learning rate set, the auto picks with their reasons).
+
+    The picks are empty for ``defaults: "oci"`` or when every value was given."""
+    if cfg.resolved:
+        return cfg, {}
+    n, picks, update = stats["examples"], {}, {}
+    batch = cfg.training_batch_size
+    if batch is None:
+        batch = update["training_batch_size"] = auto_batch_size(n)
+        picks["training_batch_size"] = {"value": batch, "why": f"{n} training examples: "
+                                        "4 below 100, 8 below 1,000, else 16"}
+    if cfg.total_training_epochs is None:
+        epochs = update["total_training_epochs"] = auto_epochs(n, batch)
+        why = ("max_steps is given, so epochs do not count" if cfg.max_steps else
+               f"about {MIN_STEPS} optimizer steps at batch {batch} over {n} examples, "
+               f"{MIN_EPOCHS} to {MAX_EPOCHS} epochs, at most {MAX_EXAMPLES_SEEN:,} examples seen")
+        picks["total_training_epochs"] = {"value": epochs, "why": why}
+    if cfg.learning_rate is None:
+        base = AUTO_BASE_LEARNING_RATE[cfg.training_method]
+        lr = auto_learning_rate(cfg.training_method, hidden_size, batch)
+        why = (f"{cfg.training_method} base {base:g} x min(1, {REFERENCE_HIDDEN}/{hidden_size} hidden) "
+               f"x sqrt({batch}/8 batch)")
+        if isinstance(cfg.learning_rate_multiplier, float):
+            lr *= cfg.learning_rate_multiplier
+            why += f" x learning_rate_multiplier {cfg.learning_rate_multiplier:g}"
+        update["learning_rate"] = float(f"{lr:.3g}")
+        picks["learning_rate"] = {"value": update["learning_rate"], "why": why}
+    return cfg.model_copy(update=update), {"picks": picks, "train_stats": stats, "hidden_size": hidden_size}
+
+
+def describe(auto: dict) -> str:
+    """One line for the job's events: what auto chose and why."""
+    parts = [f"{name} {p['value']:g} ({p['why']})" for name, p in auto["picks"].items()]
+    return "auto hyperparameters: " + "; ".join(parts)
