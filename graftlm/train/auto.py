@@ -21,9 +21,7 @@ from __future__ import annotations
 import math
 
 from graftlm.train.batching import IGNORE_INDEX, target_count
-from graftlm.train.config import FineTuneConfig
-
-AUTO_BASE_LEARNING_RATE = {"tfew": 1e-2, "lora": 2e-3, "qlora": 2e-3, "vanilla": 5e-5}
+from graftlm.train.config import AUTO_BASE_LEARNING_RATE, FineTuneConfig
 REFERENCE_HIDDEN = 576  # SmolLM2-135M, where the bases were measured
 MIN_STEPS = 100
 MIN_EPOCHS, MAX_EPOCHS = 3, 10

@@ -30,6 +30,7 @@ TaskType = Literal["CHAT_COMPLETION", "CONTINUED_PRETRAIN"]
 Defaults = Literal["auto", "oci"]
 
 DEFAULT_LEARNING_RATE = {"tfew": 1e-2, "lora": 2e-4, "qlora": 2e-4, "vanilla": 1e-5}  # OCI's
+AUTO_BASE_LEARNING_RATE = {"tfew": 1e-2, "lora": 2e-3, "qlora": 2e-3, "vanilla": 5e-5}  # see graftlm.train.auto
 OCI_DEFAULTS = {"total_training_epochs": 3, "training_batch_size": 8, "lora_r": 8, "lora_alpha": 8,
                 "lora_dropout": 0.1, "warmup_ratio": 0.03}
 AUTO_STATIC_DEFAULTS = {"lora_r": 16, "lora_dropout": 0.05, "warmup_ratio": 0.1}  # lora_alpha: 2 x lora_r
@@ -148,7 +149,6 @@ class FineTuneConfig(BaseModel):
                     raise _field_error("learning_rate_multiplier", f"gives a learning rate of {lr:g}, above 1")
                 self.learning_rate = lr
             else:  # scales the auto learning rate, chosen at training time
-                from graftlm.train.auto import AUTO_BASE_LEARNING_RATE
                 lr = AUTO_BASE_LEARNING_RATE[method] * AUTO_MAX_LR_SCALE * self.learning_rate_multiplier
                 if lr > 1:
                     raise _field_error("learning_rate_multiplier", f"can give a learning rate of {lr:g}, above 1")
