@@ -14,7 +14,7 @@ from graftlm import __version__
 from graftlm.files import service as file_store
 from graftlm.api.auth import require_key
 from graftlm.api.errors import install_error_handlers
-from graftlm.api.routes import clusters, files, fine_tuning, inference, models
+from graftlm.api.routes import clusters, console, files, fine_tuning, inference, models
 from graftlm.api.routes import evals as evals_api
 from graftlm.api.routes import rag as rag_api
 from graftlm.store.db import upgrade
@@ -68,9 +68,10 @@ def create_app(run_scheduler: bool = True) -> FastAPI:
         return app.openapi()
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
-    for module in (files, models, clusters, fine_tuning, inference, rag_api, evals_api):
+    for module in (files, models, clusters, fine_tuning, inference, rag_api, evals_api, console):
         v1.include_router(module.router)
     app.include_router(v1)
+    console.mount(app)  # the web UI's static files; its data calls are /v1 routes above
     return app
 
 

@@ -13,17 +13,18 @@ app = typer.Typer(no_args_is_help=True)
 
 @app.command("create")
 @friendly_errors
-def create(name: str = typer.Option("default", "--name")):
-    secret, record = keys.create_key(name)
+def create(name: str = typer.Option("default", "--name"),
+           role: str = typer.Option("editor", "--role", help="viewer (read) | editor (create, run, change) | admin")):
+    secret, record = keys.create_key(name, role=role)
     console.print(f"{record['id']}  {secret}\n[dim]Store this key now: it is not shown again.[/]")
 
 
 @app.command("list")
 @friendly_errors
 def list_():
-    table = Table("id", "name", "prefix", "admin", "revoked")
+    table = Table("id", "name", "prefix", "role", "revoked")
     for k in keys.list_keys():
-        table.add_row(k["id"], k["name"], k["prefix"] + "…", "yes" if k["is_admin"] else "",
+        table.add_row(k["id"], k["name"], k["prefix"] + "…", k["role"],
                       "yes" if k["revoked_at"] else "")
     console.print(table)
 

@@ -10,9 +10,13 @@ from pathlib import Path
 from sqlalchemy import select
 
 from graftlm.config import get_settings
-from graftlm.errors import NotFound
+from graftlm.errors import GraftError, NotFound
 from graftlm.store.db import session
 from graftlm.store.models import ApiKey, new_id, now
+
+
+# viewer reads; editor also creates, runs and changes; admin also manages keys (the CLI, for now)
+ROLES = ("viewer", "editor", "admin")
 
 
 def hash_key(key: str) -> str:
@@ -20,15 +24,20 @@ def hash_key(key: str) -> str:
 
 
 def _key_dict(k: ApiKey) -> dict:
-    return {"id": k.id, "name": k.name, "prefix": k.prefix, "is_admin": k.is_admin,
+    return {"id": k.id, "name": k.name, "prefix": k.prefix, "is_admin": k.is_admin, "role": k.role,
             "created_at": k.created_at, "revoked_at": k.revoked_at}
 
 
-def create_key(name: str, *, is_admin: bool = False, secret: str | None = None) -> tuple[str, dict]:
-    """Returns (the secret, shown once; its record)."""
+def create_key(name: str, *, is_admin: bool = False, role: str | None = None,
+               secret: str | None = None) -> tuple[str, dict]:
+    """Returns (the secret, shown once; its record). The role defaults to admin for an admin key, else editor."""
+    role = role or ("admin" if is_admin else "editor")
+    if role not in ROLES:
+        raise GraftError(f"role must be one of {', '.join(ROLES)}", param="role")
     secret = secret or "gk-" + secrets.token_urlsafe(32)
     with session() as s:
-        k = ApiKey(id=new_id("key"), name=name, prefix=secret[:8], key_hash=hash_key(secret), is_admin=is_admin)
+        k = ApiKey(id=new_id("key"), name=name, prefix=secret[:8], key_hash=hash_key(secret),
+                   is_admin=is_admin or role == "admin", role=role)
         s.add(k)
         s.flush()
         return secret, _key_dict(k)
@@ -48,13 +57,20 @@ def revoke_key(key_id: str) -> dict:
         return _key_dict(k)
 
 
-def check_key(secret: str) -> bool:
+def key_identity(secret: str) -> dict | None:
+    """{"id", "name", "role"} of a valid key, None for an unknown or revoked one."""
     admin = get_settings().admin_key
     if admin and secrets.compare_digest(secret, admin):
-        return True
+        return {"id": "admin", "name": "GRAFT_ADMIN_KEY", "role": "admin"}
     with session() as s:
         k = s.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret)))
-        return k is not None and k.revoked_at is None
+        if k is None or k.revoked_at is not None:
+            return None
+        return {"id": k.id, "name": k.name, "role": k.role}
+
+
+def check_key(secret: str) -> bool:
+    return key_identity(secret) is not None
 
 
 def ensure_admin_key() -> str | None:
