@@ -108,8 +108,10 @@ def upload_through_ui(console, name: str, data: bytes):
     page = console.page
     console.go("Datasets")
     page.locator("#upload-input").set_input_files({"name": name, "mimeType": "application/jsonl", "buffer": data})
-    expect(page.get_by_text(f"Uploaded {name} as file-")).to_be_visible()
+    done = page.get_by_text(f"Uploaded {name} as file-")
+    expect(done).to_be_visible()
     expect(page.get_by_label("Upload progress")).to_have_attribute("value", "100")
+    return re.search(r"file-\w+", done.text_content()).group(0)
 
 
 def test_a_bad_dataset_shows_its_line_errors(console):
@@ -128,3 +130,146 @@ def test_a_bad_dataset_shows_its_line_errors(console):
     expect(rows.nth(1)).to_contain_text("JSON")
     expect(detail).to_contain_text("Invalid lines")
     console.shot("bad-dataset")
+
+
+def points_shown(page) -> int:
+    text = page.locator("#curve-points").text_content() or ""
+    m = re.match(r"(\d+) training points", text)
+    return int(m.group(1)) if m else 0
+
+
+def create_job_through_ui(console, training_file: str, **hyper):
+    page = console.page
+    console.go("Fine-tuning")
+    form = page.get_by_role("form", name="New fine-tuning job")
+    form.get_by_label("Base model").select_option("tiny")
+    form.get_by_label("Training file").select_option(training_file)
+    for label, value in hyper.items():
+        control = form.locator(f"[name={label}]")
+        if control.evaluate("e => e.tagName") == "SELECT":
+            control.select_option(str(value))
+        else:
+            control.fill(str(value))
+    console.shot("job-form")
+    form.get_by_role("button", name="Create job").click()
+    expect(page.locator("#job-summary h1")).to_contain_text("ftjob-")
+    return page.locator("#job-summary h1").text_content().split()[1]
+
+
+def test_tfew_job_live_curve_host_chat_and_deactivate(console, tiny_model):
+    page = console.page
+    console.sign_in(ADMIN_KEY)
+    file_id = upload_through_ui(console, "train.jsonl", dataset(40))
+    expect(page.locator("#file-detail .badge")).to_have_text("processed")
+    # 40 examples → 32 train, batch 2 → 16 steps per epoch; enough steps to watch the curve grow
+    job_id = create_job_through_ui(console, file_id, training_method="tfew", total_training_epochs=12,
+                                   training_batch_size=2, log_model_metrics_interval_in_steps=1, suffix="ui")
+    summary = page.locator("#job-summary")
+    expect(summary.locator(".badge")).to_have_text("running")
+    expect(page.locator("#curve-points")).to_contain_text("training points")
+    first = points_shown(page)
+    assert first >= 1
+    # the page polls: the point count rises while the job runs, without a reload
+    expect(page.locator("#curve-points")).not_to_contain_text(f"{first} training points")
+    assert points_shown(page) > first
+    console.shot("job-running")
+    expect(summary.locator(".badge")).to_have_text("succeeded", timeout=240_000)
+    expect(page.locator("#curve-points")).to_contain_text("192 training points")  # 16 steps × 12 epochs
+    expect(page.locator("#curve-points")).to_contain_text(", 12 validation points")
+    expect(page.locator(".chart canvas")).to_have_count(2)
+    custom = f"ft:tiny:ui:{job_id}"
+    expect(summary).to_contain_text(custom)
+    console.shot("job-succeeded")
+
+    console.go("Models")
+    page.get_by_role("link", name=custom).click()
+    detail = page.locator("#model-detail")
+    expect(detail.get_by_role("heading", name="Lineage")).to_be_visible()
+    expect(detail).to_contain_text("tfew")
+    expect(detail).to_contain_text(job_id)
+    console.shot("model-lineage")
+
+    console.go("Clusters")
+    form = page.get_by_role("form", name="New cluster")
+    form.get_by_label("Type").select_option("HOSTING")
+    form.get_by_label("Base model (hosting)").select_option("tiny")
+    form.get_by_label("Name").fill("ui-hosting")
+    form.get_by_role("button", name="Create cluster").click()
+    clusters = page.locator("#cluster-list")
+    expect(clusters.get_by_role("cell", name="ui-hosting", exact=True)).to_be_visible()
+    expect(clusters.get_by_role("cell", name="0 of 50")).to_be_visible()
+    form = page.get_by_role("form", name="New endpoint")
+    form.get_by_label("Model").select_option(custom)
+    form.get_by_label("Name").fill("ui-bot")
+    form.get_by_role("button", name="Create endpoint").click()
+    expect(page.get_by_role("button", name="Deactivate ui-bot")).to_be_visible()
+    expect(clusters.get_by_role("cell", name="1 of 50")).to_be_visible()
+    expect(page.locator("#usage")).to_contain_text("ui-hosting")
+    console.shot("clusters")
+
+    console.go("Playground")
+    page.get_by_label("Model or endpoint").select_option("ui-bot")
+    page.get_by_label("Side by side with").select_option("tiny")
+    page.get_by_label("Max tokens").fill("12")
+    page.get_by_label("Message").fill("say hello")
+    page.get_by_role("button", name="Send").click()
+    for pane in (page.get_by_role("region", name="Answers from ui-bot"),
+                 page.get_by_role("region", name="Answers from tiny")):
+        answer = pane.locator(".msg.assistant")
+        expect(answer).to_have_attribute("data-streaming", "false")
+        assert int(answer.get_attribute("data-chunks")) >= 2  # streamed: several content chunks, not one reply
+        expect(pane).to_contain_text("tokens · finish:")
+    console.shot("playground")
+
+    console.go("Clusters")
+    page.get_by_role("button", name="Deactivate ui-bot").click()
+    expect(page.get_by_role("button", name="Activate ui-bot")).to_be_visible()
+    console.go("Playground")
+    page.get_by_label("Model or endpoint").select_option("ui-bot")
+    page.get_by_label("Message").fill("say hello")
+    page.get_by_role("button", name="Send").click()
+    pane = page.get_by_role("region", name="Answers from ui-bot")
+    expect(pane.get_by_role("alert")).to_contain_text("ui-bot is INACTIVE")
+    expect(pane.get_by_role("alert")).to_contain_text("HTTP 409")
+    console.shot("playground-refused")
+
+
+def test_a_viewer_key_sees_no_mutating_buttons_and_the_server_refuses_anyway(console, tiny_model):
+    from graftlm.clusters.clusters import create_cluster
+    from graftlm.keys import create_key
+
+    page = console.page
+    cluster = create_cluster("HOSTING", base_model="tiny", name="shared")
+    from graftlm.clusters.endpoints import create_endpoint
+
+    create_endpoint("tiny", cluster["id"], "base-bot")
+    secret, _ = create_key("auditor", role="viewer")
+    console.sign_in(secret)
+    expect(page.locator("#who")).to_contain_text("auditor · viewer (read-only)")
+    expect(page.get_by_role("heading", name="Files")).to_be_visible()
+    expect(page.get_by_role("heading", name="Upload")).to_have_count(0)
+    expect(page.locator("#upload-input")).to_have_count(0)
+    console.shot("datasets")
+    console.go("Fine-tuning")
+    expect(page.get_by_role("heading", name="Jobs")).to_be_visible()
+    expect(page.get_by_role("button", name="Create job")).to_have_count(0)
+    console.go("Clusters")
+    expect(page.locator("#endpoint-list").get_by_role("cell", name="base-bot")).to_be_visible()
+    expect(page.locator("main").get_by_role("button")).to_have_count(0)  # no create, delete, (de)activate
+    expect(page.locator("main form")).to_have_count(0)
+    console.shot("clusters")
+    console.go("Playground")
+    expect(page.get_by_role("button", name="Send")).to_be_disabled()
+    expect(page.get_by_text("Chatting needs an editor key")).to_be_visible()
+    console.shot("playground")
+    # the buttons are gone, and the server refuses the calls they would make anyway
+    statuses = page.evaluate("""async () => {
+        const key = sessionStorage.getItem("graftlm.console.key");
+        const call = (method, path, body) => fetch(path, {method, headers: {Authorization: `Bearer ${key}`,
+            "Content-Type": "application/json"}, body: body && JSON.stringify(body)}).then(r => r.status);
+        return [await call("POST", "/v1/endpoints/base-bot/deactivate"),
+                await call("POST", "/v1/dedicated_ai_clusters", {type: "HOSTING", base_model: "tiny"}),
+                await call("POST", "/v1/chat/completions", {model: "base-bot", messages: [{role: "user", content: "hi"}]}),
+                await call("GET", "/v1/endpoints")];
+    }""")
+    assert statuses == [403, 403, 403, 200]

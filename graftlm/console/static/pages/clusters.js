@@ -3,9 +3,9 @@ import { api, listAll } from "../api.js";
 import { alertBox, badge, clear, field, fmt, h, select, showFormError, table } from "../ui.js";
 
 export async function render(root, ctx) {
-  const clustersEl = h("div");
-  const endpointsEl = h("div");
-  const usageEl = h("div");
+  const clustersEl = h("div", { id: "cluster-list" });
+  const endpointsEl = h("div", { id: "endpoint-list" });
+  const usageEl = h("div", { id: "usage" });
   const forms = h("div", { class: "grid2" });
   const actionSlot = h("div", { "aria-live": "polite" });
   const price = h("input", { type: "number", min: "0", step: "any", name: "price_per_unit_hour", id: "price", placeholder: "e.g. 6.5" });

@@ -44,7 +44,7 @@ export async function render(root, ctx) {
 
   async function ask(pane, text) {
     pane.history.push({ role: "user", content: text });
-    const out = h("div", { class: "msg assistant", "data-streaming": "true" });
+    const out = h("div", { class: "msg assistant", dataset: { streaming: "true", chunks: "0" } });
     const meta = h("div", { class: "muted" });
     const cites = h("ol", { class: "citations", "aria-label": "Citations" });
     pane.log.append(h("div", { class: "msg user" }, text), out, meta);
@@ -62,7 +62,11 @@ export async function render(root, ctx) {
           pane.log.append(h("h3", {}, "Citations"), cites);
         }
         for (const choice of chunk.choices || []) {
-          if (choice.delta && choice.delta.content) { text_ += choice.delta.content; out.textContent = text_; }
+          if (choice.delta && choice.delta.content) {
+            text_ += choice.delta.content;
+            out.textContent = text_;
+            out.dataset.chunks = String(Number(out.dataset.chunks) + 1);
+          }
           if (choice.finish_reason) finish = choice.finish_reason;
         }
         if (chunk.usage) meta.textContent = `${chunk.usage.completion_tokens} tokens · finish: ${finish || "—"}`;
