@@ -48,7 +48,7 @@ def test_every_console_data_route_needs_a_key(live_server, path):
 
 
 def test_whoami_names_the_keys_role(live_server):
-    from graftlm.keys import create_key
+    from graftlm.keys.service import create_key
 
     base = origin(live_server)
     me = httpx.get(base + "/v1/console/whoami", headers=auth(ADMIN_KEY)).json()
@@ -62,7 +62,7 @@ def test_whoami_names_the_keys_role(live_server):
 
 def test_a_viewer_reads_but_every_mutating_route_is_403_naming_the_role(live_server, tiny_model):
     from graftlm.api.app import create_app
-    from graftlm.keys import create_key
+    from graftlm.keys.service import create_key
 
     base = origin(live_server)
     viewer, _ = create_key("viewer", role="viewer")
@@ -86,7 +86,7 @@ def test_a_viewer_reads_but_every_mutating_route_is_403_naming_the_role(live_ser
 
 def test_key_roles_are_checked_and_shown(graft_home):
     from graftlm.errors import GraftError
-    from graftlm.keys import create_key, key_identity, list_keys
+    from graftlm.keys.service import create_key, key_identity, list_keys
 
     secret, record = create_key("a", role="viewer")
     assert record["role"] == "viewer" and not record["is_admin"]
@@ -121,7 +121,7 @@ def test_cli_creates_a_viewer_key(graft_home):
     from typer.testing import CliRunner
 
     from graftlm.cli import app
-    from graftlm.keys import key_identity
+    from graftlm.keys.service import key_identity
 
     out = CliRunner().invoke(app, ["keys", "create", "--name", "ro", "--role", "viewer"]).output
     secret = next(w for w in out.split() if w.startswith("gk-"))
@@ -177,8 +177,10 @@ def test_finetune_form_is_the_one_schema_with_method_defaults(http):
 
     form = http.get("/v1/console/finetune_form").json()
     assert form["schema"] == json.loads(json.dumps(FineTuneConfig.model_json_schema()))
-    assert form["method_defaults"]["tfew"]["learning_rate"] == 0.01
-    assert form["method_defaults"]["lora"]["early_stopping_patience"] == 15
+    assert form["oci_defaults"]["tfew"]["learning_rate"] == 0.01
+    assert form["oci_defaults"]["lora"]["early_stopping_patience"] == 15
+    assert form["oci_defaults"]["lora"]["training_batch_size"] == 8
+    assert "tfew" not in form["method_fields"]["lora_r"] and "n_epochs" in form["aliases"]
 
 
 def test_ci_runs_the_browser_tests():

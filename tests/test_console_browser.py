@@ -236,7 +236,7 @@ def test_tfew_job_live_curve_host_chat_and_deactivate(console, tiny_model):
 
 def test_a_viewer_key_sees_no_mutating_buttons_and_the_server_refuses_anyway(console, tiny_model):
     from graftlm.clusters.clusters import create_cluster
-    from graftlm.keys import create_key
+    from graftlm.keys.service import create_key
 
     page = console.page
     cluster = create_cluster("HOSTING", base_model="tiny", name="shared")

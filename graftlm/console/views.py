@@ -13,8 +13,11 @@ from graftlm.config import get_settings
 from graftlm.errors import GraftError
 from graftlm.models.catalog import base_model_of, get_model, list_models
 from graftlm.store import blobs
-from graftlm.train.config import (DEFAULT_LEARNING_RATE, DEFAULT_PATIENCE, DEFAULT_THRESHOLD,
-                                  FineTuneConfig)
+from graftlm.train.config import (DEFAULT_LEARNING_RATE, DEFAULT_PATIENCE, DEFAULT_THRESHOLD, METHOD_FIELDS,
+                                  OCI_DEFAULTS, FineTuneConfig)
+
+# OpenAI's and Databricks' spellings of fields the form already has (the API accepts them; the form shows one)
+ALIASES = ("n_epochs", "batch_size", "learning_rate_multiplier", "training_duration")
 
 PUBLIC_MODEL_FIELDS = ("id", "kind", "family", "parent", "parameter_count", "context_length", "license",
                        "source", "sha256", "adapter_type", "lineage", "created_at")
@@ -52,12 +55,14 @@ def model_detail(model_id: str) -> dict:
 
 
 def finetune_form() -> dict:
-    """The hyperparameter schema (the one API, CLI and YAML use) and each method's OCI defaults."""
-    return {"schema": FineTuneConfig.model_json_schema(),
-            "method_defaults": {m: {"learning_rate": DEFAULT_LEARNING_RATE[m],
-                                    "early_stopping_patience": DEFAULT_PATIENCE[m],
-                                    "early_stopping_threshold": DEFAULT_THRESHOLD[m]}
-                                for m in DEFAULT_LEARNING_RATE}}
+    """The hyperparameter schema (the one API, CLI and YAML use), each method's OCI defaults (shown when
+    `defaults` is "oci"), the fields only some methods read, and the alias fields the form leaves out."""
+    return {"schema": FineTuneConfig.model_json_schema(), "aliases": list(ALIASES),
+            "method_fields": {k: list(v) for k, v in METHOD_FIELDS.items()},
+            "oci_defaults": {m: {**OCI_DEFAULTS, "learning_rate": DEFAULT_LEARNING_RATE[m],
+                                 "early_stopping_patience": DEFAULT_PATIENCE[m],
+                                 "early_stopping_threshold": DEFAULT_THRESHOLD[m]}
+                             for m in DEFAULT_LEARNING_RATE}}
 
 
 def model_archive(model_id: str) -> tuple[Path, str]:

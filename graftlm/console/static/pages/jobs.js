@@ -31,8 +31,6 @@ export async function render(root, ctx) {
   return () => { stopped = true; clearTimeout(timer); };
 }
 
-const HIDDEN = new Set(["training_duration"]);  // an alternative spelling of epochs / max_steps
-
 function nonNull(spec) {
   return spec.anyOf ? spec.anyOf.find((s) => s.type !== "null") || {} : spec;
 }
@@ -74,7 +72,7 @@ function readValue(name, spec, el) {
 }
 
 async function jobForm() {
-  const [{ schema, method_defaults: defaults }, models, files] = await Promise.all([
+  const [{ schema, oci_defaults: ociDefaults, method_fields: methodFields, aliases }, models, files] = await Promise.all([
     api("/console/finetune_form"), api("/models"), listAll("/files?purpose=fine-tune")]);
   const usable = files.filter((f) => f.status === "processed");
   const fileOptions = usable.map((f) => [f.id, `${f.filename} (${f.id})`]);
@@ -82,37 +80,46 @@ async function jobForm() {
   const train = select(fileOptions, { name: "training_file", id: "job-training-file", required: true });
   const valid = select([["", "none: split the training file 80:20"], ...fileOptions], { name: "validation_file", id: "job-validation-file" });
   const suffix = h("input", { name: "suffix", id: "job-suffix", type: "text", placeholder: "e.g. support-bot" });
-  const seed = h("input", { name: "seed", id: "job-seed", type: "number", step: "1" });
-  const props = Object.entries(schema.properties).filter(([name]) => !HIDDEN.has(name));
+  const props = Object.entries(schema.properties).filter(([name]) => !aliases.includes(name));
   const controls = {};
   const helps = {};
+  const wrappers = {};
   const hp = props.map(([name, spec]) => {
     controls[name] = control(name, spec);
-    const f = field(spec.title || name, controls[name], helpText(spec));
-    helps[name] = f.querySelector(".help");
-    return f;
+    wrappers[name] = field(spec.title || name, controls[name], helpText(spec));
+    helps[name] = wrappers[name].querySelector(".help");
+    return wrappers[name];
   });
   const method = controls.training_method;
+  const defaultsMode = controls.defaults;
+  // a field only some methods read is shown (and sent) for those methods alone; defaults "oci" shows OCI's values
+  const relevant = (name) => !methodFields[name] || methodFields[name].includes(method.value);
   const showDefaults = () => {
-    const d = defaults[method.value] || {};
-    for (const [name, value] of Object.entries(d)) {
-      if (!controls[name]) continue;
-      controls[name].placeholder = String(value);
-      if (helps[name]) helps[name].textContent = helpText(schema.properties[name], value);
+    const oci = defaultsMode && defaultsMode.value === "oci";
+    for (const [name] of props) {
+      wrappers[name].hidden = !relevant(name);
+      if (controls[name].tagName === "SELECT") continue;
+      const value = oci ? (ociDefaults[method.value] || {})[name] : undefined;
+      const spec = schema.properties[name];
+      const auto = !oci && spec.default === null && /default/.test(spec.description || "");
+      controls[name].placeholder = value !== undefined ? String(value) : auto ? "auto" : "";
+      if (helps[name]) helps[name].textContent = helpText(spec, value);
     }
   };
   method.addEventListener("change", showDefaults);
+  if (defaultsMode) defaultsMode.addEventListener("change", showDefaults);
   showDefaults();
   const slot = h("div", { "aria-live": "polite" });
   const form = h("form", { class: "fields", "aria-label": "New fine-tuning job" },
     field("Base model", base), field("Training file", train, usable.length ? null : "Upload a valid fine-tune file first."),
     field("Validation file", valid), field("Suffix", suffix, "names the custom model ft:{base}:{suffix}:{job}"),
-    field("Seed", seed), ...hp,
+    ...hp,
     h("div", { class: "actions" }, h("button", { class: "primary", type: "submit" }, "Create job"), slot));
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     const hyperparameters = {};
     for (const [name, spec] of props) {
+      if (!relevant(name)) continue;
       const v = readValue(name, spec, controls[name]);
       if (v !== undefined) hyperparameters[name] = v;
     }
@@ -120,7 +127,6 @@ async function jobForm() {
       method: { type: "supervised", supervised: { hyperparameters } } };
     if (valid.value) body.validation_file = valid.value;
     if (suffix.value.trim()) body.suffix = suffix.value.trim();
-    if (seed.value !== "") body.seed = parseInt(seed.value, 10);
     try {
       const job = await api("/fine_tuning/jobs", { method: "POST", body });
       location.hash = `#/jobs/${encodeURIComponent(job.id)}`;
