@@ -17,7 +17,6 @@ from pathlib import Path
 from graftlm.errors import GraftError
 
 _remote: dict | None = None
-_scheduler = None
 
 
 @dataclass
@@ -63,21 +62,11 @@ def _call(client, method: str, path: str, **kwargs) -> dict:
     return r.json()
 
 
-def _ensure_scheduler() -> None:
-    global _scheduler
-    if _scheduler is None:
-        from graftlm.jobs.scheduler import Scheduler
-
-        _scheduler = Scheduler()
-        _scheduler.start()
-
-
 def shutdown() -> None:
     """Stop the embedded scheduler this process started (running jobs go on in their own processes)."""
-    global _scheduler
-    if _scheduler is not None:
-        _scheduler.stop()
-        _scheduler = None
+    from graftlm.jobs.embedded import stop_scheduler
+
+    stop_scheduler()
 
 
 def _upload(client, path: str | None, param: str) -> str | None:
@@ -91,7 +80,7 @@ def _upload(client, path: str | None, param: str) -> str | None:
         with open(path, "rb") as fh:
             return _call(client, "POST", "/files", files={"file": (Path(path).name, fh)},
                          data={"purpose": "fine-tune"})["id"]
-    from graftlm.cli.finetune import upload_local
+    from graftlm.files.service import upload_local
 
     return upload_local(path)
 
@@ -115,11 +104,12 @@ def create(model: str, train_data_path: str, *, register_to: str | None = None,
                      "validation_file": _upload(client, eval_data_path, "eval_data_path")}
             return Run.from_job(_call(client, "POST", "/fine_tuning/jobs", json=body))
     from graftlm.jobs import service
+    from graftlm.jobs.embedded import ensure_scheduler
 
     body |= {"training_file": _upload(None, train_data_path, "train_data_path"),
              "validation_file": _upload(None, eval_data_path, "eval_data_path")}
     job = service.create_job(**body)
-    _ensure_scheduler()
+    ensure_scheduler()
     return Run.from_job(job)
 
 
@@ -160,20 +150,20 @@ def cancel(run: Run | str) -> Run:
 def get_events(run: Run | str, limit: int = 1000) -> list[dict]:
     """Events oldest first (messages and metrics)."""
     client = _client()
-    if client is not None:
-        with client:
-            data = _call(client, "GET", f"/fine_tuning/jobs/{_id(run)}/events", params={"limit": limit})["data"]
-    else:
-        from graftlm.jobs import service
+    if client is None:
+        from graftlm.jobs.embedded import events_oldest_first
 
-        data = service.list_events(_id(run), limit=limit)["data"]
-    return data[::-1]
+        return events_oldest_first(_id(run), limit)
+    with client:
+        return _call(client, "GET", f"/fine_tuning/jobs/{_id(run)}/events", params={"limit": limit})["data"][::-1]
 
 
 def wait(run: Run | str, timeout: float = 3600, poll: float = 0.5) -> Run:
     """Block until the run succeeds, fails, is cancelled or paused."""
     if _client() is None:
-        _ensure_scheduler()
+        from graftlm.jobs.embedded import wait_for_job
+
+        return Run.from_job(wait_for_job(_id(run), timeout=timeout, poll=poll))
     deadline = time.time() + timeout
     while True:
         current = get(run)

@@ -13,26 +13,11 @@ from rich.table import Table
 
 from graftlm.cli.common import console, friendly_errors, print_json
 from graftlm.errors import GraftError
+from graftlm.files.service import upload_local
 from graftlm.jobs import service
 
 app = typer.Typer(no_args_is_help=True)
 jobs_app = typer.Typer(no_args_is_help=True)
-
-
-def upload_local(path: str) -> str:
-    """Store a local dataset in the blob store and validate it now (no server needed)."""
-    from graftlm.files import service as files
-
-    p = Path(path)
-    if not p.exists():
-        raise GraftError(f"{path} does not exist", param="training_file")
-    with open(p, "rb") as fh:
-        record = files.create_file(fh, p.name, "fine-tune")
-    report = files.validate_stored_file(record["id"])
-    if not report["valid"]:
-        raise GraftError(f"{path} is not a valid dataset: {files.get_file(record['id'])['status_details']}; "
-                         f"run `graft data validate {path}` for the full report", param="training_file")
-    return record["id"]
 
 
 @app.command("create")

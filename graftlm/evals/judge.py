@@ -17,6 +17,7 @@ from graftlm.errors import GraftError
 from graftlm.evals.stats import accuracy, cohen_kappa
 
 JudgeFn = Callable[[list[list[dict]]], list[str]]
+JUDGE_PREFIX = "judge:"  # the scorer name "judge:<model>"
 
 POINTWISE_RUBRIC = """You are a strict grader. Rate the ANSWER to the QUESTION on a 1-5 scale:
 5 = correct, complete and grounded in the reference; 4 = correct with minor omissions;
@@ -30,6 +31,11 @@ QUESTION: {question}
 {reference_block}ANSWER A: {a}
 ANSWER B: {b}
 Reply with "Verdict: A", "Verdict: B" or "Verdict: tie"."""
+
+
+def judge_model_of(name: str) -> str | None:
+    """``"judge:<model>"`` -> ``"<model>"``; None for any other scorer name."""
+    return name[len(JUDGE_PREFIX):] if name.startswith(JUDGE_PREFIX) else None
 
 
 def model_judge(model: str, *, max_tokens: int = 48) -> JudgeFn:
@@ -143,8 +149,6 @@ def calibrate(judge_scores: list, human_scores: list, *, kappa_warning: float = 
 
 def judge_scorer(run: dict, scorer: str | None = None) -> str:
     """The run's ``judge:<model>`` scorer: ``scorer`` when given (the run must have it), else its first one."""
-    from graftlm.evals.scorers import judge_model_of
-
     listed = ", ".join(run["scorers"])
     if scorer is None:
         judged = [s for s in run["scorers"] if judge_model_of(s) is not None]

@@ -14,12 +14,12 @@ from graftlm.evals import prompts as P
 from graftlm.evals.run import compare_runs, run_eval
 
 
-def training_unit_hours(run, events: list[dict], units: int = 1) -> tuple[float, float]:
+def training_unit_hours(job: dict, events: list[dict], units: int = 1) -> tuple[float, float]:
     """(billed unit-hours = max(1, units × training hours), training seconds) from the job's events:
     training time runs from its first event after queueing to its end."""
     times = [e["created_at"] for e in events]
-    start = min(times) if times else run.created_at
-    seconds = max(0.0, float((run.finished_at or time.time()) - start))
+    start = min(times) if times else job["created_at"]
+    seconds = max(0.0, float((job["finished_at"] or time.time()) - start))
     return max(1.0, units * seconds / 3600), seconds
 
 
@@ -74,17 +74,22 @@ def run_ladder(train_path: str | Path, eval_path: str | Path, base_model: str, *
                training_duration: str = "2ep", timeout: float = 3600, echo=print, **training) -> dict:
     """Run every rung, print the table, write ``out_dir/ladder.json`` and ``out_dir/report.html``.
 
-    ``training`` holds extra fine-tuning hyperparameters for fm.create (learning_rate, training_batch_size,
-    context_length, ...). RAG retrieves from ``kb_id`` when given, else from the training examples.
+    ``training`` holds extra fine-tuning hyperparameters (learning_rate, training_batch_size, context_length,
+    ...). RAG retrieves from ``kb_id`` when given, else from the training examples. Jobs run on this machine.
     """
-    from graftlm import fm
     from graftlm.evals.report import write_report
+    from graftlm.files.service import upload_local
+    from graftlm.jobs import embedded
+    from graftlm.jobs.service import create_job
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    jobs = {m: fm.create(model=base_model, train_data_path=str(train_path), register_to=f"ladder-{m}",
-                         training_duration=training_duration, training_method=m, **training) for m in methods}
+    train_file = upload_local(train_path, param="train_path")
+    jobs = {m: create_job(model=base_model, training_file=train_file, suffix=f"ladder-{m}",
+                          hyperparameters={"training_method": m, "training_duration": training_duration, **training})
+            for m in methods}
+    embedded.ensure_scheduler()
     train = P.load_examples(train_path)
     index = P.ExampleIndex(train)
     examples = P.load_examples(eval_path, max_eval)
@@ -103,16 +108,17 @@ def run_ladder(train_path: str | Path, eval_path: str | Path, base_model: str, *
     add("rag", base_model, "rag")
     curves = {}
     for method, job in jobs.items():
-        echo(f"[ladder] waiting for {method} fine-tuning ({job.id})")
-        done = fm.wait(job, timeout=timeout)
-        if done.status != "succeeded":
-            echo(f"[ladder] {method} fine-tuning {done.status}: {done.error}")
+        echo(f"[ladder] waiting for {method} fine-tuning ({job['id']})")
+        done = embedded.wait_for_job(job["id"], timeout=timeout)
+        if done["status"] != "succeeded":
+            echo(f"[ladder] {method} fine-tuning {done['status']}: {done['error']}")
             continue
-        events = fm.get_events(done)
+        events = embedded.events_oldest_first(done["id"])
         curves[method] = loss_curve(events)
         uh, secs = training_unit_hours(done, events, units)
-        add(method, done.fine_tuned_model, "zero-shot", uh, job_id=done.id, training_seconds=secs)
-        add(f"{method}+rag", done.fine_tuned_model, "rag", uh, job_id=done.id, training_seconds=secs)
+        tuned = done["fine_tuned_model"]
+        add(method, tuned, "zero-shot", uh, job_id=done["id"], training_seconds=secs)
+        add(f"{method}+rag", tuned, "rag", uh, job_id=done["id"], training_seconds=secs)
     decision = verdict(rungs, runs)
     result = {"base_model": base_model, "train_path": str(train_path), "eval_path": str(eval_path),
               "n_eval": len(examples), "scorer": scorer, "few_shot_k": few_shot_k, "rag_k": rag_k,

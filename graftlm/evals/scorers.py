@@ -14,6 +14,8 @@ import re
 import string
 from collections import Counter
 
+from graftlm.evals.judge import JUDGE_PREFIX, judge_model_of, judge_pointwise, model_judge
+
 _PUNCT = str.maketrans({c: " " for c in string.punctuation if c not in "_"})
 
 
@@ -161,14 +163,6 @@ SCORERS = {
 }
 
 
-JUDGE_PREFIX = "judge:"
-
-
-def judge_model_of(name: str) -> str | None:
-    """``"judge:<model>"`` -> ``"<model>"``; None for any other scorer name."""
-    return name[len(JUDGE_PREFIX):] if name.startswith(JUDGE_PREFIX) else None
-
-
 def _error(message: str, **kw):
     from graftlm.errors import GraftError
 
@@ -204,8 +198,6 @@ def check_scorer(name: str) -> None:
 def judge_scores(predictions: list[str], references: list, questions: list[str] | None = None, *,
                  model: str, judge=None, max_tokens: int = 48) -> list[float]:
     """Pointwise 1–5 grades from ``model`` (or a ``judge`` function) as (grade − 1) / 4; unparseable -> 0."""
-    from graftlm.evals.judge import judge_pointwise, model_judge
-
     if judge is None:
         check_judge_model(model)
     questions = questions or [""] * len(predictions)

@@ -41,6 +41,20 @@ def create_file(fileobj: BinaryIO, filename: str, purpose: str) -> dict:
         return file_to_dict(f)
 
 
+def upload_local(path: str | Path, *, param: str = "training_file") -> str:
+    """Store a local dataset in the blob store and validate it now (no server needed); returns its file id."""
+    p = Path(path)
+    if not p.exists():
+        raise GraftError(f"{path} does not exist", param=param)
+    with open(p, "rb") as fh:
+        record = create_file(fh, p.name, "fine-tune")
+    report = validate_stored_file(record["id"])
+    if not report["valid"]:
+        raise GraftError(f"{path} is not a valid dataset: {get_file(record['id'])['status_details']}; "
+                         f"run `graft data validate {path}` for the full report", param=param)
+    return record["id"]
+
+
 def _get(s, file_id: str) -> File:
     f = s.get(File, file_id)
     if f is None:

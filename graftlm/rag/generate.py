@@ -1,14 +1,11 @@
 """Grounded answers with citations: retrieve from a knowledge base, number the passages [1], [2], ... in the
 prompt, generate with one of the RAG modes (graftlm.rag.modes), and return the answer with its citations.
 
-``answer()`` is the embedded entry point; ``chat_completion()`` serves ``POST /v1/chat/completions`` with
-``knowledge_base_id`` (the normal chat.completion JSON plus ``citations`` and ``rag``).
+``answer()`` is the embedded entry point; graftlm.api.routes.inference serves ``POST /v1/chat/completions`` with
+``knowledge_base_id`` from the same pieces (the normal chat.completion JSON plus ``citations`` and ``rag``).
 """
 
 from __future__ import annotations
-
-import time
-import uuid
 
 from graftlm import rag
 from graftlm.data.render import render_prompt
@@ -148,109 +145,13 @@ def answer(model: str, messages: list[dict], *, knowledge_base_id: str, top_k: i
                           retrieve_again=again, temperature=temperature, seed=seed, stop=stop)
     return {"text": ans.text, "finish_reason": ans.finish_reason, "citations": [citation(p) for p in cited],
             "usage": _usage(ans.prompt_tokens, ans.completion_tokens),
-            "rag": _rag_info(knowledge_base_id, rag_mode, search_mode, ans)}
+            "rag": rag_info(knowledge_base_id, rag_mode, search_mode, ans)}
 
 
 def _usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _rag_info(kb_id: str, rag_mode: str, search_mode: str, ans: modes.Answer | None) -> dict:
+def rag_info(kb_id: str, rag_mode: str, search_mode: str, ans: modes.Answer | None) -> dict:
     return {"knowledge_base_id": kb_id, "rag_mode": rag_mode, "search_mode": search_mode,
             **(ans.details if ans is not None else {})}
-
-
-# the HTTP route --------------------------------------------------------------------------------------
-
-async def chat_completion(req, request):
-    """``POST /v1/chat/completions`` with ``knowledge_base_id``; ``top_k`` there counts passages (default 4).
-
-    Streaming: the first chunk carries ``citations``; stuff streams token by token, the other modes
-    (which pick or mix whole answers) send the answer in one content chunk.
-    """
-    from fastapi.concurrency import run_in_threadpool
-
-    from graftlm.api.routes import inference as api
-    from graftlm.clusters.hosting import get_runtime
-
-    extra = req.model_extra or {}
-    kb_id = extra.get("knowledge_base_id")
-    top_k = req.top_k if "top_k" in req.model_fields_set else DEFAULT_TOP_K
-    search_mode = extra.get("search_mode") or DEFAULT_SEARCH_MODE
-    rag_mode = extra.get("rag_mode") or "stuff"
-    filters = extra.get("filters")
-    if not isinstance(kb_id, str) or not kb_id:
-        raise GraftError("knowledge_base_id must be a knowledge base id or name", param="knowledge_base_id")
-    check_options(top_k, search_mode, rag_mode)
-    target = await run_in_threadpool(get_runtime().resolve, req.model)
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": api.message_text(m)}
-                for m in req.messages]
-    question = question_of(messages)
-    passages = await run_in_threadpool(retrieve, kb_id, question, top_k=top_k, search_mode=search_mode,
-                                       filters=filters)
-    max_tokens = req.max_completion_tokens or req.max_tokens
-    kw = {"temperature": req.temperature, "top_p": req.top_p, "stop": req.stop, "seed": req.seed}
-    rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    base = {"id": rid, "created": created, "model": req.model}
-    tokenizer = target.engine.tokenizer
-
-    if rag_mode == "stuff":
-        budget = answer_budget(target.engine, max_tokens)
-        ids, cited = await run_in_threadpool(fit_prompt, tokenizer, messages, passages, budget)
-        want_logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        params = sampling(target.engine, len(ids), max_tokens=max_tokens, logprobs=want_logprobs, **kw)
-        handle = await api.submit(target, ids, params)
-        citations, info = [citation(p) for p in cited], _rag_info(kb_id, rag_mode, search_mode, None)
-        if req.stream:
-            def chunk(delta, first=False, usage=None):
-                head = base | {"object": "chat.completion.chunk"}
-                if usage is not None:
-                    return head | {"choices": [], "usage": usage}
-                if first:
-                    return head | {"citations": citations, "rag": info,
-                                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                "logprobs": None, "finish_reason": None}]}
-                return head | {"choices": [{"index": 0, "delta": {"content": delta.text} if delta.text else {},
-                                            "logprobs": api.chat_logprobs(tokenizer, delta.logprobs),
-                                            "finish_reason": api.finish(delta.finish_reason)
-                                            if delta.finish_reason else None}]}
-            include = bool((req.stream_options or {}).get("include_usage"))
-            return api.stream_response(request, target, handle, len(ids), chunk, include)
-        out = await api.collect(target, handle)
-        return base | {"object": "chat.completion", "system_fingerprint": f"graftlm-{target.model['id']}",
-                       "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
-                                    "logprobs": api.chat_logprobs(tokenizer, out.logprobs),
-                                    "finish_reason": api.finish(out.finish_reason)}],
-                       "usage": api.usage(out.prompt_tokens, out.completion_tokens),
-                       "citations": citations, "rag": info}
-
-    again = lambda q: retrieve(kb_id, q, top_k=top_k, search_mode=search_mode, filters=filters)
-    ans, cited = await run_in_threadpool(lambda: run_mode(target, messages, passages, rag_mode=rag_mode,
-                                                          max_tokens=max_tokens, retrieve_again=again, **kw))
-    citations, info = [citation(p) for p in cited], _rag_info(kb_id, rag_mode, search_mode, ans)
-    usage, reason = _usage(ans.prompt_tokens, ans.completion_tokens), api.finish(ans.finish_reason)
-    if req.stream:
-        from fastapi.responses import StreamingResponse
-
-        head = base | {"object": "chat.completion.chunk"}
-
-        def choice(delta, finish_reason=None):
-            return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
-
-        chunks = [head | {"citations": citations, "rag": info, "choices": choice({"role": "assistant", "content": ""})},
-                  head | {"choices": choice({"content": ans.text} if ans.text else {})},
-                  head | {"choices": choice({}, reason)}]
-        if (req.stream_options or {}).get("include_usage"):
-            chunks.append(head | {"choices": [], "usage": usage})
-
-        async def events():
-            for c in chunks:
-                yield api.sse(c)
-            yield b"data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return base | {"object": "chat.completion", "system_fingerprint": f"graftlm-{target.model['id']}",
-                   "choices": [{"index": 0, "message": {"role": "assistant", "content": ans.text},
-                                "logprobs": None, "finish_reason": reason}],
-                   "usage": usage, "citations": citations, "rag": info}

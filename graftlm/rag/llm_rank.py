@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from graftlm.data.render import render_prompt
-from graftlm.rag.rank import ScoreFn, llm_yes_no_scorer
 
 PROMPT = ("Is this passage relevant to the question? Answer yes or no.\n\n"
           "Question: {query}\n\nPassage: {text}")
@@ -46,7 +47,7 @@ def _clip(tokenizer, text: str) -> str:
     return text if len(ids) <= MAX_PASSAGE_TOKENS else tokenizer.decode(ids[:MAX_PASSAGE_TOKENS])
 
 
-def llm_ranker(model: str) -> ScoreFn:
+def llm_ranker(model: str) -> Callable[[str, list[str]], list[float]]:
     """A ranker score_fn(query, texts) -> p(yes) per passage, batched on the hosted ``model``."""
     from graftlm.clusters.hosting import get_runtime
 
@@ -58,12 +59,3 @@ def llm_ranker(model: str) -> ScoreFn:
     score.ranker_name = f"llm:{model}"
     return score
 
-
-def llm_yes_no(model: str) -> ScoreFn:
-    """The same judgement through rank.llm_yes_no_scorer (one prompt at a time; prefer llm_ranker)."""
-    from graftlm.clusters.hosting import get_runtime
-
-    fn = llm_yes_no_scorer(lambda prompt: yes_probabilities(get_runtime().resolve(model), [prompt])[0],
-                           prompt=PROMPT)
-    fn.ranker_name = f"llm:{model}"
-    return fn

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from graftlm.clusters.hosting import get_runtime
 from graftlm.data.render import render_prompt
 from graftlm.errors import GraftError
+from graftlm.rag.generate import (DEFAULT_SEARCH_MODE, DEFAULT_TOP_K, answer_budget, check_options, citation,
+                                  fit_prompt, question_of, rag_info, retrieve, run_mode, sampling)
 from graftlm.serve.sampler import SEED_RANGE, SamplingParams
 
 router = APIRouter()
@@ -156,9 +158,7 @@ async def collect(target, handle):
 @router.post("/chat/completions")
 async def chat_completions(req: ChatRequest, request: Request):
     if (req.model_extra or {}).get("knowledge_base_id") is not None:  # RAG: retrieve, cite, generate
-        from graftlm.rag.generate import chat_completion
-
-        return await chat_completion(req, request)
+        return await rag_chat_completion(req, request)
     runtime = get_runtime()
     target = await run_in_threadpool(runtime.resolve, req.model)
     tokenizer = target.engine.tokenizer
@@ -235,3 +235,92 @@ async def completions(req: CompletionRequest, request: Request):
             "choices": [{"index": 0, "text": text, "logprobs": logprobs_block(out.logprobs),
                          "finish_reason": finish(out.finish_reason)}],
             "usage": usage(out.prompt_tokens, out.completion_tokens)}
+
+
+# RAG: POST /v1/chat/completions with knowledge_base_id ----------------------------------------------
+
+async def rag_chat_completion(req: ChatRequest, request: Request):
+    """``POST /v1/chat/completions`` with ``knowledge_base_id``; ``top_k`` there counts passages (default 4).
+
+    Streaming: the first chunk carries ``citations``; stuff streams token by token, the other modes
+    (which pick or mix whole answers) send the answer in one content chunk.
+    """
+    extra = req.model_extra or {}
+    kb_id = extra.get("knowledge_base_id")
+    top_k = req.top_k if "top_k" in req.model_fields_set else DEFAULT_TOP_K
+    search_mode = extra.get("search_mode") or DEFAULT_SEARCH_MODE
+    rag_mode = extra.get("rag_mode") or "stuff"
+    filters = extra.get("filters")
+    if not isinstance(kb_id, str) or not kb_id:
+        raise GraftError("knowledge_base_id must be a knowledge base id or name", param="knowledge_base_id")
+    check_options(top_k, search_mode, rag_mode)
+    target = await run_in_threadpool(get_runtime().resolve, req.model)
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m)}
+                for m in req.messages]
+    question = question_of(messages)
+    passages = await run_in_threadpool(retrieve, kb_id, question, top_k=top_k, search_mode=search_mode,
+                                       filters=filters)
+    max_tokens = req.max_completion_tokens or req.max_tokens
+    kw = {"temperature": req.temperature, "top_p": req.top_p, "stop": req.stop, "seed": req.seed}
+    rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    base = {"id": rid, "created": created, "model": req.model}
+    tokenizer = target.engine.tokenizer
+
+    if rag_mode == "stuff":
+        budget = answer_budget(target.engine, max_tokens)
+        ids, cited = await run_in_threadpool(fit_prompt, tokenizer, messages, passages, budget)
+        want_logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        params = sampling(target.engine, len(ids), max_tokens=max_tokens, logprobs=want_logprobs, **kw)
+        handle = await submit(target, ids, params)
+        citations, info = [citation(p) for p in cited], rag_info(kb_id, rag_mode, search_mode, None)
+        if req.stream:
+            def chunk(delta, first=False, usage=None):
+                head = base | {"object": "chat.completion.chunk"}
+                if usage is not None:
+                    return head | {"choices": [], "usage": usage}
+                if first:
+                    return head | {"citations": citations, "rag": info,
+                                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                "logprobs": None, "finish_reason": None}]}
+                return head | {"choices": [{"index": 0, "delta": {"content": delta.text} if delta.text else {},
+                                            "logprobs": chat_logprobs(tokenizer, delta.logprobs),
+                                            "finish_reason": finish(delta.finish_reason)
+                                            if delta.finish_reason else None}]}
+            include = bool((req.stream_options or {}).get("include_usage"))
+            return stream_response(request, target, handle, len(ids), chunk, include)
+        out = await collect(target, handle)
+        return base | {"object": "chat.completion", "system_fingerprint": f"graftlm-{target.model['id']}",
+                       "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
+                                    "logprobs": chat_logprobs(tokenizer, out.logprobs),
+                                    "finish_reason": finish(out.finish_reason)}],
+                       "usage": usage(out.prompt_tokens, out.completion_tokens),
+                       "citations": citations, "rag": info}
+
+    again = lambda q: retrieve(kb_id, q, top_k=top_k, search_mode=search_mode, filters=filters)
+    ans, cited = await run_in_threadpool(lambda: run_mode(target, messages, passages, rag_mode=rag_mode,
+                                                          max_tokens=max_tokens, retrieve_again=again, **kw))
+    citations, info = [citation(p) for p in cited], rag_info(kb_id, rag_mode, search_mode, ans)
+    used, reason = usage(ans.prompt_tokens, ans.completion_tokens), finish(ans.finish_reason)
+    if req.stream:
+        head = base | {"object": "chat.completion.chunk"}
+
+        def choice(delta, finish_reason=None):
+            return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+
+        chunks = [head | {"citations": citations, "rag": info, "choices": choice({"role": "assistant", "content": ""})},
+                  head | {"choices": choice({"content": ans.text} if ans.text else {})},
+                  head | {"choices": choice({}, reason)}]
+        if (req.stream_options or {}).get("include_usage"):
+            chunks.append(head | {"choices": [], "usage": used})
+
+        async def events():
+            for c in chunks:
+                yield sse(c)
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return base | {"object": "chat.completion", "system_fingerprint": f"graftlm-{target.model['id']}",
+                   "choices": [{"index": 0, "message": {"role": "assistant", "content": ans.text},
+                                "logprobs": None, "finish_reason": reason}],
+                   "usage": used, "citations": citations, "rag": info}
