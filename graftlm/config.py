@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda
     max_upload_bytes: int = 2 * 1024**3
+    max_request_bytes: int = Field(4 * 1024**2, gt=0)  # any non-multipart body (JSON); over it: 413
     job_concurrency: int = 1
     max_queued_requests: int = 64
     kv_cache_bytes: int | None = Field(None, gt=0)  # per engine; unset: batch × context, ≤ ½ free GPU memory

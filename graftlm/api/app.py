@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from graftlm import __version__
 from graftlm.files import service as file_store
 from graftlm.api.auth import require_key
-from graftlm.api.errors import install_error_handlers
+from graftlm.api.errors import install_error_handlers, internal_error
+from graftlm.api.limits import BodyLimit
 from graftlm.api.routes import clusters, console, files, fine_tuning, inference, models
 from graftlm.api.routes import evals as evals_api
 from graftlm.api.routes import rag as rag_api
@@ -47,13 +48,18 @@ def create_app(run_scheduler: bool = True) -> FastAPI:
     app = FastAPI(title="graftlm", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
+    app.add_middleware(BodyLimit)
 
     @app.middleware("http")
     async def request_id(request: Request, call_next):
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
         request.state.request_id = rid
         start = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:  # noqa: BLE001 - answered here, so the server keeps the keep-alive connection open
+            log.exception("request %s failed", rid)
+            response = internal_error(rid)
         response.headers["x-request-id"] = rid
         log.info("%s %s %s %d %.1fms", rid, request.method, request.url.path, response.status_code,
                  (time.perf_counter() - start) * 1000)

@@ -62,4 +62,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception):
         rid = getattr(request.state, "request_id", "-")
         log.exception("request %s failed", rid)
-        return JSONResponse(error_body(f"internal error (request id {rid})", type_="server_error"), status_code=500)
+        return internal_error(rid)
+
+
+def internal_error(rid: str) -> JSONResponse:
+    return JSONResponse(error_body(f"internal error (request id {rid})", type_="server_error"), status_code=500)

@@ -8,7 +8,7 @@ prompt, generate with one of the RAG modes (graftlm.rag.modes), and return the a
 from __future__ import annotations
 
 from graftlm import rag
-from graftlm.data.render import render_prompt
+from graftlm.data.render import render_prompt, text_ids
 from graftlm.errors import GraftError
 from graftlm.rag import modes
 from graftlm.serve.sampler import SamplingParams
@@ -64,7 +64,8 @@ def fit_prompt(tokenizer, messages: list[dict], passages: list[dict], budget: in
             raise GraftError(f"the messages alone take {len(ids)} tokens; this model has room for {budget} "
                              "prompt tokens", param="messages", code="context_length_exceeded")
         last = kept[-1]
-        spans = tokenizer(last["text"], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        spans = tokenizer(last["text"], add_special_tokens=False, split_special_tokens=True,
+                          return_offsets_mapping=True)["offset_mapping"]
         keep = len(spans) - over - 4  # a few tokens of slack: text re-tokenizes a little differently
         if keep < 16:  # too little would be left of it: drop it whole
             kept = kept[:-1]
@@ -120,7 +121,7 @@ def run_mode(target, messages: list[dict], passages: list[dict], *, rag_mode: st
                 if p["chunk_id"] not in known:
                     seen.append({**p, "index": len(seen) + 1})
                     known.add(p["chunk_id"])
-        prefix = tokenizer(so_far, add_special_tokens=False)["input_ids"] if so_far else []
+        prefix = text_ids(tokenizer, so_far) if so_far else []
         ids, _ = fit_prompt(tokenizer, messages, seen, budget - len(prefix))
         return ids + prefix
 

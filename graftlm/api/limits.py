@@ -1,0 +1,90 @@
+"""Bounds on what one request may make the server do: body size (413) and prompt size before tokenizing.
+
+A JSON body over GRAFT_MAX_REQUEST_BYTES is refused from its Content-Length before any of it is read, or,
+for a chunked body, as soon as the bytes read pass the limit; multipart uploads are bounded by
+GRAFT_MAX_UPLOAD_BYTES instead (the files route checks them, the blob store counts the bytes).
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+
+from graftlm.config import get_settings
+from graftlm.errors import GraftError
+
+_CLOSE = {"Connection": "close"}  # the rest of the body is not read: the connection cannot be reused
+
+
+def too_large_message(size: str, limit: int) -> str:
+    return (f"request body of {size} exceeds the limit of {limit} bytes (GRAFT_MAX_REQUEST_BYTES); "
+            "send less, or upload large data as a file")
+
+
+class BodyLimit:
+    """Pure ASGI middleware: 413 in the OpenAI error shape for a non-multipart body over the limit."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or _content_type(scope).startswith("multipart/form-data"):
+            return await self.app(scope, receive, send)
+        limit = get_settings().max_request_bytes
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            body = {"error": {"message": too_large_message(f"{declared} bytes", limit),
+                              "type": "invalid_request_error", "param": None, "code": "request_too_large"}}
+            return await JSONResponse(body, status_code=413, headers=_CLOSE)(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise HTTPException(413, too_large_message(f"more than {limit} bytes", limit), headers=_CLOSE)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _content_type(scope) -> str:
+    return (_header(scope, b"content-type") or "").lower()
+
+
+def _content_length(scope) -> int | None:
+    try:
+        return int(_header(scope, b"content-length") or "")
+    except ValueError:
+        return None
+
+
+_max_token_chars: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def max_token_chars(engine) -> int:
+    """The longest vocabulary entry in characters: no token covers more characters of text than that."""
+    if engine not in _max_token_chars:
+        _max_token_chars[engine] = max(1, max(map(len, engine.tokenizer.get_vocab()), default=1))
+    return _max_token_chars[engine]
+
+
+def check_prompt_chars(engine, chars: int, param: str) -> None:
+    """Refuse, without tokenizing it, a prompt too long for the context whatever the tokenizer does with it."""
+    at_least = math.ceil(chars / max_token_chars(engine))
+    if at_least >= engine.max_seq_len:
+        raise GraftError(f"the prompt has {chars} characters, so at least {at_least} tokens; this model serves at "
+                         f"most {engine.max_seq_len} tokens per request", param=param,
+                         code="context_length_exceeded")
