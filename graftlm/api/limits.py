@@ -1,20 +1,17 @@
-"""Bounds on what one request may make the server do: body size (413) and prompt size before tokenizing.
+"""Bounds on what one request may make the server do: the body size (413).
 
 A JSON body over GRAFT_MAX_REQUEST_BYTES is refused from its Content-Length before any of it is read, or,
 for a chunked body, as soon as the bytes read pass the limit; multipart uploads are bounded by
-GRAFT_MAX_UPLOAD_BYTES instead (the files route checks them, the blob store counts the bytes).
+GRAFT_MAX_UPLOAD_BYTES instead (the files route checks them, the blob store counts the bytes). Prompts too
+long for the context are refused before tokenizing by ``Engine.check_prompt_chars``.
 """
 
 from __future__ import annotations
-
-import math
-import weakref
 
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 from graftlm.config import get_settings
-from graftlm.errors import GraftError
 
 _CLOSE = {"Connection": "close"}  # the rest of the body is not read: the connection cannot be reused
 
@@ -69,22 +66,3 @@ def _content_length(scope) -> int | None:
         return int(_header(scope, b"content-length") or "")
     except ValueError:
         return None
-
-
-_max_token_chars: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def max_token_chars(engine) -> int:
-    """The longest vocabulary entry in characters: no token covers more characters of text than that."""
-    if engine not in _max_token_chars:
-        _max_token_chars[engine] = max(1, max(map(len, engine.tokenizer.get_vocab()), default=1))
-    return _max_token_chars[engine]
-
-
-def check_prompt_chars(engine, chars: int, param: str) -> None:
-    """Refuse, without tokenizing it, a prompt too long for the context whatever the tokenizer does with it."""
-    at_least = math.ceil(chars / max_token_chars(engine))
-    if at_least >= engine.max_seq_len:
-        raise GraftError(f"the prompt has {chars} characters, so at least {at_least} tokens; this model serves at "
-                         f"most {engine.max_seq_len} tokens per request", param=param,
-                         code="context_length_exceeded")

@@ -7,7 +7,9 @@ a handle to stream from; ``generate()`` is the synchronous form.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 import threading
 from pathlib import Path
@@ -188,6 +190,20 @@ class Engine:
                              f"{self.cache.capacity_tokens} tokens (GRAFT_KV_CACHE_BYTES="
                              f"{self.cache.budget_bytes}); lower max_tokens or shorten the prompt",
                              param="max_tokens", code="kv_cache_exceeded")
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The longest vocabulary entry in characters: no token covers more characters of text than that."""
+        return max(1, max(map(len, self.tokenizer.get_vocab()), default=1))
+
+    def check_prompt_chars(self, chars: int, param: str) -> None:
+        """Refuse, without tokenizing it, a prompt of ``chars`` characters too long for the context whatever
+        the tokenizer makes of it (work proportional to a huge prompt's size is not done for a refusal)."""
+        at_least = math.ceil(chars / self.max_token_chars)
+        if at_least >= self.max_seq_len:
+            raise GraftError(f"the prompt has {chars} characters, so at least {at_least} tokens; this model serves "
+                             f"at most {self.max_seq_len} tokens per request", param=param,
+                             code="context_length_exceeded")
 
     @property
     def kv_capacity_tokens(self) -> int:

@@ -12,7 +12,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from graftlm.api.limits import check_prompt_chars
 from graftlm.clusters.hosting import get_runtime
 from graftlm.data.render import render_prompt
 from graftlm.errors import GraftError
@@ -165,7 +164,7 @@ async def chat_completions(req: ChatRequest, request: Request):
     tokenizer = target.engine.tokenizer
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m)}
                 for m in req.messages]
-    check_prompt_chars(target.engine, sum(len(m["content"]) for m in messages), "messages")
+    target.engine.check_prompt_chars(sum(len(m["content"]) for m in messages), "messages")
     prompt_ids = await run_in_threadpool(render_prompt, tokenizer, messages)  # CPU work off the event loop
     want_logprobs = (req.top_logprobs or 0) if req.logprobs else None
     params = sampling_params(req, len(prompt_ids), target.engine, want_logprobs)
@@ -203,7 +202,7 @@ async def completions(req: CompletionRequest, request: Request):
     runtime = get_runtime()
     target = await run_in_threadpool(runtime.resolve, req.model)
     tokenizer = target.engine.tokenizer
-    check_prompt_chars(target.engine, len(prompts[0]), "prompt")
+    target.engine.check_prompt_chars(len(prompts[0]), "prompt")
     # the whole prompt is the client's own (no template around it): its control tokens are meant
     prompt_ids = (await run_in_threadpool(tokenizer, prompts[0], add_special_tokens=False))["input_ids"]
     if not prompt_ids:
@@ -261,6 +260,7 @@ async def rag_chat_completion(req: ChatRequest, request: Request):
     target = await run_in_threadpool(get_runtime().resolve, req.model)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m)}
                 for m in req.messages]
+    target.engine.check_prompt_chars(sum(len(m["content"]) for m in messages), "messages")
     question = question_of(messages)
     passages = await run_in_threadpool(retrieve, kb_id, question, top_k=top_k, search_mode=search_mode,
                                        filters=filters)
