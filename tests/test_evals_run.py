@@ -31,7 +31,7 @@ def test_run_eval_stores_results_and_aggregates(sets, graft_home):
     assert few["tokens"]["prompt"] > zero["tokens"]["prompt"] and rag["tokens"]["prompt"] > zero["tokens"]["prompt"]
     assert all(r["prompt_tokens"] > 0 and r["completion_tokens"] >= 1 for r in zero["results"])
     assert zero["latency_ms"] > 0
-    saved = json.loads((graft_home / "evals" / zero["eval_id"] / "runs" / f"{zero['id']}.json").read_text())
+    saved = store.get_run(zero["id"], zero["eval_id"])
     assert saved["results"][0]["reference"] == "balance"
     assert [r["id"] for r in store.list_runs(zero["eval_id"])] == [zero["id"], few["id"]]
     cmp = compare_runs(zero, few)

@@ -35,7 +35,7 @@ def run_command(
     eval_id: str | None = typer.Option(None, "--eval-id", help="Add the run to an existing eval."),
     failures: bool = typer.Option(False, help="Cluster the failed examples and store the clusters with the run."),
 ) -> None:
-    """Run MODEL over DATA and store the run under GRAFT_HOME/evals/."""
+    """Run MODEL over DATA and store the run (graft eval list shows it)."""
     from graftlm.evals.run import run_eval
 
     run = run_eval(model, str(data), scorers=scorer, strategy=strategy, k=k, train_path=str(train) if train else None,

@@ -97,7 +97,7 @@ def run_eval(model: str, data: str | Path | list[dict], *, scorers=("label_accur
      "aggregates": {scorer: {"mean", "ci_low", "ci_high", "n"}}, "tokens": {"prompt", "completion"} (means),
      "latency_ms" (amortized per example), "wall_s", "results": [per example]}
     With ``failures``, also "failure_clusters": the failed examples grouped (graftlm.evals.failures).
-    Stored under GRAFT_HOME/evals/<eval_id>/runs/<id>.json when ``save``.
+    Stored in the control-plane store (eval_runs) when ``save``.
     """
     scorers = list(scorers)
     for name in scorers:  # fail before generating, not after

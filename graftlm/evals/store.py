@@ -1,72 +1,74 @@
-"""Eval definitions and runs as JSON files under GRAFT_HOME/evals/ (no DB migration needed).
-
-GRAFT_HOME/evals/<eval_id>/eval.json            the definition
-GRAFT_HOME/evals/<eval_id>/runs/<run_id>.json   one run: config, aggregates, per-example results
-"""
+"""Eval definitions and runs in the control-plane store (tables ``evals`` and ``eval_runs``), so every API
+process on one database sees the same evals. A run row keeps the whole run (config, aggregates, per-example
+results) as JSON."""
 
 from __future__ import annotations
 
-import json
-import os
 import time
 import uuid
-from pathlib import Path
 
-from graftlm.config import get_settings
+from sqlalchemy import select
+
 from graftlm.errors import NotFound
-
-
-def evals_dir() -> Path:
-    d = get_settings().home / "evals"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+from graftlm.store.db import session
+from graftlm.store.models import Eval, EvalRun
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def _write(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+def _eval_dict(e: Eval) -> dict:
+    return {"id": e.id, "object": "eval", "name": e.name, "data_path": e.data_path, "scorers": list(e.scorers),
+            "description": e.description, "created_at": e.created_at}
 
 
 def create_eval(name: str, data_path: str, scorers: list[str], *, description: str | None = None,
                 eval_id: str | None = None) -> dict:
-    d = {"id": eval_id or new_id("eval"), "object": "eval", "name": name, "data_path": str(data_path),
-         "scorers": list(scorers), "description": description, "created_at": int(time.time())}
-    _write(evals_dir() / d["id"] / "eval.json", d)
-    return d
+    row = Eval(id=eval_id or new_id("eval"), name=name, data_path=str(data_path), scorers=list(scorers),
+               description=description, created_at=int(time.time()))
+    with session() as s:
+        s.add(row)
+    return _eval_dict(row)
 
 
 def get_eval(eval_id: str) -> dict:
-    p = evals_dir() / eval_id / "eval.json"
-    if not p.exists():
-        raise NotFound(f"eval {eval_id!r} not found", param="eval_id")
-    return json.loads(p.read_text())
+    with session() as s:
+        row = s.get(Eval, eval_id)
+        if row is None:
+            raise NotFound(f"eval {eval_id!r} not found", param="eval_id")
+        return _eval_dict(row)
 
 
 def list_evals() -> list[dict]:
-    out = [json.loads(p.read_text()) for p in evals_dir().glob("*/eval.json")]
-    return sorted(out, key=lambda e: e["created_at"])
+    with session() as s:
+        return [_eval_dict(e) for e in s.scalars(select(Eval).order_by(Eval.created_at, Eval.id))]
 
 
 def save_run(eval_id: str, run: dict) -> dict:
-    run.setdefault("saved_ns", time.time_ns())  # orders runs saved within the same second
-    _write(evals_dir() / eval_id / "runs" / f"{run['id']}.json", run)
+    """Insert or replace the run ``run["id"]`` of ``eval_id``."""
+    run.setdefault("saved_ns", time.time_ns())
+    with session() as s:
+        if s.get(Eval, eval_id) is None:
+            raise NotFound(f"eval {eval_id!r} not found", param="eval_id")
+        row = s.get(EvalRun, run["id"]) or EvalRun(id=run["id"], eval_id=eval_id)
+        row.model, row.body = run.get("model"), run
+        row.created_at, row.saved_ns = int(run.get("created_at") or time.time()), run["saved_ns"]
+        s.add(row)
     return run
 
 
 def get_run(run_id: str, eval_id: str | None = None) -> dict:
-    pattern = f"{eval_id or '*'}/runs/{run_id}.json"
-    for p in evals_dir().glob(pattern):
-        return json.loads(p.read_text())
-    raise NotFound(f"eval run {run_id!r} not found", param="run_id")
+    with session() as s:
+        row = s.get(EvalRun, run_id)
+        if row is None or (eval_id is not None and row.eval_id != eval_id):
+            raise NotFound(f"eval run {run_id!r} not found", param="run_id")
+        return row.body
 
 
 def list_runs(eval_id: str) -> list[dict]:
     get_eval(eval_id)
-    runs = [json.loads(p.read_text()) for p in (evals_dir() / eval_id / "runs").glob("*.json")]
-    return sorted(runs, key=lambda r: (r["created_at"], r.get("saved_ns", 0)))
+    with session() as s:
+        rows = s.scalars(select(EvalRun).where(EvalRun.eval_id == eval_id)
+                         .order_by(EvalRun.created_at, EvalRun.saved_ns))
+        return [r.body for r in rows]

@@ -1,5 +1,6 @@
 """Ingestion as a background job: documents are checked up front, then chunked and embedded on a thread; the
-job's state lives in memory and in GRAFT_HOME/rag_ingestions/{id}.json.
+job lives in the control-plane store (table ``rag_ingestions``), so any API process on the database reports
+its progress. A job left "running" by a process that is gone reads as failed (interrupted).
 
 Bad JSON documents are a 4xx at once. In a multipart upload each file stands alone: a bad file is reported
 in the job's "files" (ok false, with its error) and the good ones are ingested; status is "succeeded" (every
@@ -8,42 +9,58 @@ file), "partially_succeeded" or "failed" (none). Only when no file is good is th
 
 from __future__ import annotations
 
-import json
+import os
+import socket
 import threading
 import time
 import uuid
-from pathlib import Path
 
 from graftlm import rag
 from graftlm.errors import GraftError, NotFound
 from graftlm.rag.kb import _check_documents
+from graftlm.store.db import session
+from graftlm.store.models import RagIngestion
 
-_jobs: dict[str, dict] = {}
+_running: set[str] = set()  # jobs whose thread runs in this process
 _lock = threading.Lock()
+INTERRUPTED = "interrupted: the server stopped during ingestion"
 
 
-def _dir() -> Path:
-    from graftlm.config import get_settings
-
-    d = get_settings().home / "rag_ingestions"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _save(job: dict) -> None:
-    path = _dir() / f"{job['id']}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(job))
-    tmp.replace(path)
+def _owner_alive(owner: str | None, job_id: str) -> bool:
+    """Whether the process named ``owner`` (host:pid) can still be running the job. Another host's process
+    is trusted to be alive (the row says nothing more)."""
+    if owner == _owner():
+        return job_id in _running
+    host, _, pid = (owner or "").rpartition(":")
+    if not pid.isdigit():
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def _insert(job: dict) -> None:
+    with session() as s:
+        s.add(RagIngestion(id=job["id"], knowledge_base_id=job["knowledge_base_id"], status=job["status"],
+                           body=job, owner=_owner(), created_at=job["created_at"], updated_at=time.time()))
 
 
 def _update(job_id: str, **fields) -> dict:
-    with _lock:
-        job = _jobs[job_id]
-        job.update(fields)
-        snapshot = json.loads(json.dumps(job))
-    _save(snapshot)
-    return snapshot
+    with _lock, session() as s:
+        row = s.get(RagIngestion, job_id)
+        body = {**row.body, **fields}
+        row.body, row.status, row.updated_at = body, body["status"], time.time()
+    return body
 
 
 def _file_entry(name: str | None, documents: int, *, ok: bool | None = None, error: str | None = None) -> dict:
@@ -89,8 +106,8 @@ def start(kb_id: str, groups: list[tuple[str | None, list[dict] | GraftError]], 
            "status": "running", "progress": 0.0, "documents": 0, "chunks": 0, "error": None, "files": files,
            "created_at": int(time.time()), "finished_at": None}
     with _lock:
-        _jobs[job["id"]] = job
-    _save(job)
+        _running.add(job["id"])
+    _insert(job)
     thread = threading.Thread(target=_run, args=(job["id"], kb.id, checked), daemon=True, name=job["id"])
     thread.start()
     if wait:
@@ -118,6 +135,14 @@ def _final_status(reports: list[dict]) -> str:
 
 
 def _run(job_id: str, kb_id: str, groups: list[tuple[str | None, list[dict] | str]]) -> None:
+    try:
+        _ingest(job_id, kb_id, groups)
+    finally:
+        with _lock:
+            _running.discard(job_id)
+
+
+def _ingest(job_id: str, kb_id: str, groups: list[tuple[str | None, list[dict] | str]]) -> None:
     """Ingest each good group in turn; a group given as an error message (an unreadable file) is reported."""
     total = sum(len(d) for _, d in groups if not isinstance(d, str)) or 1
     done_before, reports = 0, []
@@ -143,16 +168,20 @@ def _named(name: str | None, message: str) -> str:
     return message if message.startswith(name) else f"{name}: {message}"
 
 
-def get(kb_id: str, job_id: str) -> dict:
-    with _lock:
-        job = json.loads(json.dumps(_jobs[job_id])) if job_id in _jobs else None
-    if job is None:
-        path = _dir() / f"{job_id}.json"
-        if "/" in job_id or not path.exists():
+def _load(job_id: str) -> tuple[dict, str | None]:
+    with session() as s:
+        row = s.get(RagIngestion, job_id)
+        if row is None:
             raise NotFound(f"ingestion job {job_id!r} not found", param="job_id")
-        job = json.loads(path.read_text())
-        if job["status"] == "running":  # the process that ran it is gone
-            job.update(status="failed", error="interrupted: the server stopped during ingestion")
+        return dict(row.body), row.owner
+
+
+def get(kb_id: str, job_id: str) -> dict:
+    job, owner = _load(job_id)
+    if job["status"] == "running" and not _owner_alive(owner, job_id):
+        job, owner = _load(job_id)  # read again: the job may have finished just before its thread let go of it
+        if job["status"] == "running":
+            job.update(status="failed", error=INTERRUPTED)
     kb = rag.get_kb(kb_id)
     if job["knowledge_base_id"] != kb.id:
         raise NotFound(f"ingestion job {job_id!r} not found in knowledge base {kb.name!r}", param="job_id")

@@ -147,3 +147,38 @@ class UsageRecord(Base):
     minimum_unit_hours: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float] = mapped_column(Float)
     ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Eval(Base):
+    """An eval definition: a JSONL eval set and the scorers its runs use."""
+    __tablename__ = "evals"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(500))
+    data_path: Mapped[str] = mapped_column(Text)
+    scorers: Mapped[list] = mapped_column(JSON)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now, index=True)
+
+
+class EvalRun(Base):
+    """One run of an eval on a model; ``body`` is the whole run (config, aggregates, per-example results)."""
+    __tablename__ = "eval_runs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    eval_id: Mapped[str] = mapped_column(ForeignKey("evals.id", ondelete="CASCADE"), index=True)
+    model: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    body: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    saved_ns: Mapped[int] = mapped_column(BigInteger)  # orders runs saved within the same second
+
+
+class RagIngestion(Base):
+    """A knowledge-base ingestion job; ``body`` is what GET .../ingestions/{id} returns. ``owner`` is the
+    host:pid of the process whose thread runs it, so another process can tell a live job from a dead one."""
+    __tablename__ = "rag_ingestions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    knowledge_base_id: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(30))
+    body: Mapped[dict] = mapped_column(JSON)
+    owner: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    updated_at: Mapped[float] = mapped_column(Float)

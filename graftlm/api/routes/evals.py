@@ -1,4 +1,4 @@
-"""HTTP routes for evals (mount under /v1): definitions and runs stored as JSON under GRAFT_HOME/evals/.
+"""HTTP routes for evals (mount under /v1): definitions and runs stored in the control-plane database.
 
 POST /evals {"name", "data_path", "scorers"}          create an eval (scorers may include "judge:<model>")
 GET  /evals                                          list
