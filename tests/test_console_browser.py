@@ -273,3 +273,40 @@ def test_a_viewer_key_sees_no_mutating_buttons_and_the_server_refuses_anyway(con
                 await call("GET", "/v1/endpoints")];
     }""")
     assert statuses == [403, 403, 403, 200]
+
+
+def test_evals_show_runs_failure_clusters_and_the_ladder_chart(console, tmp_path):
+    from graftlm.evals import store
+
+    ev = store.create_eval("intents", str(tmp_path / "test.jsonl"), ["label_accuracy"])
+    results = [{"id": f"ex{i}", "question": f"q{i}", "reference": "balance", "prediction": "hi" if i < 2 else "balance",
+                "scores": {"label_accuracy": 0.0 if i < 2 else 1.0}} for i in range(4)]
+    store.save_run(ev["id"], {"id": "evalrun-1", "object": "eval.run", "eval_id": ev["id"], "model": "tiny",
+                              "strategy": "zero-shot", "n": 4, "score": 0.5, "ci_low": 0.0, "ci_high": 1.0,
+                              "aggregates": {"label_accuracy": {"mean": 0.5, "ci_low": 0.0, "ci_high": 1.0}},
+                              "created_at": 1, "results": results,
+                              "failure_clusters": [{"cluster": 0, "size": 2, "samples": [
+                                  {"question": "q0", "reference": "balance", "prediction": "hi"}]}]})
+    rungs = [{"name": n, "score": s, "ci_low": s - 0.1, "ci_high": min(1, s + 0.1), "tokens": 70, "unit_hours": u,
+              "cost": u * 6.5} for n, s, u in (("zero-shot", 0.1, 0), ("few-shot", 0.8, 0), ("tfew", 0.85, 1))]
+    ladder = tmp_path / "ladder.json"
+    ladder.write_text(json.dumps({"base_model": "tiny", "n_eval": 80, "scorer": "label_accuracy", "rungs": rungs,
+                                  "verdict": {"text": "tfew is best"},
+                                  "loss_curves": {"tfew": [{"step": 1, "train_loss": 3.0}, {"step": 2, "train_loss": 2.0}]}}))
+    page = console.page
+    console.sign_in(ADMIN_KEY)
+    console.go("Evals")
+    page.locator("#ladder-file").set_input_files(str(ladder))
+    chart = page.get_by_role("img", name="Score per rung with 95% confidence intervals")
+    expect(chart.locator("rect")).to_have_count(3)
+    expect(chart.locator("line")).to_have_count(5 + 3 * 3)  # 5 grid lines, a whisker and two caps per rung
+    expect(page.locator("#ladder")).to_contain_text("tfew is best")
+    expect(page.locator("#ladder > table > tbody > tr")).to_have_count(3)
+    expect(page.locator("#ladder .chart canvas")).to_have_count(1)
+    console.shot("ladder")
+    page.get_by_role("button", name="intents").click()
+    page.get_by_role("button", name="evalrun-1").click()
+    run = page.locator("#eval-run")
+    expect(run).to_contain_text("Cluster 0: 2 failures")
+    expect(run.locator("table").last.locator("tbody tr")).to_have_count(2)  # the two failed examples
+    console.shot("eval-run")
