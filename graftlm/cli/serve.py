@@ -23,4 +23,5 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
     secret = ensure_admin_key()
     if secret:
         console.print(f"[bold]admin API key[/] (shown once, also saved to GRAFT_HOME/admin.key): {secret}")
+    console.print(f"console: http://{host}:{port}/console/ (sign in with an API key)")
     uvicorn.run(create_app(), host=host, port=port, log_level=log_level)

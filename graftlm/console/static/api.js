@@ -83,7 +83,7 @@ export async function* streamEvents(path, body, signal) {
         const data = line.slice(5).trim();
         if (data === "[DONE]") return;
         const obj = JSON.parse(data);
-        if (obj.error) throw new ApiError(obj.error.status || 500, obj);
+        if (obj.error) throw new ApiError(0, obj);  // the stream had started: the status was already sent
         yield obj;
       }
     }
