@@ -310,3 +310,34 @@ def test_evals_show_runs_failure_clusters_and_the_ladder_chart(console, tmp_path
     expect(run).to_contain_text("Cluster 0: 2 failures")
     expect(run.locator("table").last.locator("tbody tr")).to_have_count(2)  # the two failed examples
     console.shot("eval-run")
+
+
+@pytest.fixture
+def facts_kb(varied_model_dir, monkeypatch):
+    from graftlm import rag
+    from graftlm.models.catalog import import_model
+
+    monkeypatch.setenv("GRAFT_DTYPE", "float32")
+    import_model(varied_model_dir, "tiny")
+    kb = rag.create_kb("facts", chunk_size=32, chunk_overlap=4)
+    rag.ingest_documents(kb, [
+        {"id": "paris", "text": "Paris is the capital of France. The Eiffel Tower is in Paris.", "metadata": {}},
+        {"id": "tea", "text": "Tea is brewed from leaves. Green tea is not oxidized.", "metadata": {}}])
+    yield kb
+    rag.close_stores()
+
+
+def test_playground_grounded_answer_lists_its_citations(console, facts_kb):
+    page = console.page
+    console.sign_in(ADMIN_KEY)
+    console.go("Playground")
+    page.get_by_label("Model or endpoint").select_option("tiny")
+    page.get_by_label("Knowledge base").select_option(facts_kb.id)
+    page.get_by_label("Max tokens").fill("8")
+    page.get_by_label("Message").fill("Where is the Eiffel Tower?")
+    page.get_by_role("button", name="Send").click()
+    pane = page.get_by_role("region", name="Answers from tiny")
+    expect(pane.locator(".msg.assistant")).to_have_attribute("data-streaming", "false")
+    citations = pane.get_by_role("list", name="Citations").locator("li")
+    expect(citations.first).to_contain_text("The Eiffel Tower is in Paris")
+    console.shot("playground-grounded")

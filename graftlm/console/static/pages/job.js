@@ -52,8 +52,10 @@ export async function render(root, ctx) {
     const steps = [...byStep.keys()].sort((a, b) => a - b);
     const col = (k) => steps.map((s) => (byStep.get(s)[k] ?? null));
     loss.update(steps, [{ label: "train loss", values: col("train_loss") }, { label: "validation loss", values: col("valid_loss") }]);
+    const exact = col("valid_exact_match");
     acc.update(steps, [{ label: "train accuracy", values: col("train_mean_token_accuracy") },
-      { label: "validation accuracy", values: col("valid_mean_token_accuracy") }]);
+      { label: "validation accuracy", values: col("valid_mean_token_accuracy") },
+      ...(exact.some((v) => v !== null) ? [{ label: "validation exact match", values: exact }] : [])]);
     const validCount = col("valid_loss").filter((v) => v !== null).length;
     points.textContent = steps.length
       ? `${steps.length} training points (last step ${steps[steps.length - 1]}), ${validCount} validation points`
