@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -57,8 +58,29 @@ class Settings(BaseSettings):
         return self.home / "jobs"
 
     def ensure_dirs(self) -> None:
+        """Create the home and its folders private to this user (keys, data and models live there)."""
         for d in (self.home, self.blobs_dir, self.models_dir, self.jobs_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private(self.home)
+
+
+def private(path: Path) -> None:
+    """Make a folder 0700 (a file 0600) when it is ours and others could read it."""
+    try:
+        st = path.stat()
+        if st.st_uid == os.getuid() and st.st_mode & 0o077:
+            path.chmod(0o700 if path.is_dir() else 0o600)
+    except OSError:  # not ours to change (a shared mount): leave it
+        pass
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` empty and 0600 if missing (before SQLite creates it with the umask), else make it 0600."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    except OSError:
+        return
+    private(path)
 
 
 @lru_cache(maxsize=1)

@@ -62,6 +62,7 @@ def test_sdk_drives_a_tfew_job_to_a_custom_model(client, tiny_model):
                for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data)
     assert job.fine_tuned_model == f"ft:tiny:toy:{job.id}"
     assert job.trained_tokens > 0 and job.result_files
+    assert client.files.retrieve(job.result_files[0]).status == "processed"  # a result, not left `uploaded`
     # 16 examples, 80:20 split → 13 train (ceil(13/4) = 4 steps per epoch) × 2 epochs
     events = [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
     steps = sorted(e.data["step"] for e in events)
@@ -137,7 +138,8 @@ def test_cancel_a_running_job(client, tiny_model):
     while not [e for e in client.fine_tuning.jobs.list_events(job.id).data if e.type == "metrics"]:
         assert time.time() < deadline
         time.sleep(0.2)
-    client.fine_tuning.jobs.cancel(job.id)
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelling"  # the state it moves to, not "running"
+    assert client.fine_tuning.jobs.retrieve(job.id).status in ("cancelling", "cancelled")
     job = wait_job(client, job.id)
     assert job.status == "cancelled" and job.fine_tuned_model is None
 
@@ -207,7 +209,7 @@ def test_pause_and_resume_a_running_job(client, tiny_model):
     while not [e for e in client.fine_tuning.jobs.list_events(job.id).data if e.type == "metrics"]:
         assert time.time() < deadline
         time.sleep(0.1)
-    client.fine_tuning.jobs.pause(job.id)
+    assert client.fine_tuning.jobs.pause(job.id).status == "pausing"
     paused = wait_job(client, job.id, statuses=("paused",))
     assert paused.fine_tuned_model is None
     assert client.fine_tuning.jobs.resume(job.id).status == "queued"

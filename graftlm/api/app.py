@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from graftlm import __version__
 from graftlm.files import service as file_store
 from graftlm.api.auth import require_key
-from graftlm.api.errors import install_error_handlers, internal_error
+from graftlm.api.errors import install_error_handlers, unexpected_error
+from graftlm.api.openapi import install_openapi
 from graftlm.api.limits import BodyLimit
 from graftlm.api.routes import clusters, console, files, fine_tuning, inference, models
 from graftlm.api.routes import evals as evals_api
@@ -57,9 +58,8 @@ def create_app(run_scheduler: bool = True) -> FastAPI:
         start = time.perf_counter()
         try:
             response = await call_next(request)
-        except Exception:  # noqa: BLE001 - answered here, so the server keeps the keep-alive connection open
-            log.exception("request %s failed", rid)
-            response = internal_error(rid)
+        except Exception as e:  # noqa: BLE001 - answered here, so the server keeps the keep-alive connection open
+            response = unexpected_error(rid, e)
         response.headers["x-request-id"] = rid
         log.info("%s %s %s %d %.1fms", rid, request.method, request.url.path, response.status_code,
                  (time.perf_counter() - start) * 1000)
@@ -77,6 +77,7 @@ def create_app(run_scheduler: bool = True) -> FastAPI:
     for module in (files, models, clusters, fine_tuning, inference, rag_api, evals_api, console):
         v1.include_router(module.router)
     app.include_router(v1)
+    install_openapi(app)
     console.mount(app)  # the web UI's static files; its data calls are /v1 routes above
     return app
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import shutil
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from graftlm.config import get_settings
 from graftlm.errors import GraftError
 
 log = logging.getLogger("graftlm.api")
@@ -60,10 +63,45 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
-        rid = getattr(request.state, "request_id", "-")
-        log.exception("request %s failed", rid)
-        return internal_error(rid)
+        return unexpected_error(getattr(request.state, "request_id", "-"), exc)
 
 
 def internal_error(rid: str) -> JSONResponse:
     return JSONResponse(error_body(f"internal error (request id {rid})", type_="server_error"), status_code=500)
+
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_FULL_MESSAGES = ("database or disk is full", "no space left on device", "disk quota exceeded")
+
+
+def storage_full(exc: BaseException) -> bool:
+    """Whether the failure is the disk (or quota) being full, anywhere down the chain of causes."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+            return True
+        if any(m in str(exc).lower() for m in _FULL_MESSAGES):
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__  # SQLAlchemy keeps the DBAPI error in .orig
+    return False
+
+
+def insufficient_storage(rid: str) -> JSONResponse:
+    home = get_settings().home
+    try:
+        free = f"{shutil.disk_usage(home).free} bytes free"
+    except OSError:
+        free = "free space unknown"
+    message = (f"the disk holding GRAFT_HOME ({home}) is full ({free}); nothing was stored. Free some space "
+               f"or move GRAFT_HOME to a larger disk, then retry (request id {rid})")
+    return JSONResponse(error_body(message, type_="server_error", code="insufficient_storage"), status_code=507)
+
+
+def unexpected_error(rid: str, exc: BaseException) -> JSONResponse:
+    """The answer to an exception no handler knew: 507 when the disk is full, else a logged 500."""
+    if storage_full(exc):
+        log.error("request %s: disk full (%s: %s)", rid, type(exc).__name__, exc)
+        return insufficient_storage(rid)
+    log.error("request %s failed", rid, exc_info=exc)
+    return internal_error(rid)

@@ -135,7 +135,7 @@ def _action(name: str):
     @friendly_errors
     def command(job_id: str):
         job = service.request_action(job_id, name)
-        console.print(f"{job_id}: {job['status']}" + (" (requested)" if job["status"] == "running" else ""))
+        console.print(f"{job_id}: {job['status']}")  # cancelling / pausing while a running job stops
     command.__doc__ = f"{name.capitalize()} a job."
     return command
 

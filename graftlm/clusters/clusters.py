@@ -18,6 +18,7 @@ ENDPOINT_CAPACITY = 50
 LIVE_ENDPOINT_STATES = ("CREATING", "ACTIVE", "INACTIVE", "UPDATING", "FAILED")
 DEFAULT_FT_CLUSTER = "dac-local-fine-tuning"
 MAX_PAGE = 1000
+MAX_UNIT_COUNT = 1024  # units of one cluster (OCI sells a handful; a hosting unit maps to CPU threads)
 
 # Called with the cluster dict and "deleted" once a cluster is deleted, so the serving runtime can stop
 # its engine. Set by graftlm.clusters.hosting when it is in use.
@@ -50,8 +51,8 @@ def create_cluster(type: str, *, unit_count: int | None = None, base_model: str 
     if type not in TYPES:
         raise GraftError(f"type must be one of {', '.join(TYPES)}", param="type")
     unit_count = TYPES[type] if unit_count is None else unit_count
-    if not isinstance(unit_count, int) or unit_count < 1:
-        raise GraftError("unit_count must be an integer ≥ 1", param="unit_count")
+    if not isinstance(unit_count, int) or not 1 <= unit_count <= MAX_UNIT_COUNT:
+        raise GraftError(f"unit_count must be an integer from 1 to {MAX_UNIT_COUNT}", param="unit_count")
     if type == "HOSTING":
         if not base_model:
             raise GraftError("a HOSTING cluster needs base_model", param="base_model")

@@ -8,10 +8,12 @@ overlapping hours count once), so concurrency never bills more than the cluster 
 
 from __future__ import annotations
 
+import math
 import time
 
 from sqlalchemy import select
 
+from graftlm.errors import GraftError
 from graftlm.store.db import session
 from graftlm.store.models import Cluster, UsageRecord
 
@@ -73,6 +75,8 @@ def job_spans_unit_hours(spans: list[UsageRecord], at: float) -> float:
 
 
 def usage_report(price_per_unit_hour: float | None = None, at: float | None = None) -> dict:
+    if price_per_unit_hour is not None and not (math.isfinite(price_per_unit_hour) and price_per_unit_hour >= 0):
+        raise GraftError("price_per_unit_hour must be a finite number >= 0", param="price_per_unit_hour")
     at = at or time.time()
     with session() as s:
         clusters = {c.id: c for c in s.scalars(select(Cluster))}

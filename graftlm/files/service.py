@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -17,6 +18,7 @@ from graftlm.store.models import File, FineTuningJob, new_id
 
 PURPOSES = {"fine-tune", "fine-tune-results", "assistants", "batch", "user_data", "evals", "rag"}
 MAX_DETAILS = 10
+log = logging.getLogger("graftlm.files")
 
 
 def file_to_dict(f: File) -> dict:
@@ -34,11 +36,26 @@ def create_file(fileobj: BinaryIO, filename: str, purpose: str) -> dict:
     except blobs.TooLarge as e:
         raise GraftError(f"{e}; raise GRAFT_MAX_UPLOAD_BYTES to accept larger files", param="file",
                          code="file_too_large", status_code=413) from e
-    with session() as s:
-        f = File(id=new_id("file"), filename=filename or "upload.jsonl", purpose=purpose, bytes=size, sha256=sha)
-        s.add(f)
-        s.flush()
-        return file_to_dict(f)
+    try:
+        with session() as s:
+            f = File(id=new_id("file"), filename=filename or "upload.jsonl", purpose=purpose, bytes=size,
+                     sha256=sha)
+            s.add(f)
+            s.flush()
+            return file_to_dict(f)
+    except Exception:  # no row (database full?): no blob either, unless another file shares its bytes
+        _delete_unreferenced_blob(sha)
+        raise
+
+
+def _delete_unreferenced_blob(sha: str) -> None:
+    try:
+        with session() as s:
+            shared = s.scalar(select(func.count()).select_from(File).where(File.sha256 == sha))
+        if not shared:
+            blobs.delete_blob(get_settings().blobs_dir, sha)
+    except Exception as e:  # noqa: BLE001 - the original error is the one to report
+        log.warning("could not remove the blob %s of a failed upload: %s", sha, e)
 
 
 def upload_local(path: str | Path, *, param: str = "training_file") -> str:
@@ -139,6 +156,18 @@ def validate_stored_file(file_id: str, *, tokenizer=None, context_length: int | 
         row.format = report.get("format")
         row.report = report
     return report
+
+
+def validate_in_background(file_id: str) -> None:
+    """validate_stored_file for a background task: a failure to record the outcome (disk full, file deleted)
+    is logged, never raised into the server; the file stays `uploaded` and is validated at the next start."""
+    try:
+        validate_stored_file(file_id)
+    except NotFound:
+        pass
+    except Exception as e:  # noqa: BLE001
+        log.error("validating %s failed (%s: %s); it stays uploaded and is validated again when the server "
+                  "restarts", file_id, type(e).__name__, e)
 
 
 def unfinished_file_ids() -> list[str]:

@@ -15,6 +15,7 @@ from graftlm.train.config import METHOD_FIELDS, check_runtime, parse_config
 
 ACTIVE = ("validating_files", "queued", "running", "paused")
 FINISHED = ("succeeded", "failed", "cancelled")
+PENDING = {"cancel": "cancelling", "pause": "pausing"}  # requested action -> status shown meanwhile
 OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 AUTO_FIELDS = ("total_training_epochs", "training_batch_size", "learning_rate")  # auto picks at training time
 
@@ -32,9 +33,16 @@ def shown_hyperparameters(cfg: dict, run_info: dict | None) -> dict:
             "learning_rate_multiplier": cfg.get("learning_rate_multiplier") or "auto", **shown}
 
 
+def shown_status(j: FineTuningJob) -> str:
+    """A running job asked to stop is `cancelling` / `pausing` until its worker stops at the next step."""
+    if j.status == "running" and j.requested_action in PENDING:
+        return PENDING[j.requested_action]
+    return j.status
+
+
 def job_to_dict(j: FineTuningJob) -> dict:
     hyper = shown_hyperparameters(j.config, j.run_info)
-    return {"object": "fine_tuning.job", "id": j.id, "model": j.model, "status": j.status,
+    return {"object": "fine_tuning.job", "id": j.id, "model": j.model, "status": shown_status(j),
             "fine_tuned_model": j.fine_tuned_model, "trained_tokens": j.trained_tokens, "error": j.error,
             "result_files": j.result_files or [], "hyperparameters": hyper,
             "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},

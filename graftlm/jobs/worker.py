@@ -19,7 +19,7 @@ from pathlib import Path
 from graftlm.clusters import metering
 from graftlm.config import get_settings
 from graftlm.errors import GraftError
-from graftlm.files.service import create_file, file_path
+from graftlm.files.service import create_file, file_path, mark_processed
 from graftlm.jobs.service import add_event
 from graftlm.jobs.tracking import tracker_for
 from graftlm.models.catalog import get_model
@@ -205,6 +205,7 @@ def run_job(job_id: str) -> str:
         if result.status == "succeeded":
             fields["fine_tuned_model"] = register_custom_model(job, result, job.config, hashes)
             results = create_file(io.BytesIO(metrics_csv(job_id)), f"{job_id}-metrics.csv", "fine-tune-results")
+            mark_processed(results["id"])  # a result, not data to validate
             fields |= {"result_files": [results["id"]], "finished_at": now()}
         elif result.status == "cancelled":
             fields["finished_at"] = now()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from graftlm.config import private_file
 from graftlm.errors import Conflict, GraftError
 from graftlm.rag.backend import DocumentRows, KnowledgeBase
 from graftlm.rag.text import fts_or_query
@@ -35,6 +36,8 @@ def connect(path: str | Path):
     import sqlean
     import sqlite_vec
 
+    if str(path) != ":memory:":
+        private_file(Path(path))
     conn = sqlean.connect(str(path), check_same_thread=False, isolation_level=None)
     conn.enable_load_extension(True)
     sqlite_vec.load(conn)

@@ -7,11 +7,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, make_url
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from graftlm.config import get_settings
+from graftlm.config import get_settings, private_file
 
 _engines: dict[str, Engine] = {}
 _upgraded: set[str] = set()
@@ -28,12 +28,20 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def _private_sqlite_file(url: str) -> None:
+    """The database holds key hashes and job data: 0600, as the blobs are (SQLite's -wal/-shm follow it)."""
+    path = make_url(url).database
+    if path and path != ":memory:" and not path.startswith("file:"):
+        private_file(Path(path))
+
+
 def get_engine(url: str | None = None) -> Engine:
     url = url or get_settings().db_url
     with _lock:
         engine = _engines.get(url)
         if engine is None:
             if url.startswith("sqlite"):
+                _private_sqlite_file(url)
                 engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
                 event.listen(engine, "connect", _sqlite_pragmas)
             else:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from graftlm.clusters import clusters, endpoints, metering
 
@@ -16,7 +16,7 @@ router = APIRouter()
 class ClusterIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["HOSTING", "FINE_TUNING"]
-    unit_count: int | None = None
+    unit_count: int | None = Field(None, ge=1, le=clusters.MAX_UNIT_COUNT)
     base_model: str | None = None
     name: str | None = None
 
@@ -92,5 +92,5 @@ async def activate_endpoint(endpoint_id: str):
 
 
 @router.get("/usage")
-async def usage(price_per_unit_hour: float | None = None):
+async def usage(price_per_unit_hour: float | None = Query(None, ge=0, allow_inf_nan=False)):
     return await run_in_threadpool(metering.usage_report, price_per_unit_hour)

@@ -54,7 +54,7 @@ router = APIRouter(route_class=SizeCheckedRoute)  # only uploads have bodies to 
 async def upload_file(background: BackgroundTasks, file: UploadFile = File(...), purpose: str = Form(...)):
     record = await run_in_threadpool(files.create_file, file.file, file.filename or "upload.jsonl", purpose)
     if purpose == "fine-tune":
-        background.add_task(files.validate_stored_file, record["id"])
+        background.add_task(files.validate_in_background, record["id"])
     else:
         record = await run_in_threadpool(files.mark_processed, record["id"])
     return record

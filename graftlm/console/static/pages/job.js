@@ -4,7 +4,7 @@ import { api } from "../api.js";
 import { lineChart } from "../charts.js";
 import { alertBox, badge, clear, fmt, h, kv, link, table } from "../ui.js";
 
-const ACTIVE = new Set(["validating_files", "queued", "running"]);
+const ACTIVE = new Set(["validating_files", "queued", "running", "cancelling", "pausing"]);
 
 export async function render(root, ctx) {
   const jobId = ctx.params[0];
