@@ -126,7 +126,6 @@ def main() -> None:
     from graftlm.data.validate import validate_file
     from graftlm.inference.service import chat_batch
     from graftlm.models import catalog
-    from graftlm.models.generate import load_hf  # noqa: F401  (warms the import path)
 
     step("1. pull the base model")
     model = catalog.pull(BASE, progress=lambda stage, frac: console.print(f"  {stage}") if frac < 1 else None)

@@ -21,6 +21,9 @@ def print_json(obj) -> None:
 
 def friendly_errors(fn):
     """Turn a GraftError into a one-line message and exit code 2 instead of a traceback."""
+    if getattr(fn, "friendly_errors", False):
+        return fn
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -29,4 +32,14 @@ def friendly_errors(fn):
             hint = f" (param: {e.param})" if e.param else ""
             err_console.print(f"[bold red]error:[/] {e.message}{hint}")
             raise typer.Exit(2)
+    wrapper.friendly_errors = True
     return wrapper
+
+
+def wrap_commands(app: typer.Typer) -> typer.Typer:
+    """Every command of ``app`` and of its sub-apps behind friendly_errors (graftlm.cli.main calls it once)."""
+    for command in app.registered_commands:
+        command.callback = friendly_errors(command.callback)
+    for group in app.registered_groups:
+        wrap_commands(group.typer_instance)
+    return app

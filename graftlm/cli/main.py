@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from graftlm.cli import clusters, data, finetune, keys, models, serve
+from graftlm.cli.common import wrap_commands
 from graftlm.cli import kb as rag_cli
 from graftlm.cli import evals as evals_cli
 
@@ -26,3 +27,4 @@ app.command("serve")(serve.serve)
 app.command("chat")(models.chat)
 app.command("worker")(finetune.worker)
 app.command("usage")(clusters.usage)
+wrap_commands(app)  # a GraftError from any command is one line and exit code 2, never a traceback
