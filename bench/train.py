@@ -108,8 +108,8 @@ def bench_hf_trainer(model_path, examples, args, out) -> tuple[float, int]:
     tok = AutoTokenizer.from_pretrained(model_path)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path), _lora())
     rows = [encode_example(tok, e) for e in examples]
-    from graftlm.train.loop import cpu_has_native_bf16
-    bf16 = cpu_has_native_bf16()  # the same precision choice as graftlm, so only the loop differs
+    from graftlm.device import cpu_has_bf16
+    bf16 = cpu_has_bf16()  # the same precision choice as graftlm, so only the loop differs
     targs = TrainingArguments(output_dir=str(out), per_device_train_batch_size=args.batch, max_steps=args.steps,
                               report_to="none", save_strategy="no", logging_steps=1000, use_cpu=True, bf16=bf16,
                               learning_rate=2e-4, disable_tqdm=True, dataloader_num_workers=0)
@@ -146,8 +146,8 @@ def main():
     for name in args.only.split(","):
         secs, tokens = contenders[name](str(model_path), examples, args, work / name)
         results[name] = tokens / secs
-        from graftlm.train.loop import pick_autocast_dtype
-        dtype = "bf16" if pick_autocast_dtype(torch.device("cpu")) == torch.bfloat16 else "fp32"
+        from graftlm.device import training_dtype
+        dtype = "bf16" if training_dtype(torch.device("cpu")) == torch.bfloat16 else "fp32"
         peak = peaks[dtype]
         print(f"{name:11s} {tokens:6d} tokens in {secs:6.1f}s = {results[name]:7.1f} tokens/s, "
               f"MFU {4 * non_embed * results[name] / peak:.1%} of measured {dtype} peak", flush=True)

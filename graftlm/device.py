@@ -1,4 +1,5 @@
-"""Device and dtype choice shared by chat, training and serving."""
+"""The one device and dtype rule, used by training, serving and `graft chat`. An invalid GRAFT_DEVICE or
+GRAFT_DTYPE is an error everywhere (a GraftError naming the variable), never silently replaced."""
 
 from __future__ import annotations
 
@@ -8,16 +9,25 @@ from pathlib import Path
 import torch
 
 from graftlm.config import get_settings
+from graftlm.errors import GraftError
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
 def device() -> torch.device:
-    wanted = get_settings().device
+    """GRAFT_DEVICE (auto | cpu | cuda | cuda:N); auto is CUDA when there is one."""
+    wanted = get_settings().device.strip().lower()
     if wanted == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(wanted)
+    try:
+        dev = torch.device(wanted)
+    except RuntimeError as e:
+        raise GraftError(f"GRAFT_DEVICE={wanted!r} is not a device (auto, cpu, cuda, cuda:N)",
+                         param="GRAFT_DEVICE") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise GraftError(f"GRAFT_DEVICE={wanted!r}: graftlm runs on cpu or cuda", param="GRAFT_DEVICE")
+    return dev
 
 
 @lru_cache(maxsize=1)
@@ -33,13 +43,20 @@ def cpu_has_bf16() -> bool:
 
 
 def default_dtype(dev: torch.device | None = None) -> torch.dtype:
-    """The fastest dtype the device supports; GRAFT_DTYPE=float32 forces fp32."""
-    wanted = get_settings().dtype.lower()
+    """The dtype weights are served in: GRAFT_DTYPE, or with auto the fastest one the device supports."""
+    wanted = get_settings().dtype.strip().lower()
     if wanted != "auto":
         if wanted not in DTYPES:
-            raise ValueError(f"GRAFT_DTYPE={wanted!r} is not one of auto, {', '.join(DTYPES)}")
+            raise GraftError(f"GRAFT_DTYPE={wanted!r} is not one of auto, {', '.join(DTYPES)}", param="GRAFT_DTYPE")
         return DTYPES[wanted]
     dev = dev or device()
     if dev.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+
+def training_dtype(dev: torch.device | None = None) -> torch.dtype:
+    """The autocast dtype for training: the same rule, except that float16 trains in float32 (fp16 autocast
+    needs loss scaling, which the training loop does not do; bf16 does not)."""
+    dtype = default_dtype(dev)
+    return torch.float32 if dtype == torch.float16 else dtype

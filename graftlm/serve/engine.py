@@ -10,14 +10,13 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import threading
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer
 
-from graftlm.device import default_dtype as _default_dtype
+from graftlm.device import default_dtype, device as default_device
 from graftlm.errors import GraftError, Unavailable
 
 from .adapter_cache import AdapterCache
@@ -48,18 +47,6 @@ class EngineUnavailable(Unavailable):
 
     def __init__(self, message: str):
         super().__init__(message, code="engine_unavailable")
-
-
-def default_device() -> torch.device:
-    want = os.environ.get("GRAFT_DEVICE", "auto")
-    if want == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(want)
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """GRAFT_DTYPE if set, else the device's fastest dtype: one rule for serving, chat and training."""
-    return _default_dtype(device)
 
 
 def eos_token_ids(model_path: Path, tokenizer) -> set[int]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from graftlm.data.render import encode_example
+from graftlm.device import device as default_device, training_dtype
 from graftlm.errors import GraftError
 from graftlm.train import auto as auto_hp
 from graftlm.train import checkpoint as ckpt
@@ -58,36 +58,6 @@ class TrainResult:
     trainable_params: int
     total_params: int
     run_info: dict = field(default_factory=dict)
-
-
-def pick_device() -> torch.device:
-    want = os.environ.get("GRAFT_DEVICE", "auto")
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(want)
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: oneDNN reports bf16 "supported" on any AVX512 CPU, but without these
-    instructions it emulates bf16 and matmuls run ~4x slower than fp32 (measured on Ice Lake)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def pick_autocast_dtype(device: torch.device) -> torch.dtype:
-    """bf16 autocast where the hardware does bf16 natively (CUDA, CPUs with AVX512-BF16/AMX); else fp32.
-    GRAFT_DTYPE=float32|bfloat16 overrides."""
-    want = os.environ.get("GRAFT_DTYPE", "auto")
-    if want in ("float32", "fp32"):
-        return torch.float32
-    if want in ("bfloat16", "bf16"):
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
 def encode_examples(tokenizer, examples, cfg: FineTuneConfig) -> list[dict]:
@@ -210,8 +180,8 @@ def train(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict
     say = lambda message, **data: emit({"type": "message", "level": "info", "message": message, "data": data})  # noqa: E731
     out_dir = Path(out_dir)
     ckpt_root = out_dir / "checkpoints"
-    device, started = pick_device(), time.time()
-    dtype = pick_autocast_dtype(device)
+    device, started = default_device(), time.time()
+    dtype = training_dtype(device)
     torch.manual_seed(cfg.seed)
 
     # data
