@@ -91,7 +91,9 @@ def test_sign_in_keeps_the_key_out_of_urls_and_sign_out_forgets_it(console):
     console.shot("signin-refused")
     requests = []
     page.on("request", lambda r: requests.append(r))
-    console.sign_in(ADMIN_KEY)
+    page.get_by_label("API key").fill(ADMIN_KEY)
+    page.get_by_label("API key").press("Enter")  # the keyboard alone signs in
+    expect(page.get_by_role("navigation")).to_be_visible()
     expect(page.locator("#who")).to_contain_text("admin")
     assert ADMIN_KEY not in page.url and all(ADMIN_KEY not in r.url for r in requests)
     assert all(r.headers.get("authorization") == f"Bearer {ADMIN_KEY}" for r in requests if "/v1/" in r.url)
@@ -104,10 +106,22 @@ def test_sign_in_keeps_the_key_out_of_urls_and_sign_out_forgets_it(console):
     assert page.evaluate("sessionStorage.length") == 0
 
 
-def upload_through_ui(console, name: str, data: bytes):
+def upload_through_ui(console, name: str, data: bytes, how: str = "input"):
+    """Upload through the file input, by dropping a file on the drop zone, or from the keyboard alone."""
     page = console.page
     console.go("Datasets")
-    page.locator("#upload-input").set_input_files({"name": name, "mimeType": "application/jsonl", "buffer": data})
+    payload = {"name": name, "mimeType": "application/jsonl", "buffer": data}
+    if how == "drop":
+        transfer = page.evaluate_handle("""([name, text]) => { const dt = new DataTransfer();
+            dt.items.add(new File([text], name, {type: "application/jsonl"})); return dt; }""", [name, data.decode()])
+        page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
+    elif how == "keyboard":
+        page.locator("#dropzone").focus()
+        with page.expect_file_chooser() as chooser:
+            page.keyboard.press("Enter")
+        chooser.value.set_files(payload)
+    else:
+        page.locator("#upload-input").set_input_files(payload)
     done = page.get_by_text(f"Uploaded {name} as file-")
     expect(done).to_be_visible()
     expect(page.get_by_label("Upload progress")).to_have_attribute("value", "100")
@@ -118,7 +132,7 @@ def test_a_bad_dataset_shows_its_line_errors(console):
     page = console.page
     console.sign_in(ADMIN_KEY)
     bad = dataset(4) + b'{"messages": [{"role": "user", "content": "hi"}]}\n' + b"{not json\n"
-    upload_through_ui(console, "bad.jsonl", bad)
+    upload_through_ui(console, "bad.jsonl", bad, how="drop")
     detail = page.locator("#file-detail")
     expect(detail.get_by_role("heading", name="bad.jsonl")).to_be_visible()
     expect(detail.locator(".badge")).to_have_text("error")
@@ -159,7 +173,7 @@ def create_job_through_ui(console, training_file: str, **hyper):
 def test_tfew_job_live_curve_host_chat_and_deactivate(console, tiny_model):
     page = console.page
     console.sign_in(ADMIN_KEY)
-    file_id = upload_through_ui(console, "train.jsonl", dataset(40))
+    file_id = upload_through_ui(console, "train.jsonl", dataset(40), how="keyboard")
     expect(page.locator("#file-detail .badge")).to_have_text("processed")
     # 40 examples → 32 train, batch 2 → 16 steps per epoch; enough steps to watch the curve grow
     job_id = create_job_through_ui(console, file_id, training_method="tfew", total_training_epochs=12,
@@ -173,6 +187,23 @@ def test_tfew_job_live_curve_host_chat_and_deactivate(console, tiny_model):
     expect(page.locator("#curve-points")).not_to_contain_text(f"{first} training points")
     assert points_shown(page) > first
     console.shot("job-running")
+    # a second job waits behind the first (one job at a time): pause, resume and cancel it from its page
+    import httpx
+
+    second = httpx.post(f"{console.origin}/v1/fine_tuning/jobs", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                        json={"model": "tiny", "training_file": file_id}).json()["id"]
+    console.open(f"#/jobs/{second}")
+    badge = page.locator("#job-summary .badge")
+    expect(page.locator("#job-summary h1")).to_contain_text(second)
+    page.get_by_role("button", name="Pause").click()
+    expect(badge).to_have_text("paused", timeout=240_000)
+    page.get_by_role("button", name="Resume").click()
+    expect(badge).to_have_text(re.compile("queued|running"))
+    page.get_by_role("button", name="Cancel").click()
+    expect(badge).to_have_text("cancelled", timeout=240_000)
+    expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
+    console.shot("job-cancelled")
+    console.open(f"#/jobs/{job_id}")
     expect(summary.locator(".badge")).to_have_text("succeeded", timeout=240_000)
     expect(page.locator("#curve-points")).to_contain_text("192 training points")  # 16 steps × 12 epochs
     expect(page.locator("#curve-points")).to_contain_text(", 12 validation points")
