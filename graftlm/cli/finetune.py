@@ -83,12 +83,12 @@ def watch_job(job_id: str, run_here: bool = False) -> dict:
                     bar.update(task, total=d["total_steps"])
                 if e["type"] == "metrics":
                     stats = f"loss {d['train_loss']:.3f} acc {d['train_mean_token_accuracy']:.2f}"
+                    if d.get("tokens_per_second"):
+                        stats += f" | {d['tokens_per_second']:,.0f} tok/s"
                     if "valid_loss" in d:
                         stats += f" | valid {d['valid_loss']:.3f}"
                     if "valid_exact_match" in d:
-                        stats += f" exact {d['valid_exact_match']:.2f}"
-                    if d.get("tokens_per_second"):
-                        stats += f" | {d['tokens_per_second']:,.0f} tok/s"
+                        stats += f" em {d['valid_exact_match']:.2f}"
                     bar.update(task, completed=d["step"], stats=stats)
                 elif e["type"] == "message":
                     bar.console.print(f"[dim]{e['message']}[/]")
