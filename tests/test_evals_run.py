@@ -54,6 +54,13 @@ def test_prompt_completion_format_and_context_trimming(tmp_path, sets):
     assert token_counter(tokenizer)(prompts[0]) <= context - 8
     assert len(prompts[0]) > 1  # some shots still fit
 
+    from graftlm.rag.generate import SYSTEM_PROMPT
+
+    rag = build_prompts("tiny", ex, "rag", k=50, index=ExampleIndex(long_train), max_tokens=8)
+    system = rag[0][0]["content"]  # the product's RAG prompt (rag.generate), fitted to the context
+    assert rag[0][0]["role"] == "system" and SYSTEM_PROMPT in system and "[1] Request:" in system
+    assert 1 <= system.count("Request:") < 50 and token_counter(tokenizer)(rag[0]) <= context - 8
+
 
 def test_forgetting_check_same_model_is_no_change(sets):
     from graftlm.evals.forgetting import forgetting_check

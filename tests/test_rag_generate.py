@@ -49,7 +49,7 @@ def served_kb(varied_model_dir, tmp_path, monkeypatch):
 def ask(client, kb, rag_mode="stuff", model="tiny", **kw):
     return client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "Where is the Eiffel Tower?"}], temperature=0,
-        max_tokens=6, extra_body={"knowledge_base_id": kb.id, "rag_mode": rag_mode, "top_k": 3, **kw})
+        max_tokens=6, extra_body={"knowledge_base_id": kb.id, "rag_mode": rag_mode, "passages": 3, **kw})
 
 
 def check_citations(citations, n=None):
@@ -90,7 +90,7 @@ def test_streaming_carries_citations_first(client, served_kb, rag_mode):
     chunks = list(client.chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "Where is the Eiffel Tower?"}], temperature=0,
         max_tokens=6, stream=True, stream_options={"include_usage": True},
-        extra_body={"knowledge_base_id": served_kb.id, "rag_mode": rag_mode, "top_k": 3}))
+        extra_body={"knowledge_base_id": served_kb.id, "rag_mode": rag_mode, "passages": 3}))
     first = chunks[0].model_dump()
     assert first["choices"][0]["delta"]["role"] == "assistant"
     assert first["citations"] == whole.model_dump()["citations"]
@@ -104,7 +104,7 @@ def test_rag_token_mixture_equals_the_weighted_sum_by_hand(served_kb):
 
     target = get_runtime().resolve("tiny")
     messages = [{"role": "user", "content": "Where is the Eiffel Tower?"}]
-    passages = generate.retrieve(served_kb.id, messages[0]["content"], top_k=3, search_mode="hybrid")
+    passages = generate.retrieve(generate.RagOptions(knowledge_base_id=served_kb.id, passages=3), messages[0]["content"])
     prompts = [generate.fit_prompt(target.engine.tokenizer, messages, [p], 400)[0] for p in passages]
     doc_lp = modes.retrieval_logprobs([p["score"] for p in passages])
     logits = target.engine.logits([(p, None) for p in prompts]).double()
@@ -190,8 +190,10 @@ def test_bad_rag_requests_are_4xx(client, served_kb):
              ({"knowledge_base_id": empty.id}, openai.BadRequestError, "empty"),
              ({"knowledge_base_id": served_kb.id, "rag_mode": "magic"}, openai.BadRequestError, "rag_mode"),
              ({"knowledge_base_id": served_kb.id, "search_mode": "fuzzy"}, openai.BadRequestError, "search_mode"),
-             ({"knowledge_base_id": served_kb.id, "top_k": 0}, openai.BadRequestError, "top_k"),
-             ({"knowledge_base_id": served_kb.id, "top_k": 500}, openai.BadRequestError, "top_k"),
+             ({"knowledge_base_id": served_kb.id, "passages": 0}, openai.BadRequestError, "passages"),
+             ({"knowledge_base_id": served_kb.id, "passages": 500}, openai.BadRequestError, "passages"),
+             ({"knowledge_base_id": served_kb.id, "rag_mod": "token"}, openai.BadRequestError, "rag_mod"),
+             ({"knowledge_base_id": served_kb.id, "filters": "topic"}, openai.BadRequestError, "filters"),
              ({"knowledge_base_id": 5}, openai.BadRequestError, "knowledge_base_id")]
     for extra, error, says in cases:
         with pytest.raises(error, match=says):
@@ -202,9 +204,17 @@ def test_bad_rag_requests_are_4xx(client, served_kb):
                                        extra_body={"knowledge_base_id": served_kb.id})
 
 
+def test_top_k_is_sampling_on_the_rag_path_too(client, served_kb):
+    greedy = ask(client, served_kb, temperature=0).choices[0].message.content
+    for seed in range(3):  # top_k 1 keeps only the best token: greedy whatever the temperature
+        sampled = ask(client, served_kb, temperature=1.5, top_k=1, seed=seed)
+        assert sampled.choices[0].message.content == greedy
+        assert len(sampled.model_dump()["citations"]) == 3 and sampled.model_dump()["rag"]["passages"] == 3
+
+
 def test_embedded_answer_and_llm_ranker(served_kb):
     out = generate.answer("tiny", [{"role": "user", "content": "Tell me about tea"}], knowledge_base_id="facts",
-                          rag_mode="iterative", max_tokens=12, top_k=2)
+                          rag_mode="iterative", max_tokens=12, passages=2)
     assert out["rag"]["rounds"] >= 1 and out["usage"]["completion_tokens"] <= 12
     check_citations(out["citations"])
     hits = rag.search(served_kb, "tea leaves", top_k=2, rerank=True, ranker="llm:tiny")

@@ -154,7 +154,7 @@ def parse_mode(spec: str) -> tuple[str, dict]:
 def evaluate(kb: str, questions: list[dict], *, modes: list[str], qrels: dict | None = None, model: str | None = None,
              judge_model: str | None = None, top_k: int = 10, context_k: int = 4) -> dict:
     """Retrieval metrics per mode (when judgments exist) and, with a model, RAGAS metrics of its answers."""
-    from graftlm.rag.generate import grounded_messages
+    from graftlm.rag.generate import grounded_prompt
 
     kb_obj = rag.get_kb(kb)
     qrels = qrels or {q["id"]: {d: 1.0 for d in q["relevant"]} for q in questions if q["relevant"]}
@@ -169,11 +169,15 @@ def evaluate(kb: str, questions: list[dict], *, modes: list[str], qrels: dict | 
             run = {q: [h["document_id"] for h in hits[q]] for q in judged}
             row["retrieval"] = metrics.evaluate(run, judged, k=min(10, top_k), recall_k=top_k)
         if model:
+            from graftlm.clusters.hosting import get_runtime
             from graftlm.inference.service import chat_batch
 
+            engine = get_runtime().resolve(model).engine
             passages = {q: [{**h, "index": i} for i, h in enumerate(hits[q][:context_k], start=1)] for q in hits}
-            asks = [(model, grounded_messages([{"role": "user", "content": q["question"]}], passages[q["id"]]))
-                    for q in questions]
+            fitted = {q["id"]: grounded_prompt(engine, [{"role": "user", "content": q["question"]}], passages[q["id"]],
+                                               max_tokens=128) for q in questions}
+            passages = {q: kept for q, (_, kept) in fitted.items()}  # RAGAS judges the passages the model saw
+            asks = [(model, fitted[q["id"]][0]) for q in questions]
             answers = [o["text"] for o in chat_batch(asks, max_tokens=128)]
             rows = [{"question": q["question"], "answer": a, "contexts": [p["text"] for p in passages[q["id"]]],
                      "reference": q["answer"]} for q, a in zip(questions, answers)]

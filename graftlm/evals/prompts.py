@@ -1,4 +1,4 @@
-"""Prompt strategies for the ladder: few-shot examples and retrieved context, trimmed to fit."""
+"""Prompt strategies for the ladder: few-shot examples trimmed to fit (RAG prompts: graftlm.rag.generate)."""
 
 from __future__ import annotations
 
@@ -48,16 +48,6 @@ def with_shots(messages: list[dict], shots: list[dict]) -> list[dict]:
     demo = [t for s in shots for t in ({"role": "user", "content": question(s["messages"])},
                                       {"role": "assistant", "content": s["reference"]})]
     return head + demo + rest
-
-
-def with_context(messages: list[dict], passages: list[str]) -> list[dict]:
-    """Put retrieved passages in the system prompt (a new one if there is none)."""
-    if not passages:
-        return messages
-    block = "Relevant context:\n" + "\n".join(f"[{i + 1}] {p}" for i, p in enumerate(passages))
-    if messages and messages[0]["role"] == "system":
-        return [{"role": "system", "content": messages[0]["content"] + "\n\n" + block}, *messages[1:]]
-    return [{"role": "system", "content": block}, *messages]
 
 
 def fit(build, items: list, count_tokens, budget: int) -> list[dict]:

@@ -65,8 +65,12 @@ def build_prompts(model: str, examples: list[dict], strategy: str = "zero-shot",
         shots = index.nearest(queries, k) if shot_selection == "similar" else index.random(len(examples), k, seed)
         return [P.fit(lambda s, e=e: P.with_shots(e["messages"], s[::-1]), sh, count, budget)  # most similar last
                 for e, sh in zip(examples, shots)]
+    from graftlm.clusters.hosting import get_runtime
+    from graftlm.rag.generate import as_passages, grounded_prompt
+
+    engine = get_runtime().resolve(model).engine  # the same RAG prompt the product serves
     passages = retrieve_passages(queries, k, kb_id=kb_id, index=index)
-    return [P.fit(lambda p, e=e: P.with_context(e["messages"], p), ps, count, budget)
+    return [grounded_prompt(engine, e["messages"], as_passages(ps), max_tokens=max_tokens)[0]
             for e, ps in zip(examples, passages)]
 
 

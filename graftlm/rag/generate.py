@@ -7,27 +7,45 @@ prompt, generate with one of the RAG modes (graftlm.rag.modes), and return the a
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from graftlm import rag
 from graftlm.data.render import render_prompt, text_ids
 from graftlm.errors import GraftError
 from graftlm.rag import modes
 from graftlm.serve.sampler import SamplingParams
 
-DEFAULT_TOP_K = 4
-MAX_TOP_K = 50
+DEFAULT_PASSAGES = 4
+MAX_PASSAGES = 50
 DEFAULT_SEARCH_MODE = "hybrid"
 DEFAULT_MAX_TOKENS = 512
 SYSTEM_PROMPT = ("Answer the question using the numbered passages below. Cite the passages you use by their "
                  "numbers in brackets, like [1]. If the passages do not contain the answer, say so.")
 
 
-def check_options(top_k, search_mode, rag_mode) -> None:
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
-        raise GraftError(f"top_k (passages to retrieve) must be an integer between 1 and {MAX_TOP_K}", param="top_k")
-    if search_mode not in rag.MODES:
-        raise GraftError(f"search_mode must be one of {', '.join(rag.MODES)}", param="search_mode")
-    if rag_mode not in modes.RAG_MODES:
-        raise GraftError(f"rag_mode must be one of {', '.join(modes.RAG_MODES)}", param="rag_mode")
+class RagOptions(BaseModel):
+    """The RAG options of a chat request (top-level fields next to the OpenAI ones), one schema for the API,
+    the SDK and the CLI. ``passages`` is how many passages to retrieve; ``top_k`` stays top-k sampling."""
+    model_config = ConfigDict(extra="forbid")
+    knowledge_base_id: str = Field(min_length=1)
+    passages: int = Field(DEFAULT_PASSAGES, ge=1, le=MAX_PASSAGES)
+    search_mode: Literal[tuple(rag.MODES)] = DEFAULT_SEARCH_MODE
+    rag_mode: Literal[tuple(modes.RAG_MODES)] = "stuff"
+    filters: dict[str, Any] | None = None
+
+    @classmethod
+    def parse(cls, options: dict) -> "RagOptions":
+        """RagOptions from plain data; a bad or unknown field is a GraftError naming it."""
+        try:
+            return cls.model_validate(options)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = str(err["loc"][0]) if err["loc"] else "knowledge_base_id"
+            message = (f"unknown RAG option {field!r}; known: {', '.join(cls.model_fields)}"
+                       if err["type"] == "extra_forbidden" else f"{field}: {err['msg']}")
+            raise GraftError(message, param=field) from None
 
 
 def question_of(messages: list[dict]) -> str:
@@ -37,8 +55,10 @@ def question_of(messages: list[dict]) -> str:
     return users[-1]
 
 
-def retrieve(kb, query: str, *, top_k: int, search_mode: str, filters: dict | None = None, db=None) -> list[dict]:
-    hits = rag.search(kb, query, top_k=top_k, mode=search_mode, filters=filters, db=db)
+def retrieve(opts: RagOptions, query: str, *, db=None) -> list[dict]:
+    """The numbered passages for ``query`` (index 1, 2, ...)."""
+    hits = rag.search(opts.knowledge_base_id, query, top_k=opts.passages, mode=opts.search_mode,
+                      filters=opts.filters, db=db)
     return [{**h, "index": i} for i, h in enumerate(hits, start=1)]
 
 
@@ -74,6 +94,19 @@ def fit_prompt(tokenizer, messages: list[dict], passages: list[dict], budget: in
         kept[-1] = {**last, "text": last["text"][:cut], "end": last["start"] + cut, "truncated": True}
 
 
+def grounded_prompt(engine, messages: list[dict], passages: list[dict], *,
+                    max_tokens: int | None) -> tuple[list[dict], list[dict]]:
+    """The product's RAG prompt as messages, fitted to ``engine``'s context (fit_prompt), and the passages kept.
+    For callers that generate through inference.chat_batch (evals, the ladder, graft rag eval)."""
+    _, kept = fit_prompt(engine.tokenizer, messages, passages, answer_budget(engine, max_tokens))
+    return grounded_messages(messages, kept), kept
+
+
+def as_passages(texts: list[str]) -> list[dict]:
+    """Plain texts as numbered passages (for retrieval that is not a knowledge-base search)."""
+    return [{"index": i, "text": t, "start": 0, "end": len(t)} for i, t in enumerate(texts, start=1)]
+
+
 def citation(p: dict) -> dict:
     return {"index": p["index"], "document_id": p["document_id"], "chunk_id": p["chunk_id"], "start": p["start"],
             "end": p["end"], "text": p["text"], "score": p["score"], "metadata": p.get("metadata") or {}}
@@ -90,11 +123,11 @@ def answer_budget(engine, max_tokens: int | None) -> int:
 
 
 def sampling(engine, prompt_len: int, *, max_tokens: int | None, temperature: float = 0.0, top_p: float = 1.0,
-             stop=None, seed: int | None = None, logprobs: int | None = None) -> SamplingParams:
+             top_k: int = 0, stop=None, seed: int | None = None, logprobs: int | None = None) -> SamplingParams:
     room = engine.max_seq_len - prompt_len
     stop = [stop] if isinstance(stop, str) else list(stop or [])
     return SamplingParams(max_tokens=max(1, min(max_tokens or DEFAULT_MAX_TOKENS, room)), temperature=temperature,
-                          top_p=top_p, stop=stop, seed=seed, logprobs=logprobs)
+                          top_p=top_p, top_k=top_k, stop=stop, seed=seed, logprobs=logprobs)
 
 
 def run_mode(target, messages: list[dict], passages: list[dict], *, rag_mode: str, max_tokens: int | None,
@@ -130,29 +163,27 @@ def run_mode(target, messages: list[dict], passages: list[dict], *, rag_mode: st
     return modes.iterative(target, build_prompt, params), seen
 
 
-def answer(model: str, messages: list[dict], *, knowledge_base_id: str, top_k: int = DEFAULT_TOP_K,
-           search_mode: str = DEFAULT_SEARCH_MODE, rag_mode: str = "stuff", max_tokens: int | None = 128,
-           temperature: float = 0.0, seed: int | None = None, stop=None, filters: dict | None = None,
-           db=None) -> dict:
-    """Embedded RAG: {"text", "finish_reason", "citations", "usage", "rag"}."""
+def answer(model: str, messages: list[dict], *, max_tokens: int | None = 128, temperature: float = 0.0,
+           seed: int | None = None, stop=None, db=None, **options) -> dict:
+    """Embedded RAG: {"text", "finish_reason", "citations", "usage", "rag"}. ``options`` are RagOptions
+    (knowledge_base_id, passages, search_mode, rag_mode, filters)."""
     from graftlm.clusters.hosting import get_runtime
 
-    check_options(top_k, search_mode, rag_mode)
+    opts = RagOptions.parse(options)
     target = get_runtime().resolve(model)
     question = question_of(messages)
-    passages = retrieve(knowledge_base_id, question, top_k=top_k, search_mode=search_mode, filters=filters, db=db)
-    again = lambda q: retrieve(knowledge_base_id, q, top_k=top_k, search_mode=search_mode, filters=filters, db=db)
-    ans, cited = run_mode(target, messages, passages, rag_mode=rag_mode, max_tokens=max_tokens,
-                          retrieve_again=again, temperature=temperature, seed=seed, stop=stop)
+    passages = retrieve(opts, question, db=db)
+    ans, cited = run_mode(target, messages, passages, rag_mode=opts.rag_mode, max_tokens=max_tokens,
+                          retrieve_again=lambda q: retrieve(opts, q, db=db), temperature=temperature, seed=seed,
+                          stop=stop)
     return {"text": ans.text, "finish_reason": ans.finish_reason, "citations": [citation(p) for p in cited],
-            "usage": _usage(ans.prompt_tokens, ans.completion_tokens),
-            "rag": rag_info(knowledge_base_id, rag_mode, search_mode, ans)}
+            "usage": _usage(ans.prompt_tokens, ans.completion_tokens), "rag": rag_info(opts, ans)}
 
 
 def _usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def rag_info(kb_id: str, rag_mode: str, search_mode: str, ans: modes.Answer | None) -> dict:
-    return {"knowledge_base_id": kb_id, "rag_mode": rag_mode, "search_mode": search_mode,
-            **(ans.details if ans is not None else {})}
+def rag_info(opts: RagOptions, ans: modes.Answer | None) -> dict:
+    return {"knowledge_base_id": opts.knowledge_base_id, "rag_mode": opts.rag_mode, "search_mode": opts.search_mode,
+            "passages": opts.passages, **(ans.details if ans is not None else {})}

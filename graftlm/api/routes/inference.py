@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from graftlm.clusters.hosting import get_runtime
 from graftlm.data.render import render_prompt
 from graftlm.errors import GraftError
-from graftlm.rag.generate import (DEFAULT_SEARCH_MODE, DEFAULT_TOP_K, answer_budget, check_options, citation,
-                                  fit_prompt, question_of, rag_info, retrieve, run_mode, sampling)
+from graftlm.rag.generate import (RagOptions, answer_budget, citation, fit_prompt, question_of, rag_info, retrieve,
+                                  run_mode, sampling)
 from graftlm.serve.sampler import SEED_RANGE, SamplingParams
 
 router = APIRouter()
@@ -242,41 +242,45 @@ async def completions(req: CompletionRequest, request: Request):
 
 # RAG: POST /v1/chat/completions with knowledge_base_id ----------------------------------------------
 
+# OpenAI chat fields graftlm accepts and ignores; any other field of a RAG request is a RAG option
+OPENAI_IGNORED_FIELDS = frozenset({
+    "frequency_penalty", "presence_penalty", "logit_bias", "user", "response_format", "tools", "tool_choice",
+    "parallel_tool_calls", "functions", "function_call", "store", "metadata", "service_tier", "modalities", "audio",
+    "prediction", "reasoning_effort", "web_search_options", "safety_identifier", "prompt_cache_key", "verbosity"})
+
+
+def rag_options(req: ChatRequest) -> RagOptions:
+    """The request's RAG options (typed; a misspelled or unknown one is a 400 naming it)."""
+    return RagOptions.parse({k: v for k, v in (req.model_extra or {}).items() if k not in OPENAI_IGNORED_FIELDS})
+
+
 async def rag_chat_completion(req: ChatRequest, request: Request):
-    """``POST /v1/chat/completions`` with ``knowledge_base_id``; ``top_k`` there counts passages (default 4).
+    """``POST /v1/chat/completions`` with ``knowledge_base_id`` and the other RagOptions (``passages``: how many
+    to retrieve, default 4); ``top_k`` is top-k sampling here too.
 
     Streaming: the first chunk carries ``citations``; stuff streams token by token, the other modes
     (which pick or mix whole answers) send the answer in one content chunk.
     """
-    extra = req.model_extra or {}
-    kb_id = extra.get("knowledge_base_id")
-    top_k = req.top_k if "top_k" in req.model_fields_set else DEFAULT_TOP_K
-    search_mode = extra.get("search_mode") or DEFAULT_SEARCH_MODE
-    rag_mode = extra.get("rag_mode") or "stuff"
-    filters = extra.get("filters")
-    if not isinstance(kb_id, str) or not kb_id:
-        raise GraftError("knowledge_base_id must be a knowledge base id or name", param="knowledge_base_id")
-    check_options(top_k, search_mode, rag_mode)
+    opts = rag_options(req)
     target = await run_in_threadpool(get_runtime().resolve, req.model)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m)}
                 for m in req.messages]
     target.engine.check_prompt_chars(sum(len(m["content"]) for m in messages), "messages")
     question = question_of(messages)
-    passages = await run_in_threadpool(retrieve, kb_id, question, top_k=top_k, search_mode=search_mode,
-                                       filters=filters)
+    passages = await run_in_threadpool(retrieve, opts, question)
     max_tokens = req.max_completion_tokens or req.max_tokens
-    kw = {"temperature": req.temperature, "top_p": req.top_p, "stop": req.stop, "seed": req.seed}
+    kw = {"temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k, "stop": req.stop, "seed": req.seed}
     rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     base = {"id": rid, "created": created, "model": req.model}
     tokenizer = target.engine.tokenizer
 
-    if rag_mode == "stuff":
+    if opts.rag_mode == "stuff":
         budget = answer_budget(target.engine, max_tokens)
         ids, cited = await run_in_threadpool(fit_prompt, tokenizer, messages, passages, budget)
         want_logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params = sampling(target.engine, len(ids), max_tokens=max_tokens, logprobs=want_logprobs, **kw)
         handle = await submit(target, ids, params)
-        citations, info = [citation(p) for p in cited], rag_info(kb_id, rag_mode, search_mode, None)
+        citations, info = [citation(p) for p in cited], rag_info(opts, None)
         if req.stream:
             def chunk(delta, first=False, usage=None):
                 head = base | {"object": "chat.completion.chunk"}
@@ -300,10 +304,10 @@ async def rag_chat_completion(req: ChatRequest, request: Request):
                        "usage": usage(out.prompt_tokens, out.completion_tokens),
                        "citations": citations, "rag": info}
 
-    again = lambda q: retrieve(kb_id, q, top_k=top_k, search_mode=search_mode, filters=filters)
-    ans, cited = await run_in_threadpool(lambda: run_mode(target, messages, passages, rag_mode=rag_mode,
-                                                          max_tokens=max_tokens, retrieve_again=again, **kw))
-    citations, info = [citation(p) for p in cited], rag_info(kb_id, rag_mode, search_mode, ans)
+    ans, cited = await run_in_threadpool(lambda: run_mode(target, messages, passages, rag_mode=opts.rag_mode,
+                                                          max_tokens=max_tokens,
+                                                          retrieve_again=lambda q: retrieve(opts, q), **kw))
+    citations, info = [citation(p) for p in cited], rag_info(opts, ans)
     used, reason = usage(ans.prompt_tokens, ans.completion_tokens), finish(ans.finish_reason)
     if req.stream:
         head = base | {"object": "chat.completion.chunk"}
