@@ -8,7 +8,6 @@ overlapping hours count once), so concurrency never bills more than the cluster 
 
 from __future__ import annotations
 
-import math
 import time
 
 from sqlalchemy import select
@@ -19,6 +18,7 @@ from graftlm.store.models import Cluster, UsageRecord
 
 HOSTING_MIN_UNIT_HOURS = 744.0
 FINE_TUNING_MIN_UNIT_HOURS = 1.0
+MAX_PRICE_PER_UNIT_HOUR = 1e9  # keeps every cost finite (nan and inf fail the comparison)
 
 
 def open_span(s, cluster: Cluster, *, minimum_unit_hours: float, job_id: str | None = None,
@@ -75,8 +75,9 @@ def job_spans_unit_hours(spans: list[UsageRecord], at: float) -> float:
 
 
 def usage_report(price_per_unit_hour: float | None = None, at: float | None = None) -> dict:
-    if price_per_unit_hour is not None and not (math.isfinite(price_per_unit_hour) and price_per_unit_hour >= 0):
-        raise GraftError("price_per_unit_hour must be a finite number >= 0", param="price_per_unit_hour")
+    if price_per_unit_hour is not None and not 0 <= price_per_unit_hour <= MAX_PRICE_PER_UNIT_HOUR:
+        raise GraftError(f"price_per_unit_hour must be a number from 0 to {MAX_PRICE_PER_UNIT_HOUR:g}",
+                         param="price_per_unit_hour")
     at = at or time.time()
     with session() as s:
         clusters = {c.id: c for c in s.scalars(select(Cluster))}

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
+from graftlm.api.limits import JSONInThreadRoute
 from graftlm.clusters import clusters, endpoints, metering
 
-router = APIRouter()
+router = APIRouter(route_class=JSONInThreadRoute)
 
 
 class ClusterIn(BaseModel):
@@ -92,5 +93,6 @@ async def activate_endpoint(endpoint_id: str):
 
 
 @router.get("/usage")
-async def usage(price_per_unit_hour: float | None = Query(None, ge=0, allow_inf_nan=False)):
+async def usage(price_per_unit_hour: float | None = Query(None, ge=0, le=metering.MAX_PRICE_PER_UNIT_HOUR,
+                                                                   allow_inf_nan=False)):
     return await run_in_threadpool(metering.usage_report, price_per_unit_hour)

@@ -15,9 +15,10 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
+from graftlm.api.limits import JSONInThreadRoute
 from graftlm.evals import service, store
 
-router = APIRouter(tags=["evals"])
+router = APIRouter(tags=["evals"], route_class=JSONInThreadRoute)
 
 
 class EvalCreate(BaseModel):

@@ -8,10 +8,11 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict
 
+from graftlm.api.limits import JSONInThreadRoute
 from graftlm.jobs import service
 from graftlm.train.config import FineTuneConfig
 
-router = APIRouter()
+router = APIRouter(route_class=JSONInThreadRoute)
 
 
 class JobIn(BaseModel):

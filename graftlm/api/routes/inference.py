@@ -10,8 +10,9 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from graftlm.api.limits import JSONInThreadRoute
 from graftlm.clusters.hosting import get_runtime
 from graftlm.data.render import render_prompt
 from graftlm.errors import GraftError
@@ -19,10 +20,20 @@ from graftlm.rag.generate import (RagOptions, answer_budget, citation, fit_promp
                                   run_mode, sampling)
 from graftlm.serve.sampler import SEED_RANGE, SamplingParams
 
-router = APIRouter()
+router = APIRouter(route_class=JSONInThreadRoute)
 DEFAULT_MAX_TOKENS = 512
 MAX_STOPS, MAX_STOP_CHARS = 16, 1000  # matched against the text at every token
 StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+MAX_MESSAGES = 2048  # each message takes >= 1 token: more can never fit a context (at most 2048 here)
+
+
+def at_most(n: int) -> BeforeValidator:
+    """Refuse a list longer than ``n`` before validating its items (100k items would take ~1 s on the loop)."""
+    def check(v):
+        if isinstance(v, list) and len(v) > n:
+            raise ValueError(f"at most {n} items, not {len(v)}")
+        return v
+    return BeforeValidator(check)
 
 
 class ContentPart(BaseModel):
@@ -34,7 +45,7 @@ class ContentPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[ContentPart] | None = None
+    content: Annotated[str | list[ContentPart] | None, at_most(MAX_MESSAGES)] = None
 
 
 class Sampling(BaseModel):
@@ -46,14 +57,14 @@ class Sampling(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
     n: int = Field(1, ge=1, le=1)
-    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOPS)] | None = None
+    stop: Annotated[StopString | list[StopString] | None, at_most(MAX_STOPS)] = None
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool = False
     stream_options: dict[str, Any] | None = None
 
 
 class ChatRequest(Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: Annotated[list[ChatMessage], at_most(MAX_MESSAGES)] = Field(min_length=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
 

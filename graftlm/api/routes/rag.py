@@ -15,11 +15,12 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from graftlm import rag
+from graftlm.api.limits import JSONInThreadRoute
 from graftlm.errors import GraftError
 from graftlm.rag import embeddings, ingestions, rank
 from graftlm.rag.loaders import load_file
 
-router = APIRouter()
+router = APIRouter(route_class=JSONInThreadRoute)
 
 
 class KnowledgeBaseCreate(BaseModel):
