@@ -87,28 +87,30 @@ def _upload(client, path: str | None, param: str) -> str | None:
 
 def create(model: str, train_data_path: str, *, register_to: str | None = None,
            training_duration: str | None = None, learning_rate: float | None = None,
-           training_method: str | None = None, method: str | None = None, task_type: str = "CHAT_COMPLETION",
+           training_method: str | None = None, method: str | None = None, task_type: str | None = None,
            eval_data_path: str | None = None, context_length: int | None = None, seed: int | None = None,
            **hyperparameters) -> Run:
-    """Start a fine-tuning run; returns at once (``fm.wait(run)`` blocks until it ends)."""
-    hyper = {"training_method": training_method or method or "tfew", "task_type": task_type, **hyperparameters}
-    for key, value in (("training_duration", training_duration), ("learning_rate", learning_rate),
-                       ("context_length", context_length)):
-        if value is not None:
-            hyper[key] = value
+    """Start a fine-tuning run; returns at once (``fm.wait(run)`` blocks until it ends). The request is a
+    graftlm.jobs.spec.JobSpec; a hyperparameter left out takes the schema's default (training_method lora)."""
+    from graftlm.jobs.spec import JobSpec
+
+    named = {"training_method": training_method or method, "task_type": task_type,
+             "training_duration": training_duration, "learning_rate": learning_rate, "context_length": context_length}
+    hyper = {k: v for k, v in named.items() if v is not None} | hyperparameters
     client = _client()
-    body = {"model": model, "suffix": register_to, "seed": seed, "hyperparameters": hyper}
     if client is not None:
         with client:
-            body |= {"training_file": _upload(client, train_data_path, "train_data_path"),
-                     "validation_file": _upload(client, eval_data_path, "eval_data_path")}
-            return Run.from_job(_call(client, "POST", "/fine_tuning/jobs", json=body))
+            spec = JobSpec.parse({"model": model, "suffix": register_to, "seed": seed, "hyperparameters": hyper,
+                                  "training_file": _upload(client, train_data_path, "train_data_path"),
+                                  "validation_file": _upload(client, eval_data_path, "eval_data_path")})
+            return Run.from_job(_call(client, "POST", "/fine_tuning/jobs", json=spec.model_dump(exclude_none=True)))
     from graftlm.jobs import service
     from graftlm.jobs.embedded import ensure_scheduler
 
-    body |= {"training_file": _upload(None, train_data_path, "train_data_path"),
-             "validation_file": _upload(None, eval_data_path, "eval_data_path")}
-    job = service.create_job(**body)
+    spec = JobSpec.parse({"model": model, "suffix": register_to, "seed": seed, "hyperparameters": hyper,
+                          "training_file": _upload(None, train_data_path, "train_data_path"),
+                          "validation_file": _upload(None, eval_data_path, "eval_data_path")})
+    job = service.submit_job(spec)
     ensure_scheduler()
     return Run.from_job(job)
 
@@ -214,7 +216,7 @@ class Evals:
         options: strategy, k, train_path, kb_id, max_examples, max_tokens, failures (store failure clusters)."""
         from graftlm.evals import service
 
-        service.check_run_options(options)
+        options = service.RunOptions.parse(options).model_dump(exclude_unset=True)
         return _dispatch("POST", f"/evals/{eval_id}/runs", lambda: service.run_defined_eval(eval_id, model, **options),
                          json={"model": model, **options}, timeout=None)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -15,6 +14,7 @@ from graftlm.cli.common import console, friendly_errors, print_json
 from graftlm.errors import GraftError
 from graftlm.files.service import upload_local
 from graftlm.jobs import service
+from graftlm.jobs.spec import JobSpec
 
 app = typer.Typer(no_args_is_help=True)
 jobs_app = typer.Typer(no_args_is_help=True)
@@ -35,27 +35,23 @@ def create(model: Optional[str] = typer.Option(None, "--model"),
            set_: list[str] = typer.Option([], "--set", help="any hyperparameter as name=value"),
            watch: bool = typer.Option(False, "--watch", help="run here and show progress")):
     """Create a fine-tuning job (embedded: runs on this machine's GRAFT_HOME)."""
-    spec = yaml.safe_load(Path(config).read_text()) if config else {}
-    hyper = dict(spec.pop("hyperparameters", {}) or {})
-    for key in list(spec):
-        if key not in ("model", "training_file", "validation_file", "suffix", "seed", "metadata"):
-            hyper[key] = spec.pop(key)
     flags = {"training_method": method, "total_training_epochs": epochs, "learning_rate": learning_rate,
              "training_batch_size": batch_size}
-    hyper |= {k: v for k, v in flags.items() if v is not None}
     for item in set_:
         key, _, value = item.partition("=")
-        hyper[key] = yaml.safe_load(value)
-    model = model or spec.get("model")
-    train = train or spec.get("training_file")
-    if not model or not train:
+        flags[key] = yaml.safe_load(value)
+    fields = {"model": model, "training_file": train, "validation_file": validation, "suffix": suffix, "seed": seed}
+    if config:
+        spec = JobSpec.from_yaml(config, **fields)
+    elif not model or not train:
         raise GraftError("give --model and --train (or model and training_file in --config)", param="model")
-    validation = validation or spec.get("validation_file")
+    else:
+        spec = JobSpec.parse({k: v for k, v in fields.items() if v is not None})
+    hyper = (spec.hyperparameters or {}) | {k: v for k, v in flags.items() if v is not None}
     to_id = lambda f: f if f.startswith("file-") else upload_local(f)  # noqa: E731
-    job = service.create_job(model=model, training_file=to_id(train),
-                             validation_file=to_id(validation) if validation else None,
-                             suffix=suffix or spec.get("suffix"), seed=seed if seed is not None else spec.get("seed"),
-                             hyperparameters=hyper, metadata=spec.get("metadata"))
+    spec = spec.model_copy(update={"hyperparameters": hyper, "training_file": to_id(spec.training_file),
+                                   "validation_file": to_id(spec.validation_file) if spec.validation_file else None})
+    job = service.submit_job(spec)
     console.print(f"created [bold]{job['id']}[/] ({job['hyperparameters']['training_method']})")
     if watch:
         watch_job(job["id"], run_here=True)

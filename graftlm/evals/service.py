@@ -3,12 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from graftlm.errors import GraftError
 from graftlm.evals import store
 from graftlm.evals.scorers import check_scorer
 
-RUN_OPTIONS = ("strategy", "k", "train_path", "kb_id", "max_examples", "max_tokens", "failures")
+class RunOptions(BaseModel):
+    """How to run an eval: the one schema for POST /v1/evals/{id}/runs, fm.evals.run and run_defined_eval."""
+    model_config = ConfigDict(extra="forbid")
+    strategy: Literal["zero-shot", "few-shot", "rag"] = "zero-shot"
+    k: int = Field(4, ge=0, description="shots (few-shot) or passages (rag)")
+    train_path: str | None = None
+    kb_id: str | None = None
+    max_examples: int | None = Field(None, ge=1)
+    max_tokens: int = Field(32, ge=1)
+    failures: bool = False  # cluster the failed examples and store the clusters with the run
+
+    @classmethod
+    def parse(cls, options: dict) -> "RunOptions":
+        """RunOptions from plain data; a bad or unknown option is a GraftError naming it."""
+        try:
+            return cls.model_validate(options)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = str(err["loc"][0]) if err["loc"] else "options"
+            message = (f"unknown run option {field!r}; known: {', '.join(cls.model_fields)}"
+                       if err["type"] == "extra_forbidden" else f"{field}: {err['msg']}")
+            raise GraftError(message, param=field) from None
 
 
 def define_eval(name: str, data_path: str, scorers: list[str] | None = None, *,
@@ -27,16 +51,10 @@ def run_summary(run: dict) -> dict:
     return {k: v for k, v in run.items() if k != "results"}
 
 
-def check_run_options(options: dict) -> None:
-    unknown = sorted(set(options) - set(RUN_OPTIONS))
-    if unknown:
-        raise GraftError(f"unknown run option(s) {', '.join(unknown)}; known: {', '.join(RUN_OPTIONS)}")
-
-
 def run_defined_eval(eval_id: str, model: str, **options) -> dict:
-    """Run a stored eval now (blocking); returns the run summary. ``options``: see RUN_OPTIONS."""
+    """Run a stored eval now (blocking); returns the run summary. ``options``: RunOptions fields."""
     from graftlm.evals.run import run_eval
 
-    check_run_options(options)
+    opts = RunOptions.parse(options)
     ev = store.get_eval(eval_id)
-    return run_summary(run_eval(model, ev["data_path"], scorers=ev["scorers"], eval_id=eval_id, **options))
+    return run_summary(run_eval(model, ev["data_path"], scorers=ev["scorers"], eval_id=eval_id, **opts.model_dump()))

@@ -7,6 +7,7 @@ from sqlalchemy import select
 from graftlm.clusters.clusters import ensure_default_fine_tuning_cluster, get_cluster_row
 from graftlm.errors import Conflict, GraftError, NotFound
 from graftlm.files.service import get_file_record
+from graftlm.jobs.spec import JobSpec
 from graftlm.models.catalog import get_model
 from graftlm.store.db import session
 from graftlm.store.paging import check_limit, newest_first_page
@@ -16,7 +17,6 @@ from graftlm.train.config import METHOD_FIELDS, check_runtime, parse_config
 ACTIVE = ("validating_files", "queued", "running", "paused")
 FINISHED = ("succeeded", "failed", "cancelled")
 PENDING = {"cancel": "cancelling", "pause": "pausing"}  # requested action -> status shown meanwhile
-OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 AUTO_FIELDS = ("total_training_epochs", "training_batch_size", "learning_rate")  # auto picks at training time
 
 
@@ -53,20 +53,6 @@ def job_to_dict(j: FineTuningJob) -> dict:
             "run_info": j.run_info}
 
 
-def _hyperparameters(method: dict | None, hyperparameters: dict | None) -> dict:
-    """OpenAI puts them under method.supervised.hyperparameters (or the legacy top-level field)."""
-    merged = dict(hyperparameters or {})
-    if method:
-        kind = method.get("type", "supervised")
-        if kind != "supervised":
-            raise GraftError(f"method.type {kind!r} is not supported; use \"supervised\"", param="method.type")
-        merged |= (method.get("supervised") or {}).get("hyperparameters") or {}
-    for name in OPENAI_HYPERPARAMETERS:  # "auto" means: the default (itself auto unless defaults is "oci")
-        if merged.get(name) == "auto":
-            merged.pop(name)
-    return merged
-
-
 def _check_file(file_id: str | None, param: str) -> str | None:
     if file_id is None:
         return None
@@ -83,18 +69,20 @@ def _check_file(file_id: str | None, param: str) -> str | None:
     return f.status
 
 
-def create_job(*, model: str, training_file: str, validation_file: str | None = None, suffix: str | None = None,
-               seed: int | None = None, method: dict | None = None, hyperparameters: dict | None = None,
-               metadata: dict | None = None, dedicated_ai_cluster_id: str | None = None) -> dict:
+def create_job(**fields) -> dict:
+    """Create a job from JobSpec fields (model, training_file, hyperparameters, ...)."""
+    return submit_job(JobSpec.parse(fields))
+
+
+def submit_job(spec: JobSpec) -> dict:
+    model, training_file, validation_file, suffix = spec.model, spec.training_file, spec.validation_file, spec.suffix
+    dedicated_ai_cluster_id = spec.dedicated_ai_cluster_id
     base = get_model(model)
     if base["kind"] != "base":
         raise GraftError(f"{model} is a custom model; fine-tune its base model {base['parent']}", param="model")
     if suffix is not None and (not suffix or len(suffix) > 64 or ":" in suffix):
         raise GraftError("suffix must be 1-64 characters without ':'", param="suffix")
-    hyper = _hyperparameters(method, hyperparameters)
-    if seed is not None:
-        hyper["seed"] = seed
-    cfg = parse_config(hyper)
+    cfg = parse_config(spec.hyperparameter_dict())
     check_runtime(cfg)
     statuses = [_check_file(training_file, "training_file"), _check_file(validation_file, "validation_file")]
     if dedicated_ai_cluster_id:
@@ -109,7 +97,7 @@ def create_job(*, model: str, training_file: str, validation_file: str | None = 
     with session() as s:
         job = FineTuningJob(id=new_id("ftjob"), model=model, training_file=training_file,
                             validation_file=validation_file, suffix=suffix, seed=cfg.seed, status=status,
-                            config=cfg.model_dump(mode="json", exclude_none=True), job_metadata=metadata,
+                            config=cfg.model_dump(mode="json", exclude_none=True), job_metadata=spec.metadata,
                             dedicated_ai_cluster_id=dedicated_ai_cluster_id)
         s.add(job)
         s.flush()

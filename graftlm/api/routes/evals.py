@@ -29,16 +29,8 @@ class EvalCreate(BaseModel):
     description: str | None = None
 
 
-class RunCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RunCreate(service.RunOptions):
     model: str
-    strategy: str = "zero-shot"
-    k: int = 4
-    train_path: str | None = None
-    kb_id: str | None = None
-    max_examples: int | None = None
-    max_tokens: int = 32
-    failures: bool = False  # cluster the failed examples and store the clusters with the run
 
 
 @router.post("/evals")

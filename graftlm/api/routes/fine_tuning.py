@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict
 
 from graftlm.api.limits import JSONInThreadRoute
 from graftlm.jobs import service
-from graftlm.train.config import FineTuneConfig
+from graftlm.jobs.spec import JobSpec
 
 router = APIRouter(route_class=JSONInThreadRoute)
 
 
-class JobIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str
-    training_file: str
-    validation_file: str | None = None
-    suffix: str | None = None
-    seed: int | None = None
-    method: dict[str, Any] | None = None
-    hyperparameters: dict[str, Any] | None = None
-    metadata: dict[str, str] | None = None
-    integrations: list[Any] | None = None
-    dedicated_ai_cluster_id: str | None = None
-
-
 @router.post("/fine_tuning/jobs")
-async def create_job(body: JobIn):
-    return await run_in_threadpool(lambda: service.create_job(**body.model_dump(exclude={"integrations"})))
+async def create_job(body: JobSpec):
+    return await run_in_threadpool(service.submit_job, body)
 
 
 @router.get("/fine_tuning/jobs")
@@ -41,8 +24,9 @@ async def list_jobs(after: str | None = None, limit: int = 20):
 
 @router.get("/fine_tuning/schema")
 async def config_schema():
-    """JSON schema of the hyperparameters (the same fields as YAML job specs and CLI flags)."""
-    return FineTuneConfig.model_json_schema()
+    """JSON schema of a job request (JobSpec; its hyperparameters are FineTuneConfig's fields), the same for
+    YAML job specs, CLI flags and the SDK."""
+    return JobSpec.json_schema()
 
 
 @router.get("/fine_tuning/jobs/{job_id}")
