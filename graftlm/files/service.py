@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import logging
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -189,16 +188,6 @@ def finish_unfinished_files(file_ids: list[str] | None = None) -> list[str]:
             continue  # deleted meanwhile
         done.append(file_id)
     return done
-
-
-def is_gzip(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(2) == b"\x1f\x8b"
-
-
-def open_text(path: Path):
-    """Open a dataset file as bytes, transparently gunzipping."""
-    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
 
 
 def mark_processed(file_id: str) -> dict:

@@ -121,19 +121,6 @@ class Scheduler:
             with session() as s:
                 s.get(FineTuningJob, job_id).worker_pid = proc.pid
 
-    def run_until_idle(self, timeout: float = 600) -> None:
-        """Tick until no job is waiting or running (the embedded SDK and tests use this)."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            self.tick()
-            with session() as s:
-                busy = s.scalar(select(func.count()).select_from(FineTuningJob).where(
-                    FineTuningJob.status.in_(["validating_files", "queued", "running"])))
-            if not busy and not self.procs:
-                return
-            time.sleep(self.interval)
-        raise TimeoutError("jobs still running after the timeout")
-
 
 def promote_validated(s) -> None:
     for job in s.scalars(select(FineTuningJob).where(FineTuningJob.status == "validating_files")):

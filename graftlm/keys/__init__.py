@@ -1,4 +1,4 @@
 """API keys (service: graftlm.keys.service)."""
 
 from graftlm.keys.service import (check_key, create_key, ensure_admin_key, hash_key, list_keys,  # noqa: F401
-                                  read_admin_key, revoke_key)
+                                  revoke_key)

@@ -86,11 +86,3 @@ def ensure_admin_key() -> str | None:
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
     return secret
-
-
-def read_admin_key() -> str | None:
-    settings = get_settings()
-    if settings.admin_key:
-        return settings.admin_key
-    path = settings.home / "admin.key"
-    return path.read_text().strip() if path.exists() else None

@@ -25,7 +25,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -323,8 +323,3 @@ def train(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict
         trained_tokens=state["trained_tokens"], model_dir=str(model_dir))
     return TrainResult("succeeded", model_dir, ckpt.latest_checkpoint(out_dir), state["step"], total_steps,
                        state["best_step"], state["trained_tokens"], result_metrics, trainable, total, info)
-
-
-def result_dict(result: TrainResult) -> dict:
-    d = asdict(result)
-    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
