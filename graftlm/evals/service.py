@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from graftlm.errors import GraftError
 from graftlm.evals import store
 from graftlm.evals.scorers import check_scorer
+from graftlm.schema import StrictModel
 
-class RunOptions(BaseModel):
+class RunOptions(StrictModel):
     """How to run an eval: the one schema for POST /v1/evals/{id}/runs, fm.evals.run and run_defined_eval."""
-    model_config = ConfigDict(extra="forbid")
+    field_kind = "run option"
     strategy: Literal["zero-shot", "few-shot", "rag"] = "zero-shot"
     k: int = Field(4, ge=0, description="shots (few-shot) or passages (rag)")
     train_path: str | None = None
@@ -21,18 +22,6 @@ class RunOptions(BaseModel):
     max_examples: int | None = Field(None, ge=1)
     max_tokens: int = Field(32, ge=1)
     failures: bool = False  # cluster the failed examples and store the clusters with the run
-
-    @classmethod
-    def parse(cls, options: dict) -> "RunOptions":
-        """RunOptions from plain data; a bad or unknown option is a GraftError naming it."""
-        try:
-            return cls.model_validate(options)
-        except ValidationError as e:
-            err = e.errors()[0]
-            field = str(err["loc"][0]) if err["loc"] else "options"
-            message = (f"unknown run option {field!r}; known: {', '.join(cls.model_fields)}"
-                       if err["type"] == "extra_forbidden" else f"{field}: {err['msg']}")
-            raise GraftError(message, param=field) from None
 
 
 def define_eval(name: str, data_path: str, scorers: list[str] | None = None, *,

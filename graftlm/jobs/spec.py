@@ -8,16 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from graftlm.errors import GraftError
+from graftlm.schema import StrictModel
 from graftlm.train.config import FineTuneConfig
 
 OPENAI_AUTO = ("n_epochs", "batch_size", "learning_rate_multiplier")  # "auto" = leave it to the schema default
 
 
-class JobSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class JobSpec(StrictModel):
+    field_kind = "job field"
+    unknown_hint = ' (hyperparameters go under "hyperparameters")'
     model: str = Field(description="base model id")
     training_file: str = Field(description="file id (a local path in YAML and the CLI, uploaded first)")
     validation_file: str | None = None
@@ -29,18 +31,6 @@ class JobSpec(BaseModel):
     metadata: dict[str, str] | None = Field(None, description="stored with the job and returned (OpenAI)")
     integrations: list[Any] | None = Field(None, description="accepted for OpenAI clients; none is run")
     dedicated_ai_cluster_id: str | None = None
-
-    @classmethod
-    def parse(cls, data: dict) -> "JobSpec":
-        """A JobSpec from plain data; a bad or unknown field is a GraftError naming it."""
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            err = e.errors()[0]
-            field = ".".join(str(p) for p in err["loc"]) or "body"
-            message = (f"unknown job field {field!r}; known: {', '.join(cls.model_fields)} (hyperparameters go "
-                       "under \"hyperparameters\")" if err["type"] == "extra_forbidden" else f"{field}: {err['msg']}")
-            raise GraftError(message, param=field) from None
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> "JobSpec":

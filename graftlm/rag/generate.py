@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from graftlm import rag
 from graftlm.data.render import render_prompt, text_ids
 from graftlm.errors import GraftError
 from graftlm.rag import modes
+from graftlm.schema import StrictModel
 from graftlm.serve.sampler import SamplingParams
 
 DEFAULT_PASSAGES = 4
@@ -25,27 +26,15 @@ SYSTEM_PROMPT = ("Answer the question using the numbered passages below. Cite th
                  "numbers in brackets, like [1]. If the passages do not contain the answer, say so.")
 
 
-class RagOptions(BaseModel):
+class RagOptions(StrictModel):
     """The RAG options of a chat request (top-level fields next to the OpenAI ones), one schema for the API,
     the SDK and the CLI. ``passages`` is how many passages to retrieve; ``top_k`` stays top-k sampling."""
-    model_config = ConfigDict(extra="forbid")
+    field_kind = "RAG option"
     knowledge_base_id: str = Field(min_length=1)
     passages: int = Field(DEFAULT_PASSAGES, ge=1, le=MAX_PASSAGES)
     search_mode: Literal[tuple(rag.MODES)] = DEFAULT_SEARCH_MODE
     rag_mode: Literal[tuple(modes.RAG_MODES)] = "stuff"
     filters: dict[str, Any] | None = None
-
-    @classmethod
-    def parse(cls, options: dict) -> "RagOptions":
-        """RagOptions from plain data; a bad or unknown field is a GraftError naming it."""
-        try:
-            return cls.model_validate(options)
-        except ValidationError as e:
-            err = e.errors()[0]
-            field = str(err["loc"][0]) if err["loc"] else "knowledge_base_id"
-            message = (f"unknown RAG option {field!r}; known: {', '.join(cls.model_fields)}"
-                       if err["type"] == "extra_forbidden" else f"{field}: {err['msg']}")
-            raise GraftError(message, param=field) from None
 
 
 def question_of(messages: list[dict]) -> str:
