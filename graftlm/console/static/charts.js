@@ -3,8 +3,9 @@ import { h } from "./ui.js";
 
 const COLORS = ["#2457c5", "#d9480f", "#2b8a3e", "#862e9c", "#e67700", "#0b7285", "#c2255c"];
 
-// A line chart of `series` ({label, values}) over `x`; returns {el, update(x, series)}.
-export function lineChart(title, yLabel) {
+// A line chart of `series` ({label, values}) over `x`; returns {el, update(x, series)}. `yRange` fixes the
+// y axis (accuracies: [0, 1]); otherwise it follows the data.
+export function lineChart(title, yLabel, yRange = null) {
   const el = h("div", { class: "chart", role: "img", "aria-label": title });
   let plot = null;
   function update(x, series) {
@@ -16,7 +17,7 @@ export function lineChart(title, yLabel) {
     const width = Math.max(320, (el.clientWidth || 560) - 4);
     plot = new window.uPlot({
       title, width, height: 240,
-      scales: { x: { time: false } },
+      scales: { x: { time: false }, ...(yRange ? { y: { range: yRange } } : {}) },
       axes: [{ label: "step" }, { label: yLabel }],
       series: [{ label: "step" }, ...series.map((s, i) => ({
         label: s.label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true,

@@ -12,7 +12,7 @@ export async function render(root, ctx) {
   const actions = h("div", { class: "row" });
   const actionSlot = h("div", { "aria-live": "polite" });
   const loss = lineChart("Loss", "cross-entropy");
-  const acc = lineChart("Token accuracy", "share of target tokens");
+  const acc = lineChart("Token accuracy", "share of target tokens", [0, 1]);
   const points = h("p", { class: "muted", id: "curve-points", "aria-live": "polite" });
   const eventsEl = h("div", { class: "events" });
   const ckptEl = h("div");
@@ -71,7 +71,8 @@ export async function render(root, ctx) {
       ["Trained tokens", fmt.int(job.trained_tokens)], ["Created", fmt.time(job.created_at)],
       ["Finished", job.finished_at ? fmt.time(job.finished_at) : null],
       ["Error", job.error && job.error.message ? h("span", { class: "error" }, job.error.message) : null],
-      ["Hyperparameters", h("code", {}, Object.entries(hp).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join("  "))],
+      ["Hyperparameters", h("details", {}, h("summary", {}, `${Object.keys(hp).length} values`),
+        kv(Object.entries(hp).map(([k, v]) => [k, h("code", {}, JSON.stringify(v))])))],
     ]), actions, actionSlot);
     clear(actions);
     if (!ctx.canWrite) return;
@@ -93,6 +94,7 @@ export async function render(root, ctx) {
       { label: "Train loss", num: true, value: (c) => fmt.num(c.metrics.train_loss) },
       { label: "Validation loss", num: true, value: (c) => fmt.num(c.metrics.valid_loss) },
       { label: "Validation accuracy", num: true, value: (c) => fmt.num(c.metrics.valid_mean_token_accuracy) },
+      { label: "Exact match", num: true, value: (c) => fmt.num(c.metrics.valid_exact_match) },
     ], page.data, { empty: "No checkpoints yet." }));
   }
 
