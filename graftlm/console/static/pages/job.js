@@ -67,6 +67,7 @@ export async function render(root, ctx) {
     clear(head, h("h1", {}, `Job ${job.id} `, badge(job.status)), kv([
       ["Base model", job.model], ["Method", hp.training_method],
       ["Custom model", job.fine_tuned_model ? link(`#/models/${encodeURIComponent(job.fine_tuned_model)}`, job.fine_tuned_model) : null],
+      ["Fine-tuning cluster", job.dedicated_ai_cluster_id || null],
       ["Training file", job.training_file], ["Validation file", job.validation_file || "80:20 split of the training file"],
       ["Trained tokens", fmt.int(job.trained_tokens)], ["Created", fmt.time(job.created_at)],
       ["Finished", job.finished_at ? fmt.time(job.finished_at) : null],

@@ -72,14 +72,18 @@ function readValue(name, spec, el) {
 }
 
 async function jobForm() {
-  const [{ schema, oci_defaults: ociDefaults, method_fields: methodFields, aliases }, models, files] = await Promise.all([
-    api("/console/finetune_form"), api("/models"), listAll("/files?purpose=fine-tune")]);
+  const [{ schema, oci_defaults: ociDefaults, method_fields: methodFields, aliases }, models, files, clusters] = await Promise.all([
+    api("/console/finetune_form"), api("/models"), listAll("/files?purpose=fine-tune"),
+    listAll("/dedicated_ai_clusters?type=FINE_TUNING")]);
   const usable = files.filter((f) => f.status === "processed");
   const fileOptions = usable.map((f) => [f.id, `${f.filename} (${f.id})`]);
   const base = select(models.data.filter((m) => m.kind === "base").map((m) => m.id), { name: "model", id: "job-model", required: true });
   const train = select(fileOptions, { name: "training_file", id: "job-training-file", required: true });
   const valid = select([["", "none: split the training file 80:20"], ...fileOptions], { name: "validation_file", id: "job-validation-file" });
   const suffix = h("input", { name: "suffix", id: "job-suffix", type: "text", placeholder: "e.g. support-bot" });
+  const cluster = select([["", "none: this machine, unmetered"],
+    ...clusters.filter((c) => c.lifecycle_state === "ACTIVE").map((c) => [c.id, `${c.name} (${c.unit_count} units)`])],
+  { name: "dedicated_ai_cluster_id", id: "job-cluster" });
   const props = Object.entries(schema.properties).filter(([name]) => !aliases.includes(name));
   const controls = {};
   const helps = {};
@@ -113,6 +117,7 @@ async function jobForm() {
   const form = h("form", { class: "fields", "aria-label": "New fine-tuning job" },
     field("Base model", base), field("Training file", train, usable.length ? null : "Upload a valid fine-tune file first."),
     field("Validation file", valid), field("Suffix", suffix, "names the custom model ft:{base}:{suffix}:{job}"),
+    field("Fine-tuning cluster", cluster, "its units are metered in unit-hours"),
     ...hp,
     h("div", { class: "actions" }, h("button", { class: "primary", type: "submit" }, "Create job"), slot));
   form.addEventListener("submit", async (e) => {
@@ -127,6 +132,7 @@ async function jobForm() {
       method: { type: "supervised", supervised: { hyperparameters } } };
     if (valid.value) body.validation_file = valid.value;
     if (suffix.value.trim()) body.suffix = suffix.value.trim();
+    if (cluster.value) body.dedicated_ai_cluster_id = cluster.value;
     try {
       const job = await api("/fine_tuning/jobs", { method: "POST", body });
       location.hash = `#/jobs/${encodeURIComponent(job.id)}`;
