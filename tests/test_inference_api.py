@@ -220,12 +220,14 @@ def test_deactivate_returns_once_the_endpoint_no_longer_serves(http, served, mon
     from graftlm.errors import GraftError
     from graftlm.serve import SamplingParams
 
-    monkeypatch.setenv("GRAFT_DEACTIVATE_GRACE_S", "1")
+    # Each step sleeps 50 ms, so the slow request needs at least 20 s and cannot finish within the 5 s grace,
+    # while the quick one (10 steps) finishes well within it even on a loaded machine.
+    monkeypatch.setenv("GRAFT_DEACTIVATE_GRACE_S", "5")
     reset_settings()
     runtime = get_runtime()
     target = runtime.resolve("lora-ep")
     engine, adapter = target.engine, target.adapter
-    slow_down(engine, monkeypatch)
+    slow_down(engine, monkeypatch, seconds=0.05)
 
     def submit(max_tokens):
         params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
