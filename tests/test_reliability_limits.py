@@ -44,6 +44,17 @@ def test_bodies_over_the_limit_get_413_before_being_read(http, tiny_model, small
     assert r.status_code == 200, r.text
 
 
+def test_multipart_bodies_are_bounded_by_the_upload_limit_on_every_route(http, monkeypatch):
+    monkeypatch.setenv("GRAFT_MAX_UPLOAD_BYTES", "1000")
+    reset_settings()
+    kb = http.post("/v1/knowledge_bases", json={"name": "kb"}).json()
+    big = {"files": ("a.txt", b"x" * 200_000)}
+    for path in ("/v1/files", f"/v1/knowledge_bases/{kb['id']}/documents"):
+        r = http.post(path, files=big, data={"purpose": "fine-tune"})
+        assert r.status_code == 413, (path, r.text)
+        assert (r.json()["error"]["code"], r.json()["error"]["param"]) == ("file_too_large", "file")
+
+
 def test_an_over_long_prompt_is_refused_without_tokenizing_it(http, tiny_model, monkeypatch):
     import graftlm.api.routes.inference as inference
 

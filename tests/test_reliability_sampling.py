@@ -48,6 +48,8 @@ def test_extreme_logits_never_reach_multinomial_as_nan():
               SamplingParams(temperature=1.0, top_k=2)):
         assert int(sample_row(logits, p, None)) == 0
     assert int(sample_row(torch.full((5,), float("nan")), SamplingParams(), None)) in range(5)
+    with_nan = torch.tensor([1.0, float("nan"), 0.5, float("-inf")])
+    assert all(int(sample_row(with_nan, SamplingParams(temperature=t), None)) in (0, 2) for t in (1e-300, 1.0, 2.0))
 
 
 def test_tiny_top_p_still_samples_within_the_nucleus():

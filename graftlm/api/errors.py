@@ -57,6 +57,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
+        if isinstance(getattr(exc, "body", None), dict):  # limits.TooLarge: already in the error shape
+            return JSONResponse(exc.body, status_code=exc.status_code, headers=exc.headers)
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return JSONResponse(error_body(str(exc.detail), type_=type_), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))

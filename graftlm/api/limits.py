@@ -1,8 +1,8 @@
-"""Bounds on what one request may make the server do: the body size (413).
+"""Bounds on what one request may make the server do: its body size (413), and JSON parsed off the event loop.
 
 A JSON body over GRAFT_MAX_REQUEST_BYTES is refused from its Content-Length before any of it is read, or,
-for a chunked body, as soon as the bytes read pass the limit; multipart uploads are bounded by
-GRAFT_MAX_UPLOAD_BYTES instead (the files route checks them, the blob store counts the bytes). Prompts too
+for a chunked body, as soon as the bytes read pass the limit; a multipart upload is bounded the same way by
+GRAFT_MAX_UPLOAD_BYTES (plus room for its framing; the blob store counts the file's own bytes). Prompts too
 long for the context are refused before tokenizing by ``Engine.check_prompt_chars``.
 """
 
@@ -19,11 +19,38 @@ from starlette.responses import JSONResponse
 from graftlm.config import get_settings
 
 _CLOSE = {"Connection": "close"}  # the rest of the body is not read: the connection cannot be reused
+# Room for the multipart framing around a file (boundaries, part headers, the purpose field), so a file just
+# under the upload limit is not refused for its envelope.
+MULTIPART_ALLOWANCE = 64 * 1024
 
 
-def too_large_message(size: str, limit: int) -> str:
-    return (f"request body of {size} exceeds the limit of {limit} bytes (GRAFT_MAX_REQUEST_BYTES); "
-            "send less, or upload large data as a file")
+class Limit:
+    """The byte limit for one request's body and how to say it was passed."""
+
+    def __init__(self, multipart: bool):
+        settings = get_settings()
+        if multipart:  # an upload: the file limit, plus its envelope
+            self.shown, self.setting, self.param, self.code = settings.max_upload_bytes, "GRAFT_MAX_UPLOAD_BYTES", \
+                "file", "file_too_large"
+            self.bytes = self.shown + MULTIPART_ALLOWANCE
+        else:
+            self.shown = self.bytes = settings.max_request_bytes
+            self.setting, self.param, self.code = "GRAFT_MAX_REQUEST_BYTES", None, "request_too_large"
+
+    def message(self, size: str) -> str:
+        advice = ("raise it to accept larger files" if self.param == "file"
+                  else "send less, or upload large data as a file")
+        return f"request body of {size} exceeds the limit of {self.shown} bytes ({self.setting}); {advice}"
+
+    def error(self, size: str) -> dict:
+        return {"error": {"message": self.message(size), "type": "invalid_request_error", "param": self.param,
+                          "code": self.code}}
+
+
+class TooLarge(HTTPException):
+    def __init__(self, limit: Limit, size: str):
+        super().__init__(413, limit.message(size), headers=_CLOSE)
+        self.body = limit.error(size)
 
 
 class BodyLimit:
@@ -33,14 +60,13 @@ class BodyLimit:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or _content_type(scope).startswith("multipart/form-data"):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = get_settings().max_request_bytes
+        limit = Limit(_content_type(scope).startswith("multipart/form-data"))
         declared = _content_length(scope)
-        if declared is not None and declared > limit:
-            body = {"error": {"message": too_large_message(f"{declared} bytes", limit),
-                              "type": "invalid_request_error", "param": None, "code": "request_too_large"}}
-            return await JSONResponse(body, status_code=413, headers=_CLOSE)(scope, receive, send)
+        if declared is not None and declared > limit.bytes:
+            return await JSONResponse(limit.error(f"{declared} bytes"), status_code=413,
+                                      headers=_CLOSE)(scope, receive, send)
         seen = 0
 
         async def counted():
@@ -48,8 +74,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise HTTPException(413, too_large_message(f"more than {limit} bytes", limit), headers=_CLOSE)
+                if seen > limit.bytes:
+                    raise TooLarge(limit, f"more than {limit.bytes} bytes")
             return message
 
         await self.app(scope, counted, send)

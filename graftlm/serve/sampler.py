@@ -83,12 +83,11 @@ def sample_row(logits: torch.Tensor, p: SamplingParams, generator: torch.Generat
     distribution handed to multinomial is never empty or nan. A row whose logits are not finite falls
     back to its argmax.
     """
-    x = logits.double()
+    x = logits.double().nan_to_num(nan=-math.inf)  # a nan logit is never chosen (argmax would pick it)
     best = int(x.argmax())
-    if not torch.isfinite(x[best]):
+    if not torch.isfinite(x[best]):  # +inf: that token; every logit -inf or nan: nothing better to do
         return torch.tensor(best)
     x = (x - x[best]) / p.temperature
-    x = x.nan_to_num(nan=-math.inf)
     if p.top_k and p.top_k < x.numel():
         kth = x.topk(p.top_k).values[-1]
         x = x.masked_fill(x < kth, -math.inf)
