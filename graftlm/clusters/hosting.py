@@ -26,8 +26,8 @@ from graftlm.clusters import clusters as cluster_store
 from graftlm.clusters import endpoints as endpoint_store
 from graftlm.clusters.model_files import unreadable_model_files
 from graftlm.config import get_settings
-from graftlm.errors import GraftError
-from graftlm.models.catalog import get_model
+from graftlm.errors import GraftError, NotFound
+from graftlm.models.catalog import get_model, list_models, unknown_model
 
 MAX_SEQ_LEN = 2048
 log = logging.getLogger("graftlm.serve")
@@ -109,7 +109,7 @@ class HostingRuntime:
             endpoint_store.require_active(endpoint)
             model = get_model(endpoint["model"])
         else:
-            model = get_model(name)
+            model = _get_model_or_endpoint_hint(name)
         if model["kind"] == "custom" and model["adapter_type"] == "full":
             return Target(self.engine(f"full:{model['id']}", model["path"], model["context_length"]),
                           None, model, endpoint)
@@ -189,6 +189,16 @@ class HostingRuntime:
         served = {e["model"] for e in endpoint_store.list_endpoints(endpoint["dedicated_ai_cluster_id"])
                   if e["lifecycle_state"] == "ACTIVE"}
         return [name for name in list(engine.adapters.paths) if name not in served]
+
+
+def _get_model_or_endpoint_hint(name: str) -> dict:
+    """get_model, whose not-found error also names the endpoints (a typo'd endpoint name is the usual case)."""
+    try:
+        return get_model(name)
+    except NotFound:
+        models = [(m["id"], m["kind"]) for m in list_models()]
+        endpoints = [e["name"] for e in endpoint_store.list_endpoints()]
+        raise unknown_model(name, models, endpoints) from None
 
 
 def cluster_threads(unit_count: int) -> int:

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from graftlm.config import get_settings
 from graftlm.errors import GraftError, NotFound
 from graftlm.models.convert import describe_model_dir, gguf_to_hf
+from graftlm.models.names import did_you_mean
 from graftlm.store.blobs import sha256_file
 from graftlm.store.db import session
 from graftlm.store.models import Model
@@ -60,11 +61,28 @@ def get_model(model_id: str) -> dict:
     with session() as s:
         m = s.get(Model, model_id)
         if m is None:
-            known = ", ".join(sorted(x.id for x in s.scalars(select(Model)))) or "none yet"
-            raise NotFound(f"model {model_id!r} is not registered (registered: {known}); "
-                           f"run `graft models pull {DEFAULT_BASE_MODEL}` or `graft models import`",
-                           param="model", code="model_not_found")
+            raise unknown_model(model_id, [(x.id, x.kind) for x in s.scalars(select(Model))])
         return model_to_dict(m)
+
+
+def unknown_model(name: str, models: list[tuple[str, str]], endpoints: list[str] | None = None) -> NotFound:
+    """The error for a name that is no registered model (nor endpoint): the kinds of names accepted, the
+    closest one, and the pull hint only when no base model is registered yet."""
+    bases = sorted(i for i, kind in models if kind == "base")
+    customs = sorted(i for i, kind in models if kind != "base")
+    accepted = "an endpoint name, a custom model id (ft:…) or a base model" if endpoints is not None else \
+        "a custom model id (ft:…) or a base model"
+    msg = f"model {name!r} is not {accepted}.{did_you_mean(name, [*(endpoints or ()), *bases, *customs])}"
+    parts = [f"endpoints: {', '.join(sorted(endpoints))}" if endpoints else "",
+             f"base models: {', '.join(bases)}" if bases else "",
+             f"custom models: {', '.join(customs[:10])}{' …' if len(customs) > 10 else ''}" if customs else ""]
+    known = "; ".join(p for p in parts if p)
+    if known:
+        msg += f" Known {known}."
+    if not bases:
+        msg += f" No base model is registered yet: run `graft models pull {DEFAULT_BASE_MODEL}` or " \
+               "`graft models import`."
+    return NotFound(msg, param="model", code="model_not_found")
 
 
 def base_model_of(model_id: str) -> dict:
