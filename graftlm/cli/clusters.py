@@ -38,13 +38,15 @@ def list_clusters():
 @clusters_app.command("show")
 @friendly_errors
 def show_cluster(cluster_id: str):
-    print_json(clusters.get_cluster(cluster_id))
+    """Show a cluster (by id, a unique id prefix, or name)."""
+    print_json(clusters.get_cluster(clusters.resolve_cluster_id(cluster_id)))
 
 
 @clusters_app.command("delete")
 @friendly_errors
 def delete_cluster(cluster_id: str):
-    clusters.delete_cluster(cluster_id)
+    """Delete a cluster (by id, a unique id prefix, or name)."""
+    clusters.delete_cluster(clusters.resolve_cluster_id(cluster_id))
     console.print(f"deleted {cluster_id}")
 
 
@@ -52,7 +54,7 @@ def delete_cluster(cluster_id: str):
 @friendly_errors
 def create_endpoint(model: str = typer.Option(..., "--model"), cluster: str = typer.Option(..., "--cluster"),
                     name: Optional[str] = typer.Option(None, "--name")):
-    e = endpoints.create_endpoint(model, cluster, name)
+    e = endpoints.create_endpoint(model, clusters.resolve_cluster_id(cluster), name)
     console.print(f"created endpoint [bold]{e['name']}[/] ({e['id']}) → {e['model']}")
 
 
@@ -60,7 +62,7 @@ def create_endpoint(model: str = typer.Option(..., "--model"), cluster: str = ty
 @friendly_errors
 def list_endpoints(cluster: Optional[str] = typer.Option(None, "--cluster")):
     table = Table("id", "name", "model", "cluster", "state")
-    for e in endpoints.list_endpoints(cluster):
+    for e in endpoints.list_endpoints(clusters.resolve_cluster_id(cluster) if cluster else None):
         table.add_row(e["id"], e["name"], e["model"], e["dedicated_ai_cluster_id"], e["lifecycle_state"])
     console.print(table)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from datetime import datetime
 import sys
 
 import orjson
@@ -13,6 +14,13 @@ from graftlm.errors import GraftError
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def iso_time(ts: float | int | None) -> str:
+    """A Unix timestamp as local ISO 8601 with its offset, to the second ('-' for none)."""
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
 
 
 def print_json(obj) -> None:

@@ -8,9 +8,9 @@ from typing import Optional
 import typer
 import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
-from graftlm.cli.common import console, friendly_errors, print_json
+from graftlm.cli.common import console, friendly_errors, iso_time, print_json
 from graftlm.errors import GraftError
 from graftlm.files.service import upload_local
 from graftlm.jobs import service
@@ -101,7 +101,9 @@ def watch_job(job_id: str, run_here: bool = False) -> dict:
 @jobs_app.command("list")
 @friendly_errors
 def list_(limit: int = 20):
-    table = Table("id", "model", "method", "status", "fine-tuned model")
+    # ids and model names wrap whole at 80 columns, never cut with "…" (a user copies them)
+    table = Table(Column("id", overflow="fold"), "model", "method", "status",
+                  Column("fine-tuned model", overflow="fold"))
     for j in service.list_jobs(limit=limit)["data"]:
         table.add_row(j["id"], j["model"], j["hyperparameters"]["training_method"], j["status"],
                       j["fine_tuned_model"] or "")
@@ -111,28 +113,31 @@ def list_(limit: int = 20):
 @jobs_app.command("show")
 @friendly_errors
 def show(job_id: str):
-    print_json(service.get_job(job_id))
+    """Show a job (by id or a unique id prefix)."""
+    print_json(service.get_job(service.resolve_job_id(job_id)))
 
 
 @jobs_app.command("events")
 @friendly_errors
 def events(job_id: str, limit: int = 100):
-    for e in reversed(service.list_events(job_id, limit=limit)["data"]):
-        console.print(f"{e['created_at']} {e['level']:5} {e['message']}")
+    """A job's events, oldest first, with ISO times (by id or a unique id prefix)."""
+    for e in reversed(service.list_events(service.resolve_job_id(job_id), limit=limit)["data"]):
+        console.print(f"{iso_time(e['created_at'])} {e['level']:5} {e['message']}", markup=False)
 
 
 @jobs_app.command("watch")
 @friendly_errors
 def watch(job_id: str, run_here: bool = typer.Option(False, help="also schedule jobs from this process")):
-    watch_job(job_id, run_here=run_here)
+    watch_job(service.resolve_job_id(job_id), run_here=run_here)
 
 
 def _action(name: str):
     @friendly_errors
     def command(job_id: str):
+        job_id = service.resolve_job_id(job_id)
         job = service.request_action(job_id, name)
         console.print(f"{job_id}: {job['status']}")  # cancelling / pausing while a running job stops
-    command.__doc__ = f"{name.capitalize()} a job."
+    command.__doc__ = f"{name.capitalize()} a job (by id or a unique id prefix)."
     return command
 
 

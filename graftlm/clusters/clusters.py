@@ -10,6 +10,7 @@ from graftlm.clusters import metering
 from graftlm.errors import Conflict, GraftError, NotFound
 from graftlm.models.catalog import get_model
 from graftlm.store.db import session
+from graftlm.store.ids import resolve_prefix
 from graftlm.store.models import Cluster, Endpoint, new_id, now
 from graftlm.store.paging import check_limit, newest_first_page
 
@@ -79,6 +80,21 @@ def ensure_default_fine_tuning_cluster(units: int = 1) -> str:
             s.add(Cluster(id=DEFAULT_FT_CLUSTER, name="local fine-tuning", type="FINE_TUNING",
                           unit_count=units, lifecycle_state="ACTIVE"))
     return DEFAULT_FT_CLUSTER
+
+
+def resolve_cluster_id(ref: str) -> str:
+    """A live cluster's id from its id, a unique id prefix, or its name (names are checked first after an
+    exact id, so a cluster named like the start of another's id is still found by name)."""
+    with session() as s:
+        if s.get(Cluster, ref) is None:
+            named = list(s.scalars(select(Cluster.id).where(Cluster.name == ref, Cluster.lifecycle_state != "DELETED")))
+            if len(named) == 1:
+                return named[0]
+            if len(named) > 1:
+                raise GraftError(f"several clusters are named {ref!r} ({', '.join(sorted(named))}); give the id",
+                                 param="dedicated_ai_cluster_id", code="ambiguous_id")
+    return resolve_prefix(Cluster, ref, what="dedicated AI cluster", param="dedicated_ai_cluster_id",
+                          where=Cluster.lifecycle_state != "DELETED")
 
 
 def get_cluster(cluster_id: str) -> dict:

@@ -10,6 +10,7 @@ from graftlm.files.service import get_file_record
 from graftlm.jobs.spec import JobSpec
 from graftlm.models.catalog import get_model
 from graftlm.store.db import session
+from graftlm.store.ids import resolve_prefix
 from graftlm.store.paging import check_limit, newest_first_page
 from graftlm.store.models import FineTuningJob, JobCheckpoint, JobEvent, new_id, now
 from graftlm.train.config import METHOD_FIELDS, check_runtime, parse_config
@@ -115,6 +116,11 @@ def _get(s, job_id: str) -> FineTuningJob:
     if job is None:
         raise NotFound(f"no fine-tuning job with id {job_id!r}", param="fine_tuning_job_id")
     return job
+
+
+def resolve_job_id(id_or_prefix: str) -> str:
+    """A job id from its full id or a unique prefix of it (the CLI's tables truncate ids)."""
+    return resolve_prefix(FineTuningJob, id_or_prefix, what="fine-tuning job", param="fine_tuning_job_id")
 
 
 def get_job(job_id: str) -> dict:
