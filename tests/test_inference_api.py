@@ -296,8 +296,9 @@ def test_a_hosting_cluster_runs_on_its_units_share_of_the_cores(http, served, mo
     assert get_runtime().resolve("base").engine.threads == cluster_threads(1) == (os.cpu_count() or 1)
 
 
-def test_deactivating_an_endpoint_spares_direct_requests_for_its_custom_model(http, served, monkeypatch):
-    """A request naming the custom model itself (no endpoint) keeps running; the adapter is freed once unused."""
+def test_deactivating_a_custom_models_endpoints_is_a_kill_switch(http, served, monkeypatch):
+    """A running request naming the custom model itself (no endpoint) finishes; after that neither the endpoint
+    nor the model's id serves it (409 model_disabled) until an endpoint is activated again."""
     from graftlm.clusters.hosting import get_runtime
     from graftlm.serve import SamplingParams
 
@@ -313,7 +314,29 @@ def test_deactivating_an_endpoint_spares_direct_requests_for_its_custom_model(ht
     ep = endpoints.find_endpoint("lora-ep")
     assert http.post(f"/v1/endpoints/{ep['id']}/deactivate").status_code == 200
     assert handle.result(timeout=30).finish_reason == "length"
-    assert http.post("/v1/chat/completions", json={"model": "ft:tiny:lora:1", "max_tokens": 2,
-                                                   "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+    direct_body = {"model": "ft:tiny:lora:1", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    r = http.post("/v1/chat/completions", json=direct_body)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "model_disabled", r.text
+    assert "lora-ep" in r.json()["error"]["message"] and r.json()["error"]["param"] == "model"
     assert http.post("/v1/chat/completions", json={"model": "lora-ep", "max_tokens": 2,
                                                    "messages": [{"role": "user", "content": "hi"}]}).status_code == 409
+    other = {"model": "ft:tiny:tfew:2", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    assert http.post("/v1/chat/completions", json=other).status_code == 200  # its endpoint is still active
+    assert http.post(f"/v1/endpoints/{ep['id']}/activate").status_code == 200
+    assert http.post("/v1/chat/completions", json=direct_body).status_code == 200
+
+
+def test_direct_calls_of_custom_models_can_be_turned_off(http, served, monkeypatch):
+    """GRAFT_DIRECT_MODEL_CALLS=false: custom models only through endpoints (OCI style); base models still."""
+    from graftlm.config import reset_settings
+
+    monkeypatch.setenv("GRAFT_DIRECT_MODEL_CALLS", "false")
+    reset_settings()
+    chat = {"max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    r = http.post("/v1/chat/completions", json=chat | {"model": "ft:tiny:lora:1"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "direct_calls_disabled", r.text
+    assert http.post("/v1/chat/completions", json=chat | {"model": "lora-ep"}).status_code == 200
+    assert http.post("/v1/chat/completions", json=chat | {"model": "tiny"}).status_code == 200
+    monkeypatch.delenv("GRAFT_DIRECT_MODEL_CALLS")
+    reset_settings()
+    assert http.post("/v1/chat/completions", json=chat | {"model": "ft:tiny:lora:1"}).status_code == 200

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from graftlm.clusters.clusters import (ENDPOINT_CAPACITY, LIVE_ENDPOINT_STATES, MAX_PAGE, get_cluster_row,
                                        page_anchor, used_capacity)
 from graftlm.clusters.model_files import check_model_files
+from graftlm.config import get_settings
 from graftlm.errors import Conflict, GraftError, NotFound
 from graftlm.models.catalog import get_model
 from graftlm.store.db import session
@@ -157,6 +158,26 @@ def activate_endpoint(endpoint_id: str) -> dict:
 def delete_endpoint(endpoint_id: str) -> dict:
     out = _set_state(endpoint_id, "DELETED", "deleted")
     return {"id": out["id"], "object": "endpoint", "deleted": True}
+
+
+def require_directly_servable(model: dict) -> None:
+    """A request naming a custom model's id (not an endpoint) is served, OpenAI style, unless
+    GRAFT_DIRECT_MODEL_CALLS is off (OCI style: custom models only through endpoints) or the model is
+    disabled: it has endpoints and none of them is ACTIVE (deactivating them is the kill switch)."""
+    if model["kind"] != "custom":
+        return
+    if not get_settings().direct_model_calls:
+        raise EndpointInactive(f"custom model {model['id']} is served only through an endpoint here "
+                               "(GRAFT_DIRECT_MODEL_CALLS=false); call an endpoint name instead",
+                               param="model", code="direct_calls_disabled")
+    with session() as s:
+        states = {e.name: e.lifecycle_state for e in s.scalars(_live_endpoints(None).where(
+            Endpoint.model == model["id"]))}
+    if states and "ACTIVE" not in states.values():
+        names = ", ".join(sorted(states))
+        raise EndpointInactive(f"custom model {model['id']} is disabled: its endpoints ({names}) are all "
+                               "deactivated; activate one to serve it again", param="model",
+                               code="model_disabled")
 
 
 def require_active(endpoint: dict) -> None:

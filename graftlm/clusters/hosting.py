@@ -110,6 +110,7 @@ class HostingRuntime:
             model = get_model(endpoint["model"])
         else:
             model = _get_model_or_endpoint_hint(name)
+            endpoint_store.require_directly_servable(model)
         if model["kind"] == "custom" and model["adapter_type"] == "full":
             return Target(self.engine(f"full:{model['id']}", model["path"], model["context_length"]),
                           None, model, endpoint)
