@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import typer
@@ -64,9 +65,24 @@ def show_command(run_id: str, examples: int = typer.Option(5, help="Per-example 
         return
     _print_run(run)
     for r in run["results"][:examples]:
-        typer.echo(f"  [{', '.join(f'{v:.2f}' for v in r['scores'].values())}] {r['question'][:60]!r} -> "
-                   f"{r['prediction'][:40]!r} (expected {str(r['reference'])[:30]!r})")
+        _print_result(r)
     _print_failures(run)
+
+
+def _wrapped(label: str, text, width: int = 100) -> str:
+    """``label`` then ``text`` whole, wrapped under it (line breaks kept): rows that share a long prefix
+    still show where they differ."""
+    indent = " " * 14
+    lines = [textwrap.fill(ln, width, initial_indent=indent, subsequent_indent=indent)
+             or indent for ln in str(text).splitlines() or [""]]
+    return f"    {label:<10}" + "\n".join(lines)[14:]
+
+
+def _print_result(r: dict) -> None:
+    typer.echo("  " + ", ".join(f"{name} {v:.2f}" for name, v in r["scores"].items()))
+    typer.echo(_wrapped("prompt", r["question"]))
+    typer.echo(_wrapped("answer", r["prediction"]))
+    typer.echo(_wrapped("expected", r["reference"]))
 
 
 @app.command("compare")
@@ -88,9 +104,10 @@ def list_command() -> None:
 
     for e in list_evals():
         runs = list_runs(e["id"])
-        typer.echo(f"{e['id']}  {e['name']}  {len(runs)} run(s)")
+        typer.echo(f"{e['id']}  {e['name']}  scorers {', '.join(e['scorers'])}  {len(runs)} run(s)")
         for r in runs:
-            typer.echo(f"  {r['id']}  {r['model']}  {r['strategy']}  {r['score']:.3f}")
+            scores = "  ".join(f"{name} {a['mean']:.3f}" for name, a in r["aggregates"].items())
+            typer.echo(f"  {r['id']}  {r['model']}  {r['strategy']}  {scores}")
 
 
 @app.command("calibrate")

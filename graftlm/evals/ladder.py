@@ -35,10 +35,19 @@ def _rung(name: str, run: dict, unit_hours: float, price: float, **extra) -> dic
             "cost": unit_hours * price, "eval_run_id": run["id"], **extra}
 
 
+NOTHING_WORKS = 0.05  # every rung at or below this: no recommendation
+
+
 def verdict(rungs: list[dict], runs: dict[str, dict]) -> dict:
     """The best rung, and for each cheaper rung whether the best is better beyond doubt: its CI above the
-    cheaper rung's CI (non-overlapping) and the paired-bootstrap difference on the same examples."""
+    cheaper rung's CI (non-overlapping) and the paired-bootstrap difference on the same examples.
+    When every rung scores at most ``NOTHING_WORKS`` nothing is recommended."""
     best = max(rungs, key=lambda r: (r["score"], -r["unit_hours"], -r["tokens"]))
+    if best["score"] <= NOTHING_WORKS:
+        return {"best": best["name"], "worth_it": False, "checks": [], "recommended": None, "nothing_works": True,
+                "text": f"Nothing works yet: every rung scores at most {NOTHING_WORKS:.2f} (best: {best['name']} "
+                        f"{best['score']:.3f}). Check the prompt format, the scorer and the eval references "
+                        "before choosing a rung."}
     cheaper = [r for r in rungs if r is not best and (r["unit_hours"], r["tokens"]) <= (best["unit_hours"], best["tokens"])]
     checks = []
     for r in cheaper:
@@ -54,7 +63,7 @@ def verdict(rungs: list[dict], runs: dict[str, dict]) -> dict:
         text = (f"{best['name']} scores best, but is not significantly better than {', '.join(ties)}; "
                 f"the cheaper {cheapest_tie['name']} is the better buy.")
     return {"best": best["name"], "worth_it": worth, "checks": checks, "recommended": best["name"] if worth else
-            cheapest_tie["name"], "text": text}
+            cheapest_tie["name"], "nothing_works": False, "text": text}
 
 
 def format_table(rungs: list[dict]) -> str:

@@ -1,7 +1,8 @@
 """Scorers: ``fn(prediction, reference, **options) -> float`` in [0, 1] (1 = right).
 
 Text scorers compare a model's answer with the expected one; ``regex``, ``json_valid`` and
-``json_schema`` check the answer alone (the reference is the pattern / schema, or ignored).
+``json_schema`` check the answer alone (the reference is the pattern / schema, or ignored);
+``json_fields`` compares the answer's JSON with the reference's field by field.
 ``judge:<model>`` asks ``<model>`` (any registered model or endpoint) to grade each answer 1–5 against
 the question and reference (graftlm.evals.judge), mapped to [0, 1]; an unparseable grade scores 0.
 """
@@ -143,6 +144,33 @@ def json_schema(prediction: str, schema) -> float:
     return float(jsonschema.Draft202012Validator(schema).is_valid(value))
 
 
+def _fields(value, prefix: str = "") -> dict:
+    """Nested objects flattened to {"a.b": leaf}; a non-object is one field named ``prefix``."""
+    if not isinstance(value, dict) or not value:
+        return {prefix: value}
+    out = {}
+    for k, v in value.items():
+        out.update(_fields(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def json_fields(prediction: str, reference) -> float:
+    """Fraction of the reference's JSON fields (nested objects flattened to dotted paths) that the
+    answer's parsed JSON has with an equal value; an answer that is not JSON scores 0. Field order and
+    formatting do not matter, unlike ``exact_match`` on JSON text."""
+    if isinstance(reference, str):
+        try:
+            reference = json.loads(_strip_fence(reference))
+        except ValueError as e:
+            raise _error(f"scorer 'json_fields' needs JSON references; got {reference[:80]!r}") from e
+    try:
+        value = json.loads(_strip_fence(str(prediction)))
+    except ValueError:
+        return 0.0
+    want, got = _fields(reference), _fields(value)
+    return sum(k in got and got[k] == v for k, v in want.items()) / len(want)
+
+
 def embedding_similarity(prediction: str, reference: str, model: str | None = None) -> float:
     """Cosine similarity of sentence embeddings (all-MiniLM-L6-v2 by default), clipped to [0, 1]."""
     return embedding_similarities([prediction], [reference], model)[0]
@@ -159,7 +187,7 @@ SCORERS = {
     "exact_match": exact_match, "normalized_match": normalized_match, "label_accuracy": label_accuracy,
     "contains": contains,
     "token_f1": token_f1, "rouge_l": rouge_l, "bleu": bleu, "regex": regex_match, "json_valid": json_valid,
-    "json_schema": json_schema, "embedding_similarity": embedding_similarity,
+    "json_schema": json_schema, "json_fields": json_fields, "embedding_similarity": embedding_similarity,
 }
 
 
