@@ -72,3 +72,30 @@ def test_finetune_create_with_yaml_and_watch(tiny_model, tmp_path):
     r = runner.invoke(app, ["finetune", "create", "--config", str(spec), "--watch"])
     assert r.exit_code == 0, r.output
     assert "succeeded" in r.output and "ft:tiny:yaml:" in r.output and "tok/s" in r.output
+
+
+def test_watch_shows_time_left_from_estimated_finish():
+    from graftlm.cli.finetune import time_left
+
+    assert time_left({"estimated_finish": None}, 100.0) == "-:--:--"
+    assert time_left({"estimated_finish": 100 + 3600 + 125}, 100.0) == "1:02:05"
+    assert time_left({"estimated_finish": 90}, 100.0) == "0:00:00"  # overdue: never negative
+
+
+def test_finetune_create_without_watch_hints_that_a_scheduler_must_run(tiny_model, tmp_path, monkeypatch):
+    from graftlm.jobs import embedded
+    from tests.test_jobs import toy_dataset
+
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(toy_dataset(4))
+    args = ["finetune", "create", "--model", "tiny", "--train", str(data), "--method", "tfew"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "graft serve" in r.output and "graft worker" in r.output
+    class Running:
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(embedded, "_scheduler", Running())  # this process schedules jobs itself: no hint
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0 and "graft worker" not in r.output

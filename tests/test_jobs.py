@@ -284,3 +284,29 @@ def test_resumed_worker_does_not_log_replayed_steps_twice(tiny_model):
     assert logged == [1, 2, 3, 4, 5, 6, 7]
     assert (first.steps, second.steps) == ([1, 2, 3, 4, 5], [6, 7])
     assert metrics_csv("ftjob-replay").decode().count("\n") == 1 + 7  # header and one row per step
+
+
+def test_estimated_finish_follows_time_per_step_while_running(tiny_model):
+    from graftlm.jobs import service
+    from graftlm.jobs.worker import make_event_sink
+    from graftlm.store.db import session
+    from graftlm.store.models import FineTuningJob
+
+    with session() as s:
+        s.add(FineTuningJob(id="ftjob-eta", model="tiny", training_file="file-t", status="running",
+                            config={"training_method": "lora"}))
+    clock = iter([1000.0, 1010.0, 1020.0])
+    sink = make_event_sink("ftjob-eta", clock=lambda: next(clock))
+    assert service.get_job("ftjob-eta")["estimated_finish"] is None  # nothing measured yet
+    sink({"type": "message", "message": "training started", "data": {"total_steps": 20}})
+    sink({"type": "metrics", "data": {"step": 5, "train_loss": 1.0}})  # 10 s for 5 steps: 2 s/step, 15 left
+    assert service.get_job("ftjob-eta")["estimated_finish"] == 1010 + 2 * 15
+    # a worker resumed at step 10 measures from there: 10 s for 2 steps, 8 left
+    resumed_clock = iter([2000.0, 2010.0])
+    resumed = make_event_sink("ftjob-eta", clock=lambda: next(resumed_clock))
+    resumed({"type": "message", "message": "resumed from step 10", "data": {"step": 10, "total_steps": 20}})
+    resumed({"type": "metrics", "data": {"step": 12, "train_loss": 1.0}})
+    assert service.get_job("ftjob-eta")["estimated_finish"] == 2010 + 5 * 8
+    with session() as s:
+        s.get(FineTuningJob, "ftjob-eta").status = "paused"
+    assert service.get_job("ftjob-eta")["estimated_finish"] is None  # only a running job has one

@@ -7,13 +7,13 @@ from typing import Optional
 
 import typer
 import yaml
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Column, Table
 
 from graftlm.cli.common import console, friendly_errors, iso_time, print_json
 from graftlm.errors import GraftError
 from graftlm.files.service import upload_local
-from graftlm.jobs import service
+from graftlm.jobs import embedded, service
 from graftlm.jobs.spec import JobSpec
 
 app = typer.Typer(no_args_is_help=True)
@@ -55,21 +55,34 @@ def create(model: Optional[str] = typer.Option(None, "--model"),
     console.print(f"created [bold]{job['id']}[/] ({job['hyperparameters']['training_method']})")
     if watch:
         watch_job(job["id"], run_here=True)
+    elif not embedded.scheduler_running():
+        console.print("the job starts when a scheduler picks it up: keep [bold]graft serve[/] or "
+                      "[bold]graft worker[/] running (or pass --watch to run it here)")
+
+
+def time_left(job: dict, at: float) -> str:
+    """``h:mm:ss`` until the job's ``estimated_finish`` (``-:--:--`` while there is none yet)."""
+    if job.get("estimated_finish") is None:
+        return "-:--:--"
+    seconds = max(0, round(job["estimated_finish"] - at))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def watch_job(job_id: str, run_here: bool = False) -> dict:
-    """Rich progress bar (step/total, loss, accuracy, ETA) until the job finishes."""
+    """Rich progress bar (step/total, loss, accuracy, time left from the job's estimated_finish) until
+    the job finishes."""
     from graftlm.jobs.scheduler import Scheduler
 
     scheduler = Scheduler() if run_here else None
     seen = set()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=console) as bar:
-        task = bar.add_task(job_id, total=None, stats="")
+                  TextColumn("{task.fields[stats]}"), TextColumn("{task.fields[left]}"), console=console) as bar:
+        task = bar.add_task(job_id, total=None, stats="", left="-:--:--")
         while True:
             if scheduler:
                 scheduler.tick()
             job = service.get_job(job_id)
+            bar.update(task, left=time_left(job, time.time()))
             for e in reversed(service.list_events(job_id, limit=50)["data"]):
                 if e["id"] in seen:
                     continue

@@ -26,6 +26,11 @@ def ensure_scheduler() -> None:
             _scheduler.start()
 
 
+def scheduler_running() -> bool:
+    """Whether this process runs a scheduler (so a new job starts without `graft serve` / `graft worker`)."""
+    return _scheduler is not None
+
+
 def stop_scheduler() -> None:
     """Stop the scheduler this process started (running jobs go on in their own processes)."""
     global _scheduler

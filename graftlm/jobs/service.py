@@ -41,6 +41,11 @@ def shown_status(j: FineTuningJob) -> str:
     return j.status
 
 
+def estimated_finish(j: FineTuningJob) -> int | None:
+    """Unix time the running job should finish (its worker refreshes it at each metrics event)."""
+    return (j.run_info or {}).get("estimated_finish") if j.status == "running" else None
+
+
 def job_to_dict(j: FineTuningJob) -> dict:
     hyper = shown_hyperparameters(j.config, j.run_info)
     return {"object": "fine_tuning.job", "id": j.id, "model": j.model, "status": shown_status(j),
@@ -49,7 +54,7 @@ def job_to_dict(j: FineTuningJob) -> dict:
             "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
             "training_file": j.training_file, "validation_file": j.validation_file, "suffix": j.suffix,
             "seed": j.seed, "metadata": j.job_metadata, "created_at": j.created_at,
-            "finished_at": j.finished_at, "estimated_finish": None, "integrations": [],
+            "finished_at": j.finished_at, "estimated_finish": estimated_finish(j), "integrations": [],
             "organization_id": "graftlm", "dedicated_ai_cluster_id": j.dedicated_ai_cluster_id,
             "run_info": j.run_info}
 

@@ -74,14 +74,26 @@ def last_metrics_step(job_id: str) -> int:
         return max((d.get("step", 0) for d in steps if d), default=0)
 
 
-def make_event_sink(job_id: str, tracker=None):
+def estimate_finish(progress: dict, step: int, at: float) -> int | None:
+    """When training should end: the time per step since training (re)started × the steps left."""
+    if progress.get("total_steps") is None or step <= progress["start_step"]:
+        return None
+    per_step = (at - progress["started"]) / (step - progress["start_step"])
+    return round(at + per_step * (progress["total_steps"] - step))
+
+
+def make_event_sink(job_id: str, tracker=None, clock=time.time):
     """Writes training events into the DB. A resumed worker replays the steps after its checkpoint;
-    metrics of steps a previous worker already logged are not logged again."""
+    metrics of steps a previous worker already logged are not logged again. Each metrics event
+    refreshes the job's ``estimated_finish``."""
     last_beat = [0.0]
+    progress: dict = {}
     logged_upto = [last_metrics_step(job_id)]
 
     def on_event(event: dict) -> None:
         data = event.get("data") or {}
+        if event["type"] == "message" and "total_steps" in data:  # training started (or resumed at data["step"])
+            progress.update(total_steps=data["total_steps"], start_step=data.get("step", 0), started=clock())
         if event["type"] == "metrics":
             if data["step"] <= logged_upto[0]:
                 return  # a replayed step (resume after a crash): its metrics are already in the log
@@ -96,6 +108,10 @@ def make_event_sink(job_id: str, tracker=None):
             elif event["type"] == "metrics":
                 parts = [f"{k}={v:.4f}" for k, v in data.items() if k != "step" and isinstance(v, float)]
                 add_event(s, job_id, f"step {data['step']}: " + ", ".join(parts), type="metrics", data=data)
+                finish = estimate_finish(progress, data["step"], clock())
+                if finish is not None:
+                    job = s.get(FineTuningJob, job_id)
+                    job.run_info = {**(job.run_info or {}), "estimated_finish": finish}
             else:
                 add_event(s, job_id, event["message"], level=event.get("level", "info"), data=data)
                 if "auto_hyperparameters" in data:  # the job shows auto's picks from now on

@@ -224,7 +224,7 @@ def train(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict
         optimizer.load_state_dict(saved["optimizer"])
         state.update(saved["state"])
         ckpt.set_rng_state(saved["rng"])
-        say(f"resumed from step {state['step']}", step=state["step"], path=str(resume_from))
+        say(f"resumed from step {state['step']}", step=state["step"], path=str(resume_from), total_steps=total_steps)
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "run_info.json").write_text(json.dumps(info, indent=1))
