@@ -126,6 +126,12 @@ def test_prompt_completion_and_text_errors(tmp_path):
     assert errors_of(report) == [(2, "text", "must be a string, got null")]
 
 
+def test_a_misnamed_completion_key_is_named(tmp_path):
+    report = validate_file(write(tmp_path, PC, {"prompt": "x", "response": "y"}))
+    [(line, field, message)] = errors_of(report)
+    assert (line, field) == (2, "completion") and "'response'" in message and "is missing" in message
+
+
 def test_bom_is_reported_once_and_the_line_still_counts(tmp_path):
     report = validate_file(write(tmp_path, b"\xef\xbb\xbf" + orjson.dumps(CHAT), CHAT))
     assert [(e["line"], e["field"]) for e in report["errors"]] == [(1, None)]

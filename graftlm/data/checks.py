@@ -118,9 +118,13 @@ def check_sharegpt(record: dict) -> list:
 
 def check_prompt_completion(record: dict) -> list:
     errors: list = []
+    others = [k for k in record if k not in ("prompt", "completion")]
     for key in ("prompt", "completion"):
         if key in record:
             _text(record[key], key, errors)
+        elif others:  # e.g. "response" written for "completion": name what the line has instead
+            errors.append((key, f"is missing; the line has {', '.join(map(repr, others))} instead, which is not "
+                                f"a field of this format (prompt/completion lines have \"prompt\" and \"completion\")"))
         else:
             errors.append((key, "is missing"))
     return errors
