@@ -1,4 +1,4 @@
-"""`graft kb create|list|delete|ingest|search` and `graft rag eval`, embedded on GRAFT_HOME (no server)."""
+"""`graft kb create|list|delete|ingest|documents|search` and `graft rag eval`, embedded on GRAFT_HOME (no server)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from graftlm import rag
 from graftlm.cli.common import console, friendly_errors, print_json
 from graftlm.errors import GraftError
 from graftlm.rag import metrics, ragas
+from graftlm.rag.backend import METADATA_KEY
 
 app = typer.Typer(no_args_is_help=True)
 rag_app = typer.Typer(no_args_is_help=True)
@@ -55,11 +56,15 @@ def delete(kb: str):
 
 @app.command("ingest")
 @friendly_errors
-def ingest(kb: str, paths: list[Path] = typer.Argument(..., help="txt, md, html, pdf or jsonl files")):
+def ingest(kb: str, paths: list[Path] = typer.Argument(..., help="txt, md, html, pdf or jsonl files"),
+           metadata: list[str] = typer.Option([], "--metadata", help="key=value added to every document's "
+                                              "metadata (repeatable; search --filters matches it)")):
     """Add files to a knowledge base; a bad file is reported and skipped."""
+    extra = parse_metadata(metadata)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task(f"ingest into {kb}", total=len(paths))
-        reports = rag.ingest_files(kb, paths, progress=lambda n, total: bar.update(task, completed=n))
+        reports = rag.ingest_files(kb, paths, progress=lambda n, total: bar.update(task, completed=n),
+                                   metadata=extra)
     for r in reports:
         if r["ok"]:
             console.print(f"[green]ok[/] {r['path']}: {r['documents']} documents, {r['chunks']} chunks")
@@ -67,6 +72,38 @@ def ingest(kb: str, paths: list[Path] = typer.Argument(..., help="txt, md, html,
             console.print(f"[red]failed[/] {r['path']}: {r['error']}")
     if not any(r["ok"] for r in reports):
         raise typer.Exit(2)
+
+
+def parse_metadata(pairs: list[str]) -> dict:
+    """['lang=en', 'year=2024'] -> {"lang": "en", "year": 2024}: a value that is a JSON number, true, false
+    or null is that (so --filters '{"year": 2024}' matches), anything else the text itself."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not METADATA_KEY.match(key):
+            raise GraftError(f"--metadata {pair!r}: use KEY=VALUE, the key letters, digits, '_', '-', '.', ' ' "
+                             "(at most 64)", param="--metadata")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        out[key] = parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
+    return out
+
+
+@app.command("documents")
+@friendly_errors
+def documents(kb: str, as_json: bool = typer.Option(False, "--json")):
+    """List a knowledge base's documents with their metadata."""
+    rows = rag.list_documents(kb)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("id", "chunks", "chars", "metadata")
+    for r in rows:
+        table.add_row(r["id"], str(r["n_chunks"]), str(r["n_chars"]), json.dumps(r["metadata"]))
+    console.print(table)
 
 
 def parse_json_option(value: str | None, option: str) -> dict | None:

@@ -40,7 +40,7 @@ class DocumentRows:
     vectors: np.ndarray
 
 
-_KEY = re.compile(r"^[A-Za-z0-9_.\- ]{1,64}$")
+METADATA_KEY = re.compile(r"^[A-Za-z0-9_.\- ]{1,64}$")
 
 
 def check_filters(filters: dict | None) -> dict:
@@ -49,7 +49,7 @@ def check_filters(filters: dict | None) -> dict:
     if not isinstance(filters, dict):
         raise GraftError("filters must be an object of metadata key -> value", param="filters")
     for key, value in filters.items():
-        if not isinstance(key, str) or not _KEY.match(key):
+        if not isinstance(key, str) or not METADATA_KEY.match(key):
             raise GraftError(f"filter key {key!r}: use letters, digits, '_', '-', '.', ' ' (at most 64)",
                              param="filters")
         if value is not None and not isinstance(value, (str, int, float, bool)):
@@ -65,6 +65,8 @@ class Backend(Protocol):
     def replace_documents(self, kb: KnowledgeBase, docs: list[DocumentRows]) -> None:
         """Atomically make each document's chunks, keyword rows and vectors exactly the given ones."""
     def delete_document(self, kb: KnowledgeBase, doc_id: str) -> bool: ...
+    def list_documents(self, kb: KnowledgeBase) -> list[dict[str, Any]]:
+        """{"id", "metadata", "n_chars", "n_chunks"} per document, by id."""
     def counts(self, kb: KnowledgeBase) -> tuple[int, int]:
         """(documents, chunks)."""
     def keyword(self, kb: KnowledgeBase, terms: list[str], limit: int, filters: dict) -> list[tuple[int, float]]:

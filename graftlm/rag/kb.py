@@ -155,17 +155,19 @@ def ingest_documents(kb: KnowledgeBase | str, docs: list[dict], *, progress: Pro
 
 
 def ingest_files(kb: KnowledgeBase | str, paths: list[str | Path], *, progress: Progress | None = None,
-                 db=None) -> list[dict]:
+                 metadata: dict | None = None, db=None) -> list[dict]:
     """One report per file: {"path", "ok", "documents", "chunks", "error"}; a bad file is skipped, not fatal.
 
-    Document ids are the file names (jsonl: the line's "id", else "name:line").
+    Document ids are the file names (jsonl: the line's "id", else "name:line"). ``metadata`` is added to
+    every document's (over the file's own keys), so search ``filters`` can select them.
     """
     store, kb = _resolve(kb, db)
     reports = []
     for n, path in enumerate(paths, start=1):
         report = {"path": str(path), "ok": False, "documents": 0, "chunks": 0, "error": None}
         try:
-            done = ingest_documents(kb, load_file(path), db=store)
+            docs = [{**d, "metadata": {**(d.get("metadata") or {}), **(metadata or {})}} for d in load_file(path)]
+            done = ingest_documents(kb, docs, db=store)
             report.update(ok=True, **done)
         except GraftError as e:
             report["error"] = e.message
@@ -173,6 +175,12 @@ def ingest_files(kb: KnowledgeBase | str, paths: list[str | Path], *, progress: 
         if progress is not None:
             progress(n, len(paths))
     return reports
+
+
+def list_documents(kb: KnowledgeBase | str, *, db=None) -> list[dict]:
+    """The knowledge base's documents: {"id", "metadata", "n_chars", "n_chunks"} each, by id."""
+    store, kb = _resolve(kb, db)
+    return store.list_documents(kb)
 
 
 def delete_document(kb: KnowledgeBase | str, document_id: str, *, db=None) -> None:

@@ -201,6 +201,13 @@ class PostgresBackend:
             self._lock_kb(kb)
             return self._delete_docs(kb, [doc_id]) > 0
 
+    def list_documents(self, kb: KnowledgeBase) -> list[dict]:
+        with self.lock:
+            rows = self._db().execute("SELECT doc_id, metadata, n_chars, n_chunks FROM rag_documents "
+                                      "WHERE kb_id = %s ORDER BY doc_id", (kb.id,)).fetchall()
+        return [{"id": d, "metadata": m if isinstance(m, dict) else json.loads(m), "n_chars": int(c),
+                 "n_chunks": int(n)} for d, m, c, n in rows]
+
     def counts(self, kb: KnowledgeBase) -> tuple[int, int]:
         with self.lock:
             row = self._db().execute("SELECT count(*), coalesce(sum(n_chunks), 0) FROM rag_documents "

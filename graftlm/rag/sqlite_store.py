@@ -140,6 +140,12 @@ class SQLiteBackend:
             return self.conn.execute("DELETE FROM rag_documents WHERE kb_id = ? AND doc_id = ?",
                                      (kb.id, doc_id)).rowcount > 0
 
+    def list_documents(self, kb: KnowledgeBase) -> list[dict]:
+        with self.lock:
+            rows = self.conn.execute("SELECT doc_id, metadata, n_chars, n_chunks FROM rag_documents WHERE kb_id = ? "
+                                     "ORDER BY doc_id", (kb.id,)).fetchall()
+        return [{"id": d, "metadata": json.loads(m), "n_chars": int(c), "n_chunks": int(n)} for d, m, c, n in rows]
+
     def counts(self, kb: KnowledgeBase) -> tuple[int, int]:
         with self.lock:
             row = self.conn.execute("SELECT count(*), coalesce(sum(n_chunks), 0) FROM rag_documents WHERE kb_id = ?",

@@ -131,6 +131,12 @@ async def get_ingestion(kb_id: str, job_id: str):
     return await run_in_threadpool(ingestions.get, kb_id, job_id)
 
 
+@router.get("/knowledge_bases/{kb_id}/documents")
+async def list_documents(kb_id: str):
+    docs = await run_in_threadpool(rag.list_documents, kb_id)
+    return {"object": "list", "data": [{"object": "knowledge_base.document", **d} for d in docs], "has_more": False}
+
+
 @router.delete("/knowledge_bases/{kb_id}/documents/{doc_id}")
 async def delete_document(kb_id: str, doc_id: str):
     await run_in_threadpool(rag.delete_document, kb_id, doc_id)
