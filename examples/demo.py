@@ -71,7 +71,9 @@ def fine_tune(epochs: int) -> str:
     run = fm.create(model=BASE, train_data_path=str(TRAIN), register_to=SUFFIX, training_method="tfew",
                     training_duration=f"{epochs}ep", training_batch_size=8, context_length=256,
                     log_model_metrics_interval_in_steps=5)
-    console.print(f"job {run.id}: T-Few (IA)³, {epochs} epochs, batch 8, lr {run.hyperparameters['learning_rate']}")
+    lr = run.hyperparameters["learning_rate"]
+    lr = "auto (picked when training starts; the job's events say what and why)" if lr == "auto" else lr
+    console.print(f"job {run.id}: T-Few (IA)³, {epochs} epochs, batch 8, lr {lr}")
     seen, losses = 0, []
     with Progress(TextColumn("fine-tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
                   TimeRemainingColumn(), console=console) as bar:
