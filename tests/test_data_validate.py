@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import orjson
 import pytest
@@ -116,6 +117,16 @@ def test_sharegpt_errors(tmp_path, record, expected):
     report = validate_file(write(tmp_path, SHAREGPT, record))
     assert [(e["line"], e["field"]) for e in report["errors"]][0] == (2, expected[0])
     assert expected[1] in report["errors"][0]["message"]
+
+
+def test_sharegpt_accepts_the_user_and_assistant_roles_the_readme_documents(tmp_path):
+    record = {"conversations": [{"from": "system", "value": "be brief"}, {"from": "user", "value": "hi"},
+                                {"from": "assistant", "value": "hello"}]}
+    report = validate_file(write(tmp_path, record))
+    assert report["valid"] and report["format"] == "sharegpt", report
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    sharegpt_row = next(line for line in readme.splitlines() if line.startswith("| `sharegpt` |"))
+    assert "`user`" in sharegpt_row and "`assistant`" in sharegpt_row
 
 
 def test_prompt_completion_and_text_errors(tmp_path):
