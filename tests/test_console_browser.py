@@ -18,6 +18,7 @@ WAIT = 60_000  # ms: the CPU is shared by several runs; expect() retries until t
 REASON = missing_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 if REASON is None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=WAIT)
@@ -107,6 +108,20 @@ def test_sign_in_keeps_the_key_out_of_urls_and_sign_out_forgets_it(console):
     assert page.evaluate("sessionStorage.length") == 0
 
 
+def choose_file_from_keyboard(page, tries: int = 3):
+    """Focus the drop zone and press Enter until the file chooser opens. On a loaded machine the page can
+    render again just after navigation, so the zone focused first may be replaced before Enter arrives."""
+    for attempt in range(tries):
+        page.locator("#dropzone").focus()
+        try:
+            with page.expect_file_chooser(timeout=WAIT // tries) as chooser:
+                page.keyboard.press("Enter")
+            return chooser.value
+        except PlaywrightTimeout:
+            if attempt == tries - 1:
+                raise
+
+
 def upload_through_ui(console, name: str, data: bytes, how: str = "input"):
     """Upload through the file input, by dropping a file on the drop zone, or from the keyboard alone."""
     page = console.page
@@ -117,10 +132,8 @@ def upload_through_ui(console, name: str, data: bytes, how: str = "input"):
             dt.items.add(new File([text], name, {type: "application/jsonl"})); return dt; }""", [name, data.decode()])
         page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
     elif how == "keyboard":
-        page.locator("#dropzone").focus()
-        with page.expect_file_chooser() as chooser:
-            page.keyboard.press("Enter")
-        chooser.value.set_files(payload)
+        chooser = choose_file_from_keyboard(page)
+        chooser.set_files(payload)
     else:
         page.locator("#upload-input").set_input_files(payload)
     done = page.get_by_text(f"Uploaded {name} as file-")
