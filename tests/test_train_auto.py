@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from graftlm.testing import build_tiny_llama
+from graftlm.testing import build_learnable_llama
 from graftlm.train import auto
 from graftlm.train.config import parse_config
 from graftlm.train.loop import train
@@ -40,14 +40,7 @@ def fp32(monkeypatch):
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    """A tiny random Llama whose frozen final norm is scaled up, so adapters alone can reach low loss."""
-    from transformers import AutoModelForCausalLM
-    path = build_tiny_llama(tmp_path_factory.mktemp("base"))
-    model = AutoModelForCausalLM.from_pretrained(path)
-    with torch.no_grad():
-        model.model.norm.weight.mul_(8)
-    model.save_pretrained(path)
-    return path
+    return build_learnable_llama(tmp_path_factory.mktemp("base"))
 
 
 def test_auto_rule_is_deterministic_and_explicit_values_win():

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from graftlm.testing.models import build_tiny_llama
+from graftlm.testing.models import build_learnable_llama
 from graftlm.train import checkpoint as ckpt
 from graftlm.train.config import parse_config
 from graftlm.train.loop import train
@@ -18,17 +18,6 @@ TOY = [{"messages": [{"role": "user", "content": q, "weight": 0}, {"role": "assi
        for q, a in PAIRS * 4]
 
 
-def learnable_llama(path, hidden=64):
-    """A tiny random Llama whose frozen final norm is scaled up, so adapters alone can reach low loss."""
-    from transformers import AutoModelForCausalLM
-    build_tiny_llama(path, hidden=hidden)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    with torch.no_grad():
-        model.model.norm.weight.mul_(8)
-    model.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(autouse=True)
 def fp32(monkeypatch):
     # bf16 rounding makes a 64-wide random model's toy-task curve erratic; the bf16 path has its own test
@@ -37,7 +26,7 @@ def fp32(monkeypatch):
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    return learnable_llama(tmp_path_factory.mktemp("base"))
+    return build_learnable_llama(tmp_path_factory.mktemp("base"))
 
 
 def losses(events):
@@ -55,7 +44,7 @@ def run(base, out, events=None, **hp):
     ("tfew", {"learning_rate": 1.0}, 128),  # (IA)³ only rescales: a wider model and a large lr to learn the toy task
 ])
 def test_loss_falls_on_a_learnable_task(tmp_path, base, method, hp, hidden):
-    model_path = base if hidden == 64 else learnable_llama(tmp_path / "wide", hidden)
+    model_path = base if hidden == 64 else build_learnable_llama(tmp_path / "wide", hidden=hidden)
     events = []
     result = run(model_path, tmp_path / "out", events, training_method=method, n_epochs=15, batch_size=4,
                  early_stopping_patience=0, **hp)

@@ -67,3 +67,16 @@ def build_tiny_llama(path: str | Path, *, seed: int = 0, layers: int = 2, hidden
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
+
+
+def build_learnable_llama(path: str | Path, *, hidden: int = 64) -> Path:
+    """A tiny random Llama whose frozen final norm is scaled up, so adapters alone can reach low loss."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    build_tiny_llama(path, hidden=hidden)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(8)
+    model.save_pretrained(path)
+    return Path(path)
