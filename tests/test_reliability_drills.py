@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -28,6 +29,18 @@ def test_engine_dies_mid_stream_and_the_next_request_gets_a_fresh_one(live_serve
     base = live_server.removesuffix("/v1")
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 400,
             "temperature": 1.0, "stream": True, "stream_options": {"include_usage": True}}
+    engine = get_runtime().resolve("tiny").engine
+    decode, crash = engine._decode, threading.Event()
+
+    def decode_then_crash(seqs):  # one real decode step, then hold until the client has seen tokens and crash
+        if engine._decode_calls:
+            crash.wait(30)
+            raise RuntimeError("simulated engine crash")
+        engine._decode_calls += 1
+        decode(seqs)
+
+    engine._decode_calls = 0
+    engine._decode = decode_then_crash  # armed before the request: a fast engine cannot finish first
     events = []
     with httpx.Client(base_url=base, headers=HEADERS, timeout=60) as c:
         with c.stream("POST", "/v1/chat/completions", json=body) as r:
@@ -35,13 +48,8 @@ def test_engine_dies_mid_stream_and_the_next_request_gets_a_fresh_one(live_serve
                 if not line.startswith("data: "):
                     continue
                 events.append(line)
-                if '"content":"' in line and len(events) == 3:  # tokens are flowing: kill the engine
-                    engine = get_runtime().resolve("tiny").engine
-
-                    def fault(*_):
-                        raise RuntimeError("simulated engine crash")
-
-                    engine._decode = fault
+                if '"content":"' in line:  # tokens are flowing: let the engine die
+                    crash.set()
         assert r.status_code == 200
         assert '"engine_unavailable"' in events[-1] and "simulated engine crash" in events[-1]
         assert not any("[DONE]" in e for e in events)  # the client can tell it was cut, not finished
