@@ -1,9 +1,12 @@
-"""The training loop: one function, read top to bottom.
+"""The training loop, read top to bottom in ``train()``:
 
-    tokenize -> load base model -> method.prepare -> for each optimizer step:
-        packed micro-batches -> loss on target positions only -> backward (accumulate) -> AdamW
-        -> log metrics -> evaluate / early-stop / checkpoint -> obey pause or cancel
-    -> best weights -> method.save
+    prepare (tokenize, load the base model, method.prepare, auto, AdamW) -> start or resume -> for each step:
+        train_step (packed micro-batches, loss on target positions only, backward, AdamW)
+        -> evaluate + track_best (early stopping) -> log_metrics -> maybe_checkpoint -> obey pause or cancel
+    -> finish (best weights, method.save)
+
+``TrainState`` is all that changes from step to step and is what a checkpoint stores (``state.json``), so a
+resumed run continues exactly; ``Run`` holds what does not change (data, model, optimizer, schedule).
 
 Events (``on_event`` receives plain dicts):
     {"type": "message", "level": "info", "message": str, "data": {...}}
@@ -25,8 +28,9 @@ import json
 import math
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -169,18 +173,97 @@ def run_info(cfg: FineTuneConfig, device, dtype, base_model_path) -> dict:
             "base_model_path": str(base_model_path), "config": cfg.model_dump(mode="json")}
 
 
+@dataclass
+class TrainState:
+    """Where a run stands after its last optimizer step: what every checkpoint stores (``state.json``) and a
+    resume restores. Everything else a run needs is rebuilt from the config, the data and the base model."""
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epoch of the last step, from 0
+    best_loss: float | None = None  # validation loss at best_step
+    best_step: int | None = None  # the best evaluation so far (see improves)
+    bad_evals: int = 0  # evaluations since best_step that did not improve on it
+    trained_tokens: int = 0
+    metrics: dict = field(default_factory=dict)  # of the last step
+    best_metrics: dict = field(default_factory=dict)  # of best_step
+    last_saved_step: int | None = None
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> TrainState:
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
+
+
+@dataclass
+class Run:
+    """What a run works with and does not change between steps: the data, the model and its optimizer,
+    the schedule, where it writes and whom it tells."""
+    cfg: FineTuneConfig
+    method: ModuleType
+    tokenizer: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]  # the trainable ones
+    train_set: list[dict]
+    valid_set: list[dict]
+    device: torch.device
+    dtype: torch.dtype
+    total_steps: int
+    per_epoch: int
+    exact_match: bool  # whether validation reports (and selects by) valid_exact_match
+    out_dir: Path
+    info: dict  # run_info.json
+    auto: dict  # the auto picks, {} when none
+    trainable: int
+    total: int
+    emit: Callable[[dict], None]
+    started: float = field(default_factory=time.time)
+    throughput_since: tuple[float, int] = (0.0, 0)  # (perf_counter, trained tokens) at the last metrics event
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def say(self, message: str, **data) -> None:
+        self.emit({"type": "message", "level": "info", "message": message, "data": data})
+
+
 def train(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict],
           valid_examples: list[dict] | None, out_dir, on_event: Callable[[dict], None] | None = None,
           should_stop: Callable[[], str | None] | None = None, resume_from=None) -> TrainResult:
+    """Train ``cfg`` on the examples into ``out_dir``; ``should_stop()`` may answer "pause" or "cancel" after
+    any step, and ``resume_from`` (a checkpoint directory) continues a paused or killed run exactly."""
+    run = prepare(cfg, base_model_path, train_examples, valid_examples, out_dir, on_event or (lambda event: None))
+    state = resume(run, resume_from) if resume_from is not None else start(run)
+    run.say(f"trainable parameters: {run.trainable:,} of {run.total:,} ({100 * run.trainable / run.total:.4f}%)",
+            trainable_params=run.trainable, total_params=run.total, trainable_share=run.trainable / run.total)
+    run.throughput_since = (time.perf_counter(), state.trained_tokens)
+    while state.step < run.total_steps:
+        metrics = train_step(run, state)
+        at_eval = is_eval_step(run, state.step)
+        stop_early = False
+        if at_eval and run.valid_set:
+            metrics.update(evaluate(run.model, run.valid_set, run.cfg, run.device, run.dtype, run.exact_match))
+            stop_early = track_best(run, state, metrics)
+        state.metrics = metrics
+        log_metrics(run, state, at_eval)
+        maybe_checkpoint(run, state, at_eval)
+        if stop_early:
+            announce_early_stop(run, state)
+            break
+        request = should_stop() if should_stop else None
+        if request in ("pause", "cancel"):
+            return interrupt(run, state, request)
+    return finish(run, state)
+
+
+def prepare(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict],
+            valid_examples: list[dict] | None, out_dir, emit: Callable[[dict], None]) -> Run:
+    """Tokenize the data, load the base model, let the method decide what trains, resolve auto, build AdamW."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = cfg if isinstance(cfg, FineTuneConfig) else parse_config(cfg)
     check_runtime(cfg)
-    emit = on_event or (lambda event: None)
-    say = lambda message, **data: emit({"type": "message", "level": "info", "message": message, "data": data})  # noqa: E731
-    out_dir = Path(out_dir)
-    ckpt_root = out_dir / "checkpoints"
-    device, started = default_device(), time.time()
+    device = default_device()
+    started = time.time()
     dtype = training_dtype(device)
     torch.manual_seed(cfg.seed)
 
@@ -202,8 +285,6 @@ def train(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict
     # auto: epochs, batch size, learning rate from the data and the model (deterministic, so a resumed run agrees)
     cfg, auto = auto_hp.resolve(cfg, auto_hp.dataset_stats(train_set), model.config.hidden_size)
     per_epoch = steps_per_epoch(len(train_set), cfg.training_batch_size)
-    total_steps = cfg.max_steps or cfg.total_training_epochs * per_epoch
-    exact_match = reports_exact_match(valid_set, cfg)
     if cfg.gradient_checkpointing:
         causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
@@ -216,110 +297,149 @@ def train(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict
     info = run_info(cfg, device, dtype, base_model_path)
     if auto:
         info["auto"] = auto
-    state = {"step": 0, "epoch": 0, "best_loss": None, "best_step": None, "bad_evals": 0,
-             "trained_tokens": 0, "metrics": {}, "best_metrics": {}, "last_saved_step": None}
-    if resume_from is not None:
-        saved = ckpt.load_checkpoint(resume_from)
-        ckpt.load_trainable_state(model, saved["weights"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state.update(saved["state"])
-        ckpt.set_rng_state(saved["rng"])
-        say(f"resumed from step {state['step']}", step=state["step"], path=str(resume_from), total_steps=total_steps)
+    return Run(cfg=cfg, method=method, tokenizer=tokenizer, model=model, optimizer=optimizer,
+               params=[p for _, p in params], train_set=train_set, valid_set=valid_set, device=device, dtype=dtype,
+               total_steps=cfg.max_steps or cfg.total_training_epochs * per_epoch, per_epoch=per_epoch,
+               exact_match=reports_exact_match(valid_set, cfg), out_dir=Path(out_dir), info=info, auto=auto,
+               trainable=trainable, total=total, emit=emit, started=started)
+
+
+def start(run: Run) -> TrainState:
+    """A fresh run: write run_info.json and say what will train."""
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    (run.out_dir / "run_info.json").write_text(json.dumps(run.info, indent=1))
+    if run.auto.get("picks"):
+        run.say(auto_hp.describe(run.auto), auto_hyperparameters=run.auto)
+    run.say(f"training started: {run.cfg.training_method}, {len(run.train_set)} examples, {run.total_steps} steps",
+            train_examples=len(run.train_set), valid_examples=len(run.valid_set), total_steps=run.total_steps,
+            steps_per_epoch=run.per_epoch, device=str(run.device), dtype=run.info["autocast_dtype"])
+    return TrainState()
+
+
+def resume(run: Run, path) -> TrainState:
+    """Continue from a checkpoint: trainable weights, optimizer, RNG states and the TrainState it stored."""
+    saved = ckpt.load_checkpoint(path)
+    ckpt.load_trainable_state(run.model, saved["weights"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    state = TrainState.from_dict(saved["state"])
+    ckpt.set_rng_state(saved["rng"])
+    run.say(f"resumed from step {state.step}", step=state.step, path=str(path), total_steps=run.total_steps)
+    return state
+
+
+def train_step(run: Run, state: TrainState) -> dict:
+    """One optimizer step: accumulate over packed micro-batches (loss = mean cross-entropy over the step's
+    targets), clip, AdamW. Returns the step's training metrics."""
+    cfg, step = run.cfg, state.step + 1
+    epoch, indices = step_examples(len(run.train_set), cfg.training_batch_size, cfg.seed, step - 1)
+    if (step - 1) % run.per_epoch == 0:
+        run.say(f"epoch {epoch + 1} started", epoch=epoch + 1, step=step)
+    run.model.train()
+    lr = learning_rate_at(step, cfg, run.total_steps)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    examples = [run.train_set[i] for i in indices]
+    n_targets = sum(target_count(e) for e in examples)
+    loss_sum = correct = 0.0
+    for batch in micro_batches(examples, cfg.max_tokens_per_micro_batch, cfg.micro_batch_size):
+        with torch.autocast(run.device.type, dtype=run.dtype, enabled=run.dtype != torch.float32):
+            s, c = target_loss(run.model, batch, run.device)
+        (s / n_targets).backward()
+        loss_sum += s.item()
+        correct += c.item()
+        state.trained_tokens += batch["n_tokens"]
+    torch.nn.utils.clip_grad_norm_(run.params, MAX_GRAD_NORM)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    state.step, state.epoch = step, epoch
+    return {"step": step, "train_loss": loss_sum / n_targets, "train_mean_token_accuracy": correct / n_targets}
+
+
+def is_eval_step(run: Run, step: int) -> bool:
+    """The last step, and every eval_interval_steps (else every epoch's end)."""
+    interval = run.cfg.eval_interval_steps
+    return step == run.total_steps or (step % interval == 0 if interval else step % run.per_epoch == 0)
+
+
+def track_best(run: Run, state: TrainState, metrics: dict) -> bool:
+    """Record an evaluation: a new best, or one more that did not improve. Returns whether to stop early
+    (patience used up before the last step; at the last step training simply finishes)."""
+    cfg = run.cfg
+    if improves(metrics, state.best_metrics if state.best_step is not None else None, cfg.early_stopping_threshold):
+        state.best_loss, state.best_step, state.bad_evals, state.best_metrics = (
+            metrics["valid_loss"], state.step, 0, metrics)
     else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "run_info.json").write_text(json.dumps(info, indent=1))
-        if auto.get("picks"):
-            say(auto_hp.describe(auto), auto_hyperparameters=auto)
-        say(f"training started: {cfg.training_method}, {len(train_set)} examples, {total_steps} steps",
-            train_examples=len(train_set), valid_examples=len(valid_set), total_steps=total_steps,
-            steps_per_epoch=per_epoch, device=str(device), dtype=info["autocast_dtype"])
-    say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)",
-        trainable_params=trainable, total_params=total, trainable_share=trainable / total)
+        state.bad_evals += 1
+    return bool(cfg.early_stopping_patience and state.bad_evals >= cfg.early_stopping_patience
+                and state.step < run.total_steps)
 
-    def checkpoint() -> Path:
-        path = ckpt.save_checkpoint(ckpt_root, model, optimizer, {**state, "last_saved_step": state["step"]}, info)
-        state["last_saved_step"] = state["step"]
-        ckpt.prune(ckpt_root, {state["step"], state["best_step"]})
-        emit({"type": "checkpoint", "data": {"step": state["step"], "path": str(path), "metrics": state["metrics"]}})
-        return path
 
-    stop_reason = None
-    throughput_since = (time.perf_counter(), state["trained_tokens"])  # for tokens/s between metric events
-    while state["step"] < total_steps:
-        step = state["step"] + 1
-        epoch, indices = step_examples(len(train_set), cfg.training_batch_size, cfg.seed, step - 1)
-        if (step - 1) % per_epoch == 0:
-            say(f"epoch {epoch + 1} started", epoch=epoch + 1, step=step)
+def log_metrics(run: Run, state: TrainState, at_eval: bool) -> None:
+    """A metrics event at every evaluation, and every step up to 20 then every log interval, with the
+    tokens/s since the previous one."""
+    interval, step = run.cfg.log_model_metrics_interval_in_steps, state.step
+    if (at_eval and run.valid_set) or (interval and (step <= 20 or step % interval == 0)):
+        now, tokens = time.perf_counter(), state.trained_tokens
+        since, since_tokens = run.throughput_since
+        speed = (tokens - since_tokens) / max(now - since, 1e-9)
+        run.throughput_since = (now, tokens)
+        run.emit({"type": "metrics", "data": {**state.metrics, "trained_tokens": tokens,
+                                              "tokens_per_second": round(speed, 1)}})
 
-        # one optimizer step: accumulate over packed micro-batches; loss = mean CE over the step's targets
-        model.train()
-        lr = learning_rate_at(step, cfg, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        examples = [train_set[i] for i in indices]
-        n_targets = sum(target_count(e) for e in examples)
-        loss_sum = correct = 0.0
-        for batch in micro_batches(examples, cfg.max_tokens_per_micro_batch, cfg.micro_batch_size):
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                s, c = target_loss(model, batch, device)
-            (s / n_targets).backward()
-            loss_sum += s.item()
-            correct += c.item()
-            state["trained_tokens"] += batch["n_tokens"]
-        torch.nn.utils.clip_grad_norm_([p for _, p in params], MAX_GRAD_NORM)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        state["step"], state["epoch"] = step, epoch
-        metrics = {"step": step, "train_loss": loss_sum / n_targets, "train_mean_token_accuracy": correct / n_targets}
 
-        # evaluation, early stopping and checkpoints
-        end_of_epoch = step % per_epoch == 0
-        at_eval = step == total_steps or (step % cfg.eval_interval_steps == 0 if cfg.eval_interval_steps else end_of_epoch)
-        if at_eval and valid_set:
-            metrics.update(evaluate(model, valid_set, cfg, device, dtype, exact_match))
-            if improves(metrics, state["best_metrics"] if state["best_step"] is not None else None,
-                        cfg.early_stopping_threshold):
-                state.update(best_loss=metrics["valid_loss"], best_step=step, bad_evals=0, best_metrics=metrics)
-            else:
-                state["bad_evals"] += 1
-            if (cfg.early_stopping_patience and state["bad_evals"] >= cfg.early_stopping_patience
-                    and step < total_steps):  # at the last step training simply finishes
-                stop_reason = "early_stop"
-        state["metrics"] = metrics
-        interval = cfg.log_model_metrics_interval_in_steps
-        if (at_eval and valid_set) or (interval and (step <= 20 or step % interval == 0)):
-            now, tokens = time.perf_counter(), state["trained_tokens"]
-            speed = (tokens - throughput_since[1]) / max(now - throughput_since[0], 1e-9)
-            throughput_since = (now, tokens)
-            emit({"type": "metrics", "data": {**metrics, "trained_tokens": tokens, "tokens_per_second": round(speed, 1)}})
-        if at_eval or (cfg.checkpoint_interval_steps and step % cfg.checkpoint_interval_steps == 0):
-            checkpoint()
-        if stop_reason == "early_stop":
-            measure = ("validation exact match has not risen (nor, at equal exact match, validation loss fallen "
-                       f"by {cfg.early_stopping_threshold})" if exact_match else
-                       f"validation loss has not improved by {cfg.early_stopping_threshold}")
-            say(f"early stopping at step {step} of {total_steps}: {measure} for {state['bad_evals']} evaluations; "
-                f"best step {state['best_step']}", step=step, best_step=state["best_step"],
-                best_valid_loss=state["best_loss"],
-                best_valid_exact_match=state["best_metrics"].get("valid_exact_match"))
-            break
-        request = should_stop() if should_stop else None
-        if request in ("pause", "cancel"):
-            path = checkpoint() if request == "pause" and state["last_saved_step"] != step else ckpt.latest_checkpoint(out_dir)
-            say(f"training {'paused' if request == 'pause' else 'cancelled'} at step {step}", step=step)
-            return TrainResult("paused" if request == "pause" else "cancelled", None, path, step, total_steps,
-                               state["best_step"], state["trained_tokens"], metrics, trainable, total, info)
+def maybe_checkpoint(run: Run, state: TrainState, at_eval: bool) -> None:
+    """A checkpoint at every evaluation step, and every checkpoint_interval_steps."""
+    interval = run.cfg.checkpoint_interval_steps
+    if at_eval or (interval and state.step % interval == 0):
+        checkpoint(run, state)
 
-    # the result: the best evaluated weights when validated, else the last ones
-    if state["best_step"] is not None and state["best_step"] != state["step"]:
-        best_dir = ckpt_root / f"{ckpt.PREFIX}{state['best_step']:06d}"
-        ckpt.load_trainable_state(model, ckpt.load_checkpoint(best_dir)["weights"])
-    model_dir = out_dir / "model"
+
+def checkpoint(run: Run, state: TrainState) -> Path:
+    """Save the step (keeping only it and the best one) and announce it."""
+    path = ckpt.save_checkpoint(run.checkpoints, run.model, run.optimizer,
+                                {**asdict(state), "last_saved_step": state.step}, run.info)
+    state.last_saved_step = state.step
+    ckpt.prune(run.checkpoints, {state.step, state.best_step})
+    run.emit({"type": "checkpoint", "data": {"step": state.step, "path": str(path), "metrics": state.metrics}})
+    return path
+
+
+def announce_early_stop(run: Run, state: TrainState) -> None:
+    threshold = run.cfg.early_stopping_threshold
+    measure = ("validation exact match has not risen (nor, at equal exact match, validation loss fallen "
+               f"by {threshold})" if run.exact_match else f"validation loss has not improved by {threshold}")
+    run.say(f"early stopping at step {state.step} of {run.total_steps}: {measure} for {state.bad_evals} "
+            f"evaluations; best step {state.best_step}", step=state.step, best_step=state.best_step,
+            best_valid_loss=state.best_loss, best_valid_exact_match=state.best_metrics.get("valid_exact_match"))
+
+
+def interrupt(run: Run, state: TrainState, request: str) -> TrainResult:
+    """Pause (checkpoint this step unless it just was) or cancel (keep the latest checkpoint)."""
+    if request == "pause" and state.last_saved_step != state.step:
+        path = checkpoint(run, state)
+    else:
+        path = ckpt.latest_checkpoint(run.out_dir)
+    status = "paused" if request == "pause" else "cancelled"
+    run.say(f"training {status} at step {state.step}", step=state.step)
+    return result(run, state, status, None, path, state.metrics)
+
+
+def finish(run: Run, state: TrainState) -> TrainResult:
+    """The result: the best evaluated weights when validated, else the last ones, saved by the method."""
+    if state.best_step is not None and state.best_step != state.step:
+        best_dir = run.checkpoints / f"{ckpt.PREFIX}{state.best_step:06d}"
+        ckpt.load_trainable_state(run.model, ckpt.load_checkpoint(best_dir)["weights"])
+    model_dir = run.out_dir / "model"
     with ckpt.atomic_dir(model_dir) as tmp:
-        method.save(model, tmp, tokenizer=tokenizer)
-        (tmp / "run_info.json").write_text(json.dumps(info, indent=1))
-    result_metrics = state["best_metrics"] or state["metrics"]
-    say(f"training finished in {time.time() - started:.1f}s", steps=state["step"], best_step=state["best_step"],
-        trained_tokens=state["trained_tokens"], model_dir=str(model_dir))
-    return TrainResult("succeeded", model_dir, ckpt.latest_checkpoint(out_dir), state["step"], total_steps,
-                       state["best_step"], state["trained_tokens"], result_metrics, trainable, total, info)
+        run.method.save(run.model, tmp, tokenizer=run.tokenizer)
+        (tmp / "run_info.json").write_text(json.dumps(run.info, indent=1))
+    run.say(f"training finished in {time.time() - run.started:.1f}s", steps=state.step, best_step=state.best_step,
+            trained_tokens=state.trained_tokens, model_dir=str(model_dir))
+    return result(run, state, "succeeded", model_dir, ckpt.latest_checkpoint(run.out_dir),
+                  state.best_metrics or state.metrics)
+
+
+def result(run: Run, state: TrainState, status: str, model_dir: Path | None, checkpoint_dir: Path | None,
+           metrics: dict) -> TrainResult:
+    return TrainResult(status, model_dir, checkpoint_dir, state.step, run.total_steps, state.best_step,
+                       state.trained_tokens, metrics, run.trainable, run.total, run.info)

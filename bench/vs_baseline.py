@@ -1,0 +1,242 @@
+"""This tree vs an earlier commit, in one run: the training loop and the serving engine, same workloads.
+
+    python bench/vs_baseline.py                      # against 07fc72b, the last commit before issue 15's redesign
+    python bench/vs_baseline.py --rev HEAD~3 --rounds 5 --only train
+
+The baseline's ``graftlm/`` is extracted with ``git archive`` into a temporary folder, and each measurement runs
+in a fresh child process whose ``PYTHONPATH`` picks one tree; rounds alternate baseline and this tree so that
+machine load hits both alike, and the medians are compared. The models and adapters are built once by the parent
+(random weights, the tiny test tokenizer) and shared, so the trees differ only in their own code.
+
+- train: ``train()`` with LoRA on a random SmolLM2-135M-shaped Llama (``--layers``), validation every 2 steps
+  and checkpoints, fp32. Reports tokens/s (steps only: from the "trainable parameters" event to "training
+  finished") and whether every metrics event (losses, accuracies, exact match) is identical between the trees.
+- serve: one ``Engine`` per child; a batch of requests through ``generate()`` (base only, and one adapter per
+  row: half LoRA r=8 all-linear, half (IA)³), then the same batch streamed through ``start()`` / ``submit()`` /
+  iterating the handles from threads (the path the HTTP API uses). Reports tokens/s of each and whether the
+  greedy token ids are identical between the trees.
+
+Both trees read GRAFT_DTYPE=float32 and the same torch thread count (``--threads``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from io import BytesIO
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_REV = "07fc72b"  # "tidy: paged attention build logging ...": main before the issue 15 redesign
+
+
+# --- child: one measurement in one tree ------------------------------------------------------------------
+
+def chat_examples(n: int) -> list[dict]:
+    questions = ["what is my account balance please", "book a flight to paris and a hotel in london",
+                 "how are you today", "transfer money between accounts", "check the weather for tomorrow"]
+    answers = ["your balance is 100 dollars", "i booked the flight to paris", "i am fine thank you",
+               "the transfer is done", "tomorrow the weather is fine"]
+    return [{"messages": [{"role": "user", "content": questions[i % 5] + f" {i}", "weight": 0},
+                          {"role": "assistant", "content": answers[(i * 3) % 5], "weight": 1}]} for i in range(n)]
+
+
+def child_train(args) -> dict:
+    import torch
+
+    from graftlm.train.loop import train
+    torch.set_num_threads(args.threads)
+    marks, metrics = {}, []
+
+    def on_event(e):
+        msg = e.get("message", "")
+        if msg.startswith("trainable parameters"):
+            marks["start"] = time.perf_counter()
+        if msg.startswith("training finished"):
+            marks["end"] = time.perf_counter()
+        if e["type"] == "metrics":  # everything but the clock
+            metrics.append({k: v for k, v in e["data"].items() if k != "tokens_per_second"})
+
+    examples = chat_examples(args.steps * args.batch)
+    with tempfile.TemporaryDirectory() as out:
+        # every hyperparameter whose default changed since the baseline (issue 13's auto defaults) given
+        r = train({"training_method": "lora", "max_steps": args.steps, "batch_size": args.batch, "seed": 1,
+                   "learning_rate": 1e-3, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "warmup_ratio": 0.1,
+                   "early_stopping_patience": 0, "eval_interval_steps": 2, "log_model_metrics_interval_in_steps": 1},
+                  args.model, examples, examples[:8], out, on_event=on_event)
+    return {"tokens_per_s": r.trained_tokens / (marks["end"] - marks["start"]), "metrics": metrics,
+            "best_step": r.best_step}
+
+
+def child_serve(args) -> dict:
+    import threading
+
+    import torch
+
+    from graftlm.serve import Engine, SamplingParams
+    torch.set_num_threads(args.threads)
+    adapters = sorted(Path(args.adapters).iterdir())
+    n = args.batch
+    engine = Engine(args.model, dtype="float32", max_batch_size=n, max_seq_len=256, max_adapters=len(adapters) + 1,
+                    max_queue=4 * n)
+    for p in adapters:
+        engine.register_adapter(p.name, p)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 300, (args.prompt_tokens,), generator=g).tolist() for _ in range(n)]
+    names = [adapters[i % len(adapters)].name for i in range(n)]
+    params = SamplingParams(max_tokens=args.new_tokens, temperature=0, ignore_eos=True)
+
+    def batch(rows):
+        t = time.perf_counter()
+        outs = engine.generate([(p, params, a) for p, a in zip(prompts, rows)])
+        return sum(o.completion_tokens for o in outs) / (time.perf_counter() - t), [o.token_ids for o in outs]
+
+    engine.generate([(p, SamplingParams(max_tokens=2, temperature=0), a) for p, a in zip(prompts, names)])  # warm
+    base_tps, base_ids = batch([None] * n)
+    mixed_tps, mixed_ids = batch(names)
+
+    engine.start()
+    try:
+        t = time.perf_counter()
+        handles = [engine.submit(p, params, a) for p, a in zip(prompts, names)]
+        counts = [0] * n
+
+        def drain(i):
+            for d in handles[i]:
+                counts[i] += len(d.token_ids)
+        threads = [threading.Thread(target=drain, args=(i,)) for i in range(n)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        stream_tps = sum(counts) / (time.perf_counter() - t)
+        stream_ids = [h.result().token_ids for h in handles]
+    finally:
+        engine.stop()
+    return {"tokens_per_s": {"generate base": base_tps, "generate mixed adapters": mixed_tps,
+                             "streamed mixed adapters": stream_tps},
+            "token_ids": {"base": base_ids, "mixed": mixed_ids, "streamed": stream_ids}}
+
+
+# --- parent: build, alternate, compare -------------------------------------------------------------------
+
+def extract(rev: str, dst: Path) -> Path:
+    data = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "graftlm"], check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=BytesIO(data)) as tar:
+        tar.extractall(dst, filter="data")
+    return dst
+
+
+def build_model(path: Path, layers: int) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from graftlm.testing.models import build_tiny_tokenizer
+    tok = build_tiny_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
+                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+                      tie_word_embeddings=True, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def run_child(tree: Path, what: str, args, extra: list[str]) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree), "GRAFT_DTYPE": "float32", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "GRAFT_HOME": str(args.work / "home")}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", what, "--threads", str(args.threads),
+           "--batch", str(args.batch), "--steps", str(args.steps), "--new-tokens", str(args.new_tokens),
+           "--prompt-tokens", str(args.prompt_tokens), *extra]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=args.work)
+    if out.returncode:
+        raise SystemExit(f"{what} in {tree} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(what: str, trees: dict, args, extra: list[str]) -> dict:
+    runs = {name: [] for name in trees}
+    for r in range(args.rounds):
+        order = list(trees) if r % 2 == 0 else list(trees)[::-1]
+        for name in order:
+            runs[name].append(run_child(trees[name], what, args, extra))
+            print(f"  {what} round {r + 1} {name}: done", flush=True)
+    return runs
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rev", default=DEFAULT_REV)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", default="train,serve")
+    ap.add_argument("--layers", type=int, default=8, help="depth of the random SmolLM2-135M-shaped model")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
+    ap.add_argument("--batch", type=int, default=16, help="train: examples per step; serve: requests")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--child", choices=["train", "serve"], help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--adapters", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps((child_train if args.child == "train" else child_serve)(args)))
+        return
+
+    import torch
+
+    from graftlm.testing.adapters import make_peft_adapters
+    args.work = Path(tempfile.mkdtemp(prefix="bench-vs-baseline-"))
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.rev], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    trees = {f"baseline {rev}": extract(args.rev, args.work / "baseline"), "this tree": ROOT}
+    model = build_model(args.work / "model", args.layers)
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU")
+    print(f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads, fp32; "
+          f"model: {args.layers} layers of SmolLM2-135M's shape; {args.rounds} rounds, alternating")
+    summary = {}
+    if "train" in args.only:
+        runs = compare("train", trees, args, ["--model", str(model)])
+        tps = {n: statistics.median(r["tokens_per_s"] for r in rs) for n, rs in runs.items()}
+        # valid_exact_match is newer than the baseline: the metrics both trees report are compared
+        common = set.intersection(*(set(m) for rs in runs.values() for r in rs for m in r["metrics"]))
+        curves = [[{k: m[k] for k in common} for m in r["metrics"]] for rs in runs.values() for r in rs]
+        same = all(c == curves[0] for c in curves)
+        print(f"train ({args.steps} LoRA steps of {args.batch} examples, validation every 2 steps), tokens/s median:")
+        for n, v in tps.items():
+            print(f"  {n:20s} {v:8.1f}")
+        ratio = tps["this tree"] / tps[f"baseline {rev}"]
+        print(f"  ratio this tree / baseline {ratio:.3f}; metrics events identical across trees and rounds: {same}")
+        summary["train"] = {"tokens_per_s": tps, "ratio": ratio, "identical_metrics": same}
+    if "serve" in args.only:
+        half = max(1, args.batch // 2)
+        dirs = args.work / "adapters"
+        make_peft_adapters(model, [dirs / f"lora{i}" for i in range(half)], "lora", r=8, scale=0.05)
+        make_peft_adapters(model, [dirs / f"ia3_{i}" for i in range(half)], "ia3", scale=0.05)
+        runs = compare("serve", trees, args, ["--model", str(model), "--adapters", str(dirs)])
+        ids = [r["token_ids"] for rs in runs.values() for r in rs]
+        same = all(i == ids[0] for i in ids)
+        print(f"serve ({args.batch} requests, {args.prompt_tokens} prompt + {args.new_tokens} new tokens, greedy), "
+              f"tokens/s median:")
+        summary["serve"] = {"identical_tokens": same, "ratios": {}}
+        for key in runs[f"baseline {rev}"][0]["tokens_per_s"]:
+            med = {n: statistics.median(r["tokens_per_s"][key] for r in rs) for n, rs in runs.items()}
+            ratio = med["this tree"] / med[f"baseline {rev}"]
+            summary["serve"]["ratios"][key] = ratio
+            print(f"  {key:26s} baseline {med[f'baseline {rev}']:8.1f}   this tree {med['this tree']:8.1f}   "
+                  f"ratio {ratio:.3f}")
+        print(f"  greedy token ids identical across trees and rounds: {same}")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
