@@ -122,7 +122,7 @@ def test_disconnect_mid_stream_frees_the_row(live_server, served):
     from tests.conftest import ADMIN_KEY
 
     body = {"model": "base", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 400,
-            "temperature": 1.0, "stream": True, "extra": "ignored"}
+            "temperature": 1.0, "stream": True}
     ep_id = endpoints.find_endpoint("base")["id"]
     with httpx.stream("POST", live_server + "/chat/completions", json=body, timeout=60,
                       headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as r:

@@ -37,7 +37,7 @@ HOSTILE = [  # (name, method, path, request kwargs, expected status)
     ("form-encoded", "POST", "/v1/chat/completions", {"data": {"model": "tiny"}}, 400),
     ("no body", "POST", "/v1/chat/completions", {}, 400),
     ("huge stop list", "POST", "/v1/chat/completions", {"json": chat(stop=["a"] * 100_000)}, 400),
-    ("n = 5", "POST", "/v1/chat/completions", {"json": chat(n=5)}, 400),
+    ("n = 17", "POST", "/v1/chat/completions", {"json": chat(n=17)}, 400),
     ("top_logprobs 21", "POST", "/v1/chat/completions", {"json": chat(logprobs=True, top_logprobs=21)}, 400),
     ("logprobs 6", "POST", "/v1/completions", {"json": {"model": "tiny", "prompt": "x", "logprobs": 6}}, 400),
     ("max_tokens 10**100", "POST", "/v1/chat/completions", {"json": chat(max_tokens=10**100)}, 400),

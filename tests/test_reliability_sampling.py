@@ -77,10 +77,10 @@ def test_a_sampling_fault_fails_only_its_row(engine, monkeypatch):
     real = engine_module.sample
     poison = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
 
-    def faulty(logits, params, generators):
+    def faulty(logits, params, generators, **kw):
         if any(p is poison for p in params):
             raise RuntimeError("probability tensor contains either inf, nan or element < 0")
-        return real(logits, params, generators)
+        return real(logits, params, generators, **kw)
 
     monkeypatch.setattr(engine_module, "sample", faulty)
     solo = [engine.generate([(P[i], greedy(6), None)])[0].token_ids for i in range(3)]

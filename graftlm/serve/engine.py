@@ -23,7 +23,7 @@ from .adapter_cache import AdapterCache
 from .adapters import AdapterPool
 from .kv_cache import KVCache, kv_bytes_per_token
 from .model import Llama
-from .sampler import SamplingParams, sample
+from .sampler import SamplingParams, adjust_logits, adjusts, sample
 from .scheduler import QueueFull, Scheduler
 from .sequence import Output, RequestHandle, Sequence
 
@@ -325,11 +325,11 @@ class Engine:
 
     def _append(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         try:
-            tokens, logprobs = sample(logits, [s.params for s in seqs], [s.generator for s in seqs])
+            tokens, logprobs = self._sample(seqs, logits)
         except Exception:  # noqa: BLE001 - sample row by row so only the faulty row fails
             for i, seq in enumerate(seqs):
                 try:
-                    token, logprob = sample(logits[i:i + 1], [seq.params], [seq.generator])
+                    token, logprob = self._sample([seq], logits[i:i + 1])
                 except Exception as e:  # noqa: BLE001
                     self._fail_row(seq, e)
                 else:
@@ -338,9 +338,25 @@ class Engine:
         for seq, token, logprob in zip(seqs, tokens, logprobs):
             self._add_token(seq, token, logprob)
 
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor):
+        """Penalties and logit_bias, then each grammar row's token mask, then sampling; logprobs of the raw logits.
+        Rows without any of these are untouched (the same tokens as in a batch without such rows)."""
+        params = [s.params for s in seqs]
+        raw, grammar_rows = logits, [i for i, s in enumerate(seqs) if s.matcher is not None]
+        if grammar_rows or any(adjusts(p) for p in params):
+            logits = logits.clone()
+            adjust_logits(logits, params, [s.output_ids for s in seqs])
+            if grammar_rows:
+                from .grammar import apply_masks
+
+                apply_masks(logits, [seqs[i].matcher for i in grammar_rows], grammar_rows)
+        return sample(logits, params, [s.generator for s in seqs], raw=raw)
+
     def _add_token(self, seq: Sequence, token: int, logprob) -> None:
         try:
             is_eos = not seq.params.ignore_eos and (token in self.eos_ids or token in seq.params.stop_token_ids)
+            if seq.matcher is not None and not seq.matcher.accept_token(token):
+                raise RuntimeError(f"the grammar refused token {token} its own mask allowed")
             seq.append(token, logprob, is_eos, self.max_seq_len)
         except Exception as e:  # noqa: BLE001
             self._fail_row(seq, e)

@@ -24,6 +24,10 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int | None = None  # None: none; 0: the chosen token's; n: also the top n
     ignore_eos: bool = False
+    presence_penalty: float = 0.0  # OpenAI's: minus this from every token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: minus this times how often the token was generated
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    grammar: object | None = None  # a compiled grammar (serve.grammar): every token must keep the text valid
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -36,7 +40,11 @@ class SamplingParams:
                   (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs", "must be between 0 and 20"),
                   (all(self.stop), "stop", "stop strings must be non-empty"),
                   (self.seed is None or SEED_RANGE[0] <= self.seed <= SEED_RANGE[1], "seed",
-                   f"must be an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}")]
+                   f"must be an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}"),
+                  (-2 <= self.presence_penalty <= 2, "presence_penalty", "must be between -2 and 2"),
+                  (-2 <= self.frequency_penalty <= 2, "frequency_penalty", "must be between -2 and 2"),
+                  (all(-100 <= b <= 100 for b in self.logit_bias.values()), "logit_bias",
+                   "biases must be between -100 and 100")]
         for ok, name, why in checks:
             if not ok:
                 raise GraftError(f"{name} {why}", param=name)
@@ -54,9 +62,30 @@ def is_greedy(p: SamplingParams) -> bool:
     return p.temperature < GREEDY_BELOW or p.top_k == 1
 
 
-def sample(logits: torch.Tensor, params: list[SamplingParams],
-           generators: list[torch.Generator | None]) -> tuple[list[int], list[TokenLogprob | None]]:
-    """Choose one token per row of fp32 logits [B, V]; logprobs are of the model's own distribution."""
+def adjusts(p: SamplingParams) -> bool:
+    """Whether the row's logits are changed before sampling (penalties, biases)."""
+    return bool(p.presence_penalty or p.frequency_penalty or p.logit_bias)
+
+
+def adjust_logits(logits: torch.Tensor, params: list[SamplingParams], histories: list[list[int]]) -> None:
+    """OpenAI's penalties and logit_bias, in place on fp32 logits [B, V]; ``histories`` are the tokens each
+    row has generated so far (the prompt is not penalized, as in OpenAI's and vLLM's definition)."""
+    vocab = logits.shape[-1]
+    for row, (p, history) in enumerate(zip(params, histories)):
+        if (p.presence_penalty or p.frequency_penalty) and history:
+            counts = torch.bincount(torch.tensor(history, device=logits.device), minlength=vocab)[:vocab]
+            counts = counts.to(logits.dtype)
+            logits[row] -= counts * p.frequency_penalty + (counts > 0).to(logits.dtype) * p.presence_penalty
+        if p.logit_bias:
+            ids = torch.tensor(list(p.logit_bias), device=logits.device)
+            logits[row, ids] += torch.tensor(list(p.logit_bias.values()), device=logits.device, dtype=logits.dtype)
+
+
+def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+           raw: torch.Tensor | None = None) -> tuple[list[int], list[TokenLogprob | None]]:
+    """Choose one token per row of fp32 logits [B, V] (already penalized, biased and masked by a grammar);
+    logprobs are of the model's own distribution, ``raw`` (the logits before those changes) when given."""
+    raw = logits if raw is None else raw
     tokens = logits.argmax(dim=-1)
     for row, p in enumerate(params):
         if not is_greedy(p):
@@ -65,7 +94,7 @@ def sample(logits: torch.Tensor, params: list[SamplingParams],
     want = [i for i, p in enumerate(params) if p.logprobs is not None]
     logprobs: list[TokenLogprob | None] = [None] * len(params)
     if want:
-        lp = torch.log_softmax(logits[want].float(), dim=-1)
+        lp = torch.log_softmax(raw[want].float(), dim=-1)
         n = max(params[i].logprobs for i in want)
         top_v, top_i = lp.topk(max(n, 1), dim=-1)
         for j, i in enumerate(want):

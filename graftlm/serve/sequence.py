@@ -143,6 +143,7 @@ class Sequence:
         self._holdback = max((len(s) for s in params.stop), default=1) - 1
         self._detok = Detokenizer(tokenizer, self.prompt_ids)
         self.handle: RequestHandle | None = None
+        self.matcher = params.grammar.matcher() if params.grammar is not None else None  # per-row grammar state
 
     def __len__(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -48,25 +50,73 @@ class ChatMessage(BaseModel):
     content: Annotated[str | list[ContentPart] | None, at_most(MAX_MESSAGES)] = None
 
 
+MAX_N = 16  # choices per request
+MAX_LOGIT_BIAS = 1024  # entries
+# OpenAI request fields graftlm does not serve: a 400 naming the field, never silently ignored
+UNSUPPORTED_FIELDS = {
+    "audio": "audio output is not supported (the served models are text models)",
+    "prediction": "predicted outputs are not supported",
+    "web_search_options": "web search is not supported",
+    "functions": "the deprecated functions field is not supported; send tools",
+    "function_call": "the deprecated function_call field is not supported; send tool_choice",
+    "reasoning_effort": "the served models are not reasoning models",
+    "verbosity": "verbosity is not supported",
+    "metadata": "graftlm does not store chat completions, so there is nothing to attach metadata to",
+    "tools": "tool calling is not supported yet",
+    "tool_choice": "tool calling is not supported yet",
+    "parallel_tool_calls": "tool calling is not supported yet",
+    "best_of": "best_of is not supported; send n for several choices",
+    "suffix": "suffix (insertion) is not supported",
+}
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class Sampling(BaseModel):
-    model_config = ConfigDict(extra="allow")  # unknown OpenAI fields are accepted and ignored
+    # extras are RAG options (chat with knowledge_base_id); any other field is a 400 naming it (refuse_extras)
+    model_config = ConfigDict(extra="allow")
     model: str
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(1, ge=1, le=MAX_N)
     stop: Annotated[StopString | list[StopString] | None, at_most(MAX_STOPS)] = None
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]] | None,
+                          at_most(MAX_LOGIT_BIAS)] = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+    # accepted and documented as having no effect on the output (who asked; caching is automatic)
+    user: str | None = Field(None, max_length=512)
+    safety_identifier: str | None = Field(None, max_length=512)
+    prompt_cache_key: str | None = Field(None, max_length=512)
+    # accepted only with the values graftlm honours
+    store: Literal[False] | None = None  # graftlm stores no completions
+    service_tier: Literal["auto", "default"] | None = None
+    modalities: list[Literal["text"]] | None = None
 
 
 class ChatRequest(Sampling):
     messages: Annotated[list[ChatMessage], at_most(MAX_MESSAGES)] = Field(min_length=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
 
 
 class CompletionRequest(Sampling):
@@ -75,10 +125,40 @@ class CompletionRequest(Sampling):
     echo: bool = False
 
 
+def refuse_extras(extra: dict[str, Any], known: tuple[str, ...] = ()) -> None:
+    """A 400 naming the first field graftlm does not serve (an unsupported OpenAI field says why; an unknown
+    one suggests the closest known field)."""
+    for key in extra:
+        if key in UNSUPPORTED_FIELDS:
+            raise GraftError(f"{key}: {UNSUPPORTED_FIELDS[key]}", param=key, code="unsupported_parameter")
+        if key not in known:
+            import difflib
+
+            fields = list(ChatRequest.model_fields) + list(CompletionRequest.model_fields) + list(known)
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise GraftError(f"unknown field {key!r}{hint}", param=key, code="unknown_parameter")
+
+
 def message_text(m: ChatMessage) -> str:
     if isinstance(m.content, list):
         return "".join(p.text for p in m.content)
     return m.content or ""
+
+
+def logit_bias(req: Sampling, engine) -> dict[int, float]:
+    """logit_bias keys are token ids as strings (OpenAI's shape); each must be in the model's vocabulary."""
+    out = {}
+    for key, bias in (req.logit_bias or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise GraftError(f"logit_bias keys are token ids, not {key!r}", param="logit_bias") from None
+        if not 0 <= token < engine.model.shape.vocab:
+            raise GraftError(f"logit_bias: token id {token} is outside this model's vocabulary (0 to "
+                             f"{engine.model.shape.vocab - 1})", param="logit_bias")
+        out[token] = bias
+    return out
 
 
 def sampling_params(req: Sampling, prompt_len: int, engine, logprobs: int | None) -> SamplingParams:
@@ -95,7 +175,9 @@ def sampling_params(req: Sampling, prompt_len: int, engine, logprobs: int | None
     if max_tokens is None:  # a default that fits the KV cache too (the engine refuses a request that cannot)
         max_tokens = max(1, min(DEFAULT_MAX_TOKENS, room, engine.kv_capacity_tokens - prompt_len))
     return SamplingParams(max_tokens=max_tokens, temperature=req.temperature,
-                          top_p=req.top_p, top_k=req.top_k, stop=stop, seed=req.seed, logprobs=logprobs)
+                          top_p=req.top_p, top_k=req.top_k, stop=stop, seed=req.seed, logprobs=logprobs,
+                          presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+                          logit_bias=logit_bias(req, engine))
 
 
 def chat_logprobs(tokenizer, items) -> dict | None:
@@ -119,94 +201,176 @@ def finish(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
 
 
-async def submit(target, prompt_ids: list[int], params: SamplingParams):
-    handle = await run_in_threadpool(target.engine.submit, prompt_ids, params, target.adapter)
-    get_runtime().track(target, handle)
-    return handle
+def choice_seed(seed: int | None, i: int) -> int | None:
+    """Choice i of a seeded request samples with seed + i (wrapped into the seed range): n different choices,
+    each reproducible."""
+    if seed is None or i == 0:
+        return seed
+    lo, hi = SEED_RANGE
+    return (seed + i - lo) % (hi - lo + 1) + lo
+
+
+async def submit(target, prompt_ids: list[int], params: SamplingParams, n: int = 1) -> list:
+    """Queue ``n`` choices of one prompt; returns their handles (all cancelled if one cannot be queued)."""
+    handles = []
+    try:
+        for i in range(n):
+            p = params if i == 0 else dataclasses.replace(params, seed=choice_seed(params.seed, i))
+            handle = await run_in_threadpool(target.engine.submit, prompt_ids, p, target.adapter)
+            get_runtime().track(target, handle)
+            handles.append(handle)
+    except BaseException:
+        for h in handles:
+            h.cancel()
+            get_runtime().untrack(target, h)
+        raise
+    return handles
 
 
 def sse(obj) -> bytes:
     return b"data: " + (obj if isinstance(obj, bytes) else orjson.dumps(obj)) + b"\n\n"
 
 
-def stream_response(request: Request, target, handle, prompt_tokens: int, make_chunk, include_usage: bool):
+async def merged(handles):
+    """(choice index, delta) from every handle as they come; a handle's error is raised."""
+    if len(handles) == 1:
+        async for delta in handles[0]:
+            yield 0, delta
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i, handle):
+        try:
+            async for delta in handle:
+                await queue.put((i, delta))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            await queue.put((i, e))
+        finally:
+            await queue.put((i, None))
+
+    tasks = [asyncio.create_task(pump(i, h)) for i, h in enumerate(handles)]
+    try:
+        live = len(handles)
+        while live:
+            i, item = await queue.get()
+            if item is None:
+                live -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def stream_response(request: Request, target, handles, prompt_tokens: int, make_chunk, include_usage: bool):
     async def events():
         completion = 0
         try:
-            first = make_chunk(None, first=True)
-            if first:
-                yield sse(first)
+            for i in range(len(handles)):
+                first = make_chunk(None, i, first=True)
+                if first:
+                    yield sse(first)
             try:
-                async for delta in handle:
+                async for i, delta in merged(handles):
                     if await request.is_disconnected():
                         break
                     completion += len(delta.token_ids)
-                    yield sse(make_chunk(delta))
+                    yield sse(make_chunk(delta, i))
             except GraftError as e:  # the engine failed or stopped mid-stream: the status is sent, say why
                 yield sse(e.to_dict())
                 return
             if include_usage:
-                yield sse(make_chunk(None, usage=usage(prompt_tokens, completion)))
+                yield sse(make_chunk(None, 0, usage=usage(prompt_tokens, completion)))
             yield b"data: [DONE]\n\n"
-        finally:  # a client that disconnects frees its batch row at once
-            if not handle.done:
-                handle.cancel()
-            get_runtime().untrack(target, handle)
+        finally:  # a client that disconnects frees its batch rows at once
+            for handle in handles:
+                if not handle.done:
+                    handle.cancel()
+                get_runtime().untrack(target, handle)
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def collect(target, handle):
+async def collect(target, handles) -> list:
     try:
-        async for _ in handle:
-            pass
-        return handle.result()
+        outs = []
+        for handle in handles:
+            async for _ in handle:
+                pass
+            outs.append(handle.result())
+        return outs
     finally:
-        get_runtime().untrack(target, handle)
+        for handle in handles:
+            if not handle.done:
+                handle.cancel()
+            get_runtime().untrack(target, handle)
+
+
+def total_usage(outs) -> dict:
+    """The prompt counted once (the choices share it), the completions of every choice."""
+    return usage(outs[0].prompt_tokens, sum(o.completion_tokens for o in outs))
+
+
+def chat_messages(req: ChatRequest) -> list[dict]:
+    return [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m)}
+            for m in req.messages]
 
 
 @router.post("/chat/completions")
 async def chat_completions(req: ChatRequest, request: Request):
     if (req.model_extra or {}).get("knowledge_base_id") is not None:  # RAG: retrieve, cite, generate
         return await rag_chat_completion(req, request)
+    refuse_extras(req.model_extra or {})
     runtime = get_runtime()
     target = await run_in_threadpool(runtime.resolve, req.model)
     tokenizer = target.engine.tokenizer
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m)}
-                for m in req.messages]
+    messages = chat_messages(req)
     target.engine.check_prompt_chars(sum(len(m["content"]) for m in messages), "messages")
     prompt_ids = await run_in_threadpool(render_prompt, tokenizer, messages)  # CPU work off the event loop
     want_logprobs = (req.top_logprobs or 0) if req.logprobs else None
     params = sampling_params(req, len(prompt_ids), target.engine, want_logprobs)
-    handle = await submit(target, prompt_ids, params)
+    params.grammar = await response_grammar(req, target.engine)
+    handles = await submit(target, prompt_ids, params, req.n)
     rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
     if req.stream:
-        def chunk(delta, first=False, usage=None):
+        def chunk(delta, index, first=False, usage=None):
             base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model}
             if usage is not None:
                 return base | {"choices": [], "usage": usage}
             if first:
-                return base | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                return base | {"choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
                                             "logprobs": None, "finish_reason": None}]}
-            return base | {"choices": [{"index": 0, "delta": {"content": delta.text} if delta.text else {},
+            return base | {"choices": [{"index": index, "delta": {"content": delta.text} if delta.text else {},
                                         "logprobs": chat_logprobs(tokenizer, delta.logprobs),
                                         "finish_reason": finish(delta.finish_reason) if delta.finish_reason else None}]}
         include = bool((req.stream_options or {}).get("include_usage"))
-        return stream_response(request, target, handle, len(prompt_ids), chunk, include)
+        return stream_response(request, target, handles, len(prompt_ids), chunk, include)
 
-    out = await collect(target, handle)
+    outs = await collect(target, handles)
     return {"id": rid, "object": "chat.completion", "created": created, "model": req.model,
             "system_fingerprint": f"graftlm-{target.model['id']}",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
+            "choices": [{"index": i, "message": {"role": "assistant", "content": out.text},
                          "logprobs": chat_logprobs(tokenizer, out.logprobs),
-                         "finish_reason": finish(out.finish_reason)}],
-            "usage": usage(out.prompt_tokens, out.completion_tokens)}
+                         "finish_reason": finish(out.finish_reason)} for i, out in enumerate(outs)],
+            "usage": total_usage(outs)}
+
+
+async def response_grammar(req: ChatRequest, engine):
+    """The compiled grammar for ``response_format`` (None for text), compiled off the event loop."""
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    raise GraftError(f"response_format type {fmt.type!r} is not supported yet", param="response_format",
+                     code="unsupported_parameter")
 
 
 @router.post("/completions")
 async def completions(req: CompletionRequest, request: Request):
+    refuse_extras(req.model_extra or {})
     prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
     if len(prompts) != 1:
         raise GraftError("send one prompt per request", param="prompt")
@@ -219,7 +383,7 @@ async def completions(req: CompletionRequest, request: Request):
     if not prompt_ids:
         raise GraftError("the prompt is empty", param="prompt")
     params = sampling_params(req, len(prompt_ids), target.engine, req.logprobs)
-    handle = await submit(target, prompt_ids, params)
+    handles = await submit(target, prompt_ids, params, req.n)
     rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
     def logprobs_block(items):
@@ -232,37 +396,43 @@ async def completions(req: CompletionRequest, request: Request):
                 "text_offset": []}
 
     if req.stream:
-        def chunk(delta, first=False, usage=None):
+        def chunk(delta, index, first=False, usage=None):
             base = {"id": rid, "object": "text_completion", "created": created, "model": req.model}
             if usage is not None:
                 return base | {"choices": [], "usage": usage}
             if first:
                 return None
-            return base | {"choices": [{"index": 0, "text": delta.text, "logprobs": logprobs_block(delta.logprobs),
+            return base | {"choices": [{"index": index, "text": delta.text, "logprobs": logprobs_block(delta.logprobs),
                                         "finish_reason": finish(delta.finish_reason) if delta.finish_reason else None}]}
         include = bool((req.stream_options or {}).get("include_usage"))
-        return stream_response(request, target, handle, len(prompt_ids), chunk, include)
+        return stream_response(request, target, handles, len(prompt_ids), chunk, include)
 
-    out = await collect(target, handle)
-    text = (prompts[0] if req.echo else "") + out.text
+    outs = await collect(target, handles)
+    head = prompts[0] if req.echo else ""
     return {"id": rid, "object": "text_completion", "created": created, "model": req.model,
-            "choices": [{"index": 0, "text": text, "logprobs": logprobs_block(out.logprobs),
-                         "finish_reason": finish(out.finish_reason)}],
-            "usage": usage(out.prompt_tokens, out.completion_tokens)}
+            "choices": [{"index": i, "text": head + out.text, "logprobs": logprobs_block(out.logprobs),
+                         "finish_reason": finish(out.finish_reason)} for i, out in enumerate(outs)],
+            "usage": total_usage(outs)}
 
 
 # RAG: POST /v1/chat/completions with knowledge_base_id ----------------------------------------------
 
-# OpenAI chat fields graftlm accepts and ignores; any other field of a RAG request is a RAG option
-OPENAI_IGNORED_FIELDS = frozenset({
-    "frequency_penalty", "presence_penalty", "logit_bias", "user", "response_format", "tools", "tool_choice",
-    "parallel_tool_calls", "functions", "function_call", "store", "metadata", "service_tier", "modalities", "audio",
-    "prediction", "reasoning_effort", "web_search_options", "safety_identifier", "prompt_cache_key", "verbosity"})
+# request fields the RAG modes do not serve (they build their own prompts and pick among whole answers)
+RAG_REFUSED = {"n": 1, "presence_penalty": 0.0, "frequency_penalty": 0.0, "logit_bias": None}
 
 
 def rag_options(req: ChatRequest) -> RagOptions:
     """The request's RAG options (typed; a misspelled or unknown one is a 400 naming it)."""
-    return RagOptions.parse({k: v for k, v in (req.model_extra or {}).items() if k not in OPENAI_IGNORED_FIELDS})
+    extra = req.model_extra or {}
+    refuse_extras({k: v for k, v in extra.items() if k in UNSUPPORTED_FIELDS})
+    for name, default in RAG_REFUSED.items():
+        if getattr(req, name) not in (default, {}):
+            raise GraftError(f"{name} is not supported with knowledge_base_id", param=name,
+                             code="unsupported_parameter")
+    if req.response_format is not None and req.response_format.type != "text":
+        raise GraftError("response_format is not supported with knowledge_base_id", param="response_format",
+                         code="unsupported_parameter")
+    return RagOptions.parse(extra)
 
 
 async def rag_chat_completion(req: ChatRequest, request: Request):
@@ -274,8 +444,7 @@ async def rag_chat_completion(req: ChatRequest, request: Request):
     """
     opts = rag_options(req)
     target = await run_in_threadpool(get_runtime().resolve, req.model)
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m)}
-                for m in req.messages]
+    messages = chat_messages(req)
     target.engine.check_prompt_chars(sum(len(m["content"]) for m in messages), "messages")
     question = question_of(messages)
     passages = await run_in_threadpool(retrieve, opts, question)
@@ -290,10 +459,10 @@ async def rag_chat_completion(req: ChatRequest, request: Request):
         ids, cited = await run_in_threadpool(fit_prompt, tokenizer, messages, passages, budget)
         want_logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params = sampling(target.engine, len(ids), max_tokens=max_tokens, logprobs=want_logprobs, **kw)
-        handle = await submit(target, ids, params)
+        handles = await submit(target, ids, params)
         citations, info = [citation(p) for p in cited], rag_info(opts, None)
         if req.stream:
-            def chunk(delta, first=False, usage=None):
+            def chunk(delta, index, first=False, usage=None):
                 head = base | {"object": "chat.completion.chunk"}
                 if usage is not None:
                     return head | {"choices": [], "usage": usage}
@@ -306,8 +475,8 @@ async def rag_chat_completion(req: ChatRequest, request: Request):
                                             "finish_reason": finish(delta.finish_reason)
                                             if delta.finish_reason else None}]}
             include = bool((req.stream_options or {}).get("include_usage"))
-            return stream_response(request, target, handle, len(ids), chunk, include)
-        out = await collect(target, handle)
+            return stream_response(request, target, handles, len(ids), chunk, include)
+        (out,) = await collect(target, handles)
         return base | {"object": "chat.completion", "system_fingerprint": f"graftlm-{target.model['id']}",
                        "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
                                     "logprobs": chat_logprobs(tokenizer, out.logprobs),
