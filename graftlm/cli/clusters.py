@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 import typer
@@ -19,9 +20,21 @@ endpoints_app = typer.Typer(no_args_is_help=True)
 def create_cluster(type: str = typer.Option("HOSTING", "--type", help="HOSTING | FINE_TUNING"),
                    base_model: Optional[str] = typer.Option(None, "--base-model"),
                    units: Optional[int] = typer.Option(None, "--units"),
-                   name: Optional[str] = typer.Option(None, "--name")):
-    c = clusters.create_cluster(type.upper(), unit_count=units, base_model=base_model, name=name)
-    console.print(f"created [bold]{c['id']}[/] ({c['type']}, {c['unit_count']} units)")
+                   name: Optional[str] = typer.Option(None, "--name"),
+                   deterministic: bool = typer.Option(False, "--deterministic",
+                                                      help="HOSTING: serve in fp32, batch-invariant (see README)"),
+                   yes: bool = typer.Option(False, "--yes", "-y", help="do not ask before committing")):
+    """Create a cluster; says first what it commits to (and asks, on a terminal, unless --yes)."""
+    kind = type.upper()
+    units_shown = units if units is not None else clusters.TYPES.get(kind, 1)
+    if kind in clusters.TYPES:
+        console.print(f"commitment: {metering.commitment(kind, units_shown)['text']}")
+        if not yes and sys.stdin.isatty() and not typer.confirm("create it?", default=True):
+            raise typer.Exit(1)
+    c = clusters.create_cluster(kind, unit_count=units, base_model=base_model, name=name,
+                                deterministic=deterministic)
+    console.print(f"created [bold]{c['id']}[/] ({c['type']}, {c['unit_count']} units"
+                  + (", deterministic fp32 serving" if c.get("deterministic") else "") + ")")
 
 
 @clusters_app.command("list")
@@ -88,10 +101,13 @@ def usage(price_per_unit_hour: Optional[float] = typer.Option(None, "--price-per
     report = metering.usage_report(price_per_unit_hour)
     if json:
         return print_json(report)
-    table = Table("cluster", "name", "type", "units", "jobs", "unit-hours")
+    table = Table("cluster", "name", "type", "units", "jobs", "committed", "used", "billed unit-hours")
     for r in report["data"]:
         table.add_row(r["dedicated_ai_cluster_id"], r["name"] or "", r["type"], str(r["unit_count"]),
-                      str(r["jobs"]), f"{r['unit_hours']:.2f}")
+                      str(r["jobs"]), f"{r['committed_unit_hours']:.2f}", f"{r['used_unit_hours']:.2f}",
+                      f"{r['unit_hours']:.2f}")
     console.print(table)
+    console.print("billed = the larger of committed (OCI's minimums: 744 per hosting cluster, 1 per job) and used "
+                  "(units × hours)")
     console.print(f"total: {report['total_unit_hours']:.2f} unit-hours"
                   + (f" × {price_per_unit_hour} = {report['cost']:.2f}" if price_per_unit_hour is not None else ""))

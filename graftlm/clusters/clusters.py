@@ -31,7 +31,7 @@ def cluster_to_dict(c: Cluster, used: int = 0) -> dict:
          "unit_count": c.unit_count, "lifecycle_state": c.lifecycle_state, "created_at": c.created_at}
     if c.type == "HOSTING":
         d |= {"base_model": c.base_model, "total_endpoint_capacity": ENDPOINT_CAPACITY,
-              "used_endpoint_capacity": used}
+              "used_endpoint_capacity": used, "deterministic": bool(c.deterministic)}
     return d
 
 
@@ -48,7 +48,9 @@ def get_cluster_row(s, cluster_id: str) -> Cluster:
 
 
 def create_cluster(type: str, *, unit_count: int | None = None, base_model: str | None = None,
-                   name: str | None = None) -> dict:
+                   name: str | None = None, deterministic: bool = False) -> dict:
+    """``deterministic`` (HOSTING): the cluster's engine serves in fp32, whose greedy answers do not depend on
+    what else is in the batch (bf16 is faster where the CPU has it, but not batch-invariant)."""
     if type not in TYPES:
         raise GraftError(f"type must be one of {', '.join(TYPES)}", param="type")
     unit_count = TYPES[type] if unit_count is None else unit_count
@@ -63,9 +65,11 @@ def create_cluster(type: str, *, unit_count: int | None = None, base_model: str 
                              f"model {m['parent']}", param="base_model")
     elif base_model:
         get_model(base_model)
+    if deterministic and type != "HOSTING":
+        raise GraftError("deterministic applies to HOSTING clusters (how they serve)", param="deterministic")
     with session() as s:
         c = Cluster(id=new_id("dac"), name=name or f"{type.lower()}-cluster", type=type, unit_count=unit_count,
-                    base_model=base_model, lifecycle_state="ACTIVE")
+                    base_model=base_model, lifecycle_state="ACTIVE", deterministic=bool(deterministic))
         s.add(c)
         s.flush()
         if type == "HOSTING":

@@ -49,10 +49,15 @@ class HostingRuntime:
         self.engines: dict[str, object] = {}
         self.inflight: dict[str, set] = defaultdict(set)  # endpoint id -> request handles
         self._lock = threading.Lock()
+        self._closed = False
+        self.warming: list[threading.Thread] = []  # endpoint warm-ups started (see warm)
         endpoint_store.listeners.append(self.on_endpoint_change)
         cluster_store.listeners.append(self.on_cluster_change)
 
     def close(self) -> None:
+        self._closed = True
+        for thread in self.warming:
+            thread.join(timeout=60)
         if self.on_endpoint_change in endpoint_store.listeners:
             endpoint_store.listeners.remove(self.on_endpoint_change)
         if self.on_cluster_change in cluster_store.listeners:
@@ -68,32 +73,39 @@ class HostingRuntime:
         A cluster's engine adopts the engine already serving its base model directly (`base:<id>`), so
         the base weights are never loaded twice for one cluster.
         """
-        threads = None
+        threads = dtype = None
         if key.startswith("cluster:"):
-            threads = cluster_threads(cluster_store.get_cluster(key.removeprefix("cluster:"))["unit_count"])
+            cluster = cluster_store.get_cluster(key.removeprefix("cluster:"))
+            threads = cluster_threads(cluster["unit_count"])
+            dtype = "float32" if cluster.get("deterministic") else None
         with self._lock:
             engine = self.engines.get(key)
             if engine is None and base_id is not None and key.startswith("cluster:"):
-                engine = self.engines.pop(f"base:{base_id}", None)
-                if engine is not None:
-                    self.engines[key] = engine
+                shared = self.engines.get(f"base:{base_id}")
+                if shared is not None and (dtype is None or str(shared.dtype) == f"torch.{dtype}"):
+                    engine = self.engines[key] = self.engines.pop(f"base:{base_id}")
             if engine is not None and engine.error is not None:
                 self._retire_failed(key, engine)
                 engine = None
             if engine is None:
-                engine = self._start_engine(model_path, context_length)
+                engine = self._start_engine(model_path, context_length, dtype, key)
                 self.engines[key] = engine
             if threads is not None:
                 engine.threads = threads
             return engine
 
-    def _start_engine(self, model_path: str, context_length: int | None):
+    def _start_engine(self, model_path: str, context_length: int | None, dtype: str | None = None,
+                      key: str = ""):
         from graftlm.serve.engine import Engine
 
-        engine = Engine(model_path, max_batch_size=self.max_batch_size, max_queue=self.max_queue,
+        log.info("loading serving engine %s from %s ...", key, model_path)
+        started = time.perf_counter()
+        engine = Engine(model_path, dtype=dtype, max_batch_size=self.max_batch_size, max_queue=self.max_queue,
                         max_seq_len=min(context_length or MAX_SEQ_LEN, MAX_SEQ_LEN),
                         kv_cache_bytes=get_settings().kv_cache_bytes)
         engine.start()
+        log.info("serving engine %s loaded in %.2f s (%s, %s)", key, time.perf_counter() - started,
+                 str(engine.dtype).removeprefix("torch."), engine.device)
         return engine
 
     def _retire_failed(self, key: str, engine) -> None:
@@ -156,9 +168,30 @@ class HostingRuntime:
         if target.endpoint:
             self.inflight[target.endpoint["id"]].discard(handle)
 
+    def warm(self, endpoint: dict) -> None:
+        """Load the endpoint's engine and adapter now, so its first request does not pay for them (logged with
+        the time it took). Runs on a background thread from on_endpoint_change; failures are logged, and the
+        first request reports them as it would have anyway."""
+        if self._closed:
+            return
+        started = time.perf_counter()
+        try:
+            target = self.resolve(endpoint["id"])
+            if target.adapter is not None:
+                target.engine.adapters.load_now(target.adapter)
+        except Exception as e:  # noqa: BLE001 - warming is best effort; the first request reports the error
+            log.warning("warming endpoint %s failed: %s: %s", endpoint["name"], type(e).__name__, e)
+            return
+        log.info("endpoint %s (%s) warm in %.2f s", endpoint["name"], endpoint["model"], time.perf_counter() - started)
+
     def on_endpoint_change(self, endpoint: dict, event: str) -> None:
-        """Deactivated or deleted: stop serving it before returning. Updated: free adapters no endpoint of
-        the cluster serves any more (rows running with them finish first)."""
+        """Activated (created or reactivated): warm it in the background. Deactivated or deleted: stop serving
+        it before returning. Updated: free adapters no endpoint of the cluster serves any more (rows running
+        with them finish first)."""
+        if event == "activated" and get_settings().warm_endpoints:
+            thread = threading.Thread(target=self.warm, args=(endpoint,), name=f"warm-{endpoint['id']}", daemon=True)
+            self.warming.append(thread)
+            thread.start()
         if event in ("deactivated", "deleted"):
             self._stop_serving(endpoint, event)
         elif event == "updated":

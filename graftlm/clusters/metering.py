@@ -1,7 +1,8 @@
 """Unit-hours per dedicated AI cluster (OCI semantics).
 
 A hosting cluster commits to at least 744 unit-hours (a month); each fine-tuning job bills at
-least 1 unit-hour. Spans are opened and closed as clusters live and jobs run. A fine-tuning cluster
+least 1 unit-hour. The report shows, per cluster, what it bills (``unit_hours``), the minimums it committed to
+(``committed_unit_hours``) and what it has actually used (``used_unit_hours``: units × hours, no minimum). Spans are opened and closed as clusters live and jobs run. A fine-tuning cluster
 bills its units for the time it is busy: jobs that run at once on it share its units (their
 overlapping hours count once), so concurrency never bills more than the cluster has.
 """
@@ -52,9 +53,25 @@ def end_job(job_id: str) -> None:
         close_spans(s, job_id=job_id)
 
 
+def span_used_unit_hours(rec: UsageRecord, at: float) -> float:
+    """Units × the hours the span has actually lasted (no minimum)."""
+    return rec.unit_count * ((rec.ended_at or at) - rec.started_at) / 3600.0
+
+
 def span_unit_hours(rec: UsageRecord, at: float) -> float:
-    hours = ((rec.ended_at or at) - rec.started_at) / 3600.0
-    return max(rec.unit_count * hours, rec.minimum_unit_hours)
+    return max(span_used_unit_hours(rec, at), rec.minimum_unit_hours)
+
+
+def commitment(type: str, unit_count: int) -> dict:
+    """What creating a cluster commits to, before it is created (``graft clusters create`` says it)."""
+    if type == "HOSTING":
+        return {"minimum_unit_hours": HOSTING_MIN_UNIT_HOURS,
+                "text": f"a HOSTING cluster of {unit_count} unit(s) bills at least {HOSTING_MIN_UNIT_HOURS:g} "
+                        f"unit-hours (OCI's monthly minimum commitment) from the moment it is created, "
+                        f"then {unit_count} unit-hour(s) per hour it lives beyond that"}
+    return {"minimum_unit_hours": 0.0,
+            "text": f"a FINE_TUNING cluster of {unit_count} unit(s) bills {unit_count} unit-hour(s) per hour "
+                    f"a job runs on it, at least {FINE_TUNING_MIN_UNIT_HOURS:g} unit-hour per job; idle, nothing"}
 
 
 def busy_hours(spans: list[UsageRecord], at: float) -> float:
@@ -87,15 +104,22 @@ def usage_report(price_per_unit_hour: float | None = None, at: float | None = No
             c = clusters.get(rec.cluster_id)
             row = per_cluster.setdefault(rec.cluster_id, {
                 "dedicated_ai_cluster_id": rec.cluster_id, "name": c.name if c else None, "type": rec.kind,
-                "unit_count": rec.unit_count, "unit_hours": 0.0, "jobs": 0})
+                "unit_count": rec.unit_count, "unit_hours": 0.0, "committed_unit_hours": 0.0,
+                "used_unit_hours": 0.0, "jobs": 0})
             if rec.job_id is None:
                 row["unit_hours"] += span_unit_hours(rec, at)
+                row["committed_unit_hours"] += rec.minimum_unit_hours
+                row["used_unit_hours"] += span_used_unit_hours(rec, at)
             else:
                 job_spans.setdefault(rec.cluster_id, []).append(rec)
                 row["jobs"] += 1
         for cluster_id, spans in job_spans.items():
-            per_cluster[cluster_id]["unit_hours"] += job_spans_unit_hours(spans, at)
-    data = [dict(r, unit_hours=round(r["unit_hours"], 4)) for r in per_cluster.values()]
+            row = per_cluster[cluster_id]
+            row["unit_hours"] += job_spans_unit_hours(spans, at)
+            row["committed_unit_hours"] += sum(r.minimum_unit_hours for r in spans)
+            row["used_unit_hours"] += max(r.unit_count for r in spans) * busy_hours(spans, at)
+    data = [dict(r, **{k: round(r[k], 4) for k in ("unit_hours", "committed_unit_hours", "used_unit_hours")})
+            for r in per_cluster.values()]
     total = round(sum(r["unit_hours"] for r in data), 4)
     report = {"object": "usage", "data": data, "total_unit_hours": total}
     if price_per_unit_hour is not None:

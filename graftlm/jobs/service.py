@@ -12,13 +12,24 @@ from graftlm.models.catalog import get_model
 from graftlm.store.db import session
 from graftlm.store.ids import resolve_prefix
 from graftlm.store.paging import check_limit, newest_first_page
-from graftlm.store.models import FineTuningJob, JobCheckpoint, JobEvent, new_id, now
+from graftlm.store.models import FineTuningJob, JobCheckpoint, JobEvent, Model, new_id, now
 from graftlm.train.config import METHOD_FIELDS, check_runtime, parse_config
 
 ACTIVE = ("validating_files", "queued", "running", "paused")
 FINISHED = ("succeeded", "failed", "cancelled")
 PENDING = {"cancel": "cancelling", "pause": "pausing"}  # requested action -> status shown meanwhile
 AUTO_FIELDS = ("total_training_epochs", "training_batch_size", "learning_rate")  # auto picks at training time
+
+
+def custom_model_id(base: str, suffix: str | None, job_id: str) -> str:
+    """The custom model's id, known from the job's creation on (OpenAI's ``ft:base:suffix:job``)."""
+    return f"ft:{base}:{suffix or 'custom'}:{job_id}"
+
+
+def checkpoint_model_id(base: str, suffix: str | None, job_id: str, step: int) -> str:
+    """A checkpoint's model id: the custom model's id plus ``:ckpt-step-N``, the same while the job runs and
+    after it finished (it is registered as a custom model when the checkpoint is written)."""
+    return f"{custom_model_id(base, suffix, job_id)}:ckpt-step-{step}"
 
 
 def shown_hyperparameters(cfg: dict, run_info: dict | None) -> dict:
@@ -167,10 +178,14 @@ def list_checkpoints(job_id: str, *, after: str | None = None, limit: int = 10) 
         job = _get(s, job_id)
         q = select(JobCheckpoint).where(JobCheckpoint.job_id == job_id).order_by(JobCheckpoint.seq.desc())
         rows, more = _page(s, q, JobCheckpoint, after, limit)
+        ids = {checkpoint_model_id(job.model, job.suffix, job.id, c.step_number): c.step_number for c in rows}
+        registered = set(s.scalars(select(Model.id).where(Model.id.in_(list(ids))))) if ids else set()
+        servable = {step: True for m, step in ids.items() if m in registered}
         return {"object": "list", "has_more": more, "data": [
             {"object": "fine_tuning.job.checkpoint", "id": c.id, "created_at": c.created_at,
              "fine_tuning_job_id": job_id, "step_number": c.step_number, "metrics": c.metrics,
-             "fine_tuned_model_checkpoint": f"{job.fine_tuned_model or 'ft:' + job.model}:ckpt-step-{c.step_number}"}
+             "fine_tuned_model_checkpoint": checkpoint_model_id(job.model, job.suffix, job.id, c.step_number),
+             "servable": servable.get(c.step_number, False)}
             for c in rows]}
 
 

@@ -20,7 +20,7 @@ from graftlm.clusters import metering
 from graftlm.config import get_settings
 from graftlm.errors import GraftError
 from graftlm.files.service import create_file, file_path, mark_processed
-from graftlm.jobs.service import add_event
+from graftlm.jobs.service import add_event, checkpoint_model_id, custom_model_id
 from graftlm.jobs.tracking import tracker_for
 from graftlm.models.catalog import get_model
 from graftlm.store.db import session
@@ -31,10 +31,6 @@ HEARTBEAT_SECONDS = 5.0
 
 def job_dir(job_id: str) -> Path:
     return get_settings().jobs_dir / job_id
-
-
-def custom_model_id(base: str, suffix: str | None, job_id: str) -> str:
-    return f"ft:{base}:{suffix or 'custom'}:{job_id}"
 
 
 def load_datasets(job: FineTuningJob, task_type: str) -> tuple[list[dict], list[dict], dict]:
@@ -102,9 +98,10 @@ def make_event_sink(job_id: str, tracker=None, clock=time.time):
                 tracker.log_metrics(data)
         with session() as s:
             if event["type"] == "checkpoint":
+                metrics = {k: v for k, v in (data.get("metrics") or {}).items() if k != "step"}
                 s.add(JobCheckpoint(id=new_id("ftckpt"), job_id=job_id, step_number=data["step"],
-                                    metrics={k: v for k, v in (data.get("metrics") or {}).items() if k != "step"},
-                                    path=data["path"]))
+                                    metrics=metrics, path=data["path"]))
+                register_checkpoint_model(s, s.get(FineTuningJob, job_id), data["step"], Path(data["path"]), metrics)
             elif event["type"] == "metrics":
                 parts = [f"{k}={v:.4f}" for k, v in data.items() if k != "step" and isinstance(v, float)]
                 add_event(s, job_id, f"step {data['step']}: " + ", ".join(parts), type="metrics", data=data)
@@ -145,6 +142,36 @@ def metrics_csv(job_id: str) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+ADAPTER_TYPES = {"tfew": "ia3", "lora": "lora", "qlora": "lora", "vanilla": "full"}
+
+
+def register_checkpoint_model(s, job: FineTuningJob, step: int, path: Path, metrics: dict) -> str | None:
+    """Register a checkpoint as a custom model (``<custom model id>:ckpt-step-N``) so it can be called and
+    hosted like the job's final model; its adapter is copied out of the checkpoint, which training prunes.
+    None when the checkpoint has no adapter (vanilla)."""
+    from graftlm.train.checkpoint import ADAPTER_DIR
+
+    if not (path / ADAPTER_DIR).is_dir():
+        return None
+    base = get_model(job.model)
+    model_id = checkpoint_model_id(job.model, job.suffix, job.id, step)
+    target = get_settings().models_dir / model_id.replace(":", "_")
+    tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(path / ADAPTER_DIR, tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    lineage = {"base_model": job.model, "base_model_sha256": base["sha256"], "job_id": job.id,
+               "training_file": job.training_file, "validation_file": job.validation_file,
+               "method": job.config.get("training_method"), "task_type": job.config.get("task_type"),
+               "checkpoint_step": step, "metrics": metrics, "hyperparameters": job.config}
+    s.merge(Model(id=model_id, kind="custom", family=base["family"], parent=job.model, path=str(target),
+                  parameter_count=base["parameter_count"], context_length=base["context_length"],
+                  license=base["license"], source=f"checkpoint:{job.id}:step-{step}",
+                  adapter_type=ADAPTER_TYPES[job.config.get("training_method", "lora")], lineage=lineage))
+    return model_id
+
+
 def register_custom_model(job: FineTuningJob, result, cfg: dict, hashes: dict) -> str:
     base = get_model(job.model)
     model_id = custom_model_id(job.model, job.suffix, job.id)
@@ -152,7 +179,7 @@ def register_custom_model(job: FineTuningJob, result, cfg: dict, hashes: dict) -
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(result.model_dir, target)
-    adapter_type = {"tfew": "ia3", "lora": "lora", "qlora": "lora", "vanilla": "full"}[cfg["training_method"]]
+    adapter_type = ADAPTER_TYPES[cfg["training_method"]]
     lineage = {"base_model": job.model, "base_model_sha256": base["sha256"], "job_id": job.id,
                "training_file": job.training_file, "validation_file": job.validation_file,
                "method": cfg["training_method"], "task_type": cfg.get("task_type"), "datasets": hashes,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -121,6 +121,7 @@ class Cluster(Base):
     unit_count: Mapped[int] = mapped_column(Integer)
     base_model: Mapped[str | None] = mapped_column(String(300), nullable=True)
     lifecycle_state: Mapped[str] = mapped_column(String(30), default="CREATING")
+    deterministic: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # fp32 serving
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     deleted_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 

@@ -75,9 +75,16 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(root: Path, model, optimizer, state: dict, run_info: dict) -> Path:
+ADAPTER_DIR = "adapter"  # a checkpoint's servable adapter (PEFT format), when the method has one
+
+
+def save_checkpoint(root: Path, model, optimizer, state: dict, run_info: dict, export=None) -> Path:
+    """Write one checkpoint atomically; ``export(dir)``, if given, also saves the servable adapter into
+    ``dir`` (``<checkpoint>/adapter``) so the checkpoint can be registered as a model."""
     path = Path(root) / f"{PREFIX}{state['step']:06d}"
     with atomic_dir(path) as tmp:
+        if export is not None:
+            export(tmp / ADAPTER_DIR)
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")

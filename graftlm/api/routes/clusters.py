@@ -20,6 +20,7 @@ class ClusterIn(BaseModel):
     unit_count: int | None = Field(None, ge=1, le=clusters.MAX_UNIT_COUNT)
     base_model: str | None = None
     name: str | None = None
+    deterministic: bool = False
 
 
 class EndpointIn(BaseModel):
@@ -38,7 +39,7 @@ class EndpointPatch(BaseModel):
 @router.post("/dedicated_ai_clusters")
 async def create_cluster(body: ClusterIn):
     return await run_in_threadpool(clusters.create_cluster, body.type, unit_count=body.unit_count,
-                                   base_model=body.base_model, name=body.name)
+                                   base_model=body.base_model, name=body.name, deterministic=body.deterministic)
 
 
 @router.get("/dedicated_ai_clusters")
