@@ -6,13 +6,15 @@ import json
 import time
 from pathlib import Path
 from typing import Optional
+from urllib.parse import quote
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from graftlm import rag
-from graftlm.cli.common import console, friendly_errors, print_json
+from graftlm.cli.common import console, err_console, friendly_errors, print_json
+from graftlm.cli.remote import connect
 from graftlm.errors import GraftError
 from graftlm.rag import metrics, ragas
 from graftlm.rag.backend import METADATA_KEY
@@ -145,10 +147,19 @@ def search(kb: str, query: str, top_k: int = typer.Option(5, "--top-k"),
                                                             "'{\"topic\": \"pets\"}'"),
            rrf_k: int = typer.Option(60, "--rrf-k", help="hybrid: score = sum of weight / (rrf_k + rank)"),
            weights: Optional[str] = typer.Option(None, help="hybrid: list weights, keyword=2,dense=0.5 or JSON"),
-           as_json: bool = typer.Option(False, "--json")):
-    """Search a knowledge base."""
-    hits = rag.search(kb, query, top_k=top_k, mode=mode, rerank=rerank or ranker is not None, ranker=ranker,
-                      filters=parse_json_option(filters, "--filters"), rrf_k=rrf_k, weights=parse_weights(weights))
+           as_json: bool = typer.Option(False, "--json"),
+           local: bool = typer.Option(False, "--local", help="search here even when a server runs")):
+    """Search a knowledge base (through the running `graft serve` when there is one: its embedding model is
+    already loaded; else here)."""
+    options = {"top_k": top_k, "mode": mode, "rerank": rerank or ranker is not None, "ranker": ranker,
+               "filters": parse_json_option(filters, "--filters"), "rrf_k": rrf_k, "weights": parse_weights(weights)}
+    server = connect(local)
+    if server is not None:
+        hits = server.post(f"/knowledge_bases/{quote(kb, safe='')}/search", {"query": query, **options})["data"]
+        hits = [{k: v for k, v in h.items() if k != "object"} for h in hits]
+        err_console.print(f"[dim](searched by the server at {server.url})[/]")
+    else:
+        hits = rag.search(kb, query, **options)
     if as_json:
         return print_json(hits)
     table = Table("#", "score", "document", "chunk", "text")

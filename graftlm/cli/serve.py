@@ -7,6 +7,7 @@ import logging
 import typer
 
 from graftlm.cli.common import console
+from graftlm.cli.remote import remove_server_file, write_server_file
 
 
 def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
@@ -24,4 +25,9 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
     if secret:
         console.print(f"[bold]admin API key[/] (shown once, also saved to GRAFT_HOME/admin.key): {secret}")
     console.print(f"console: http://{host}:{port}/console/ (sign in with an API key)")
-    uvicorn.run(create_app(), host=host, port=port, log_level=log_level)
+    local_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    write_server_file(f"http://{local_host}:{port}/v1")  # graft chat / kb search find this server through it
+    try:
+        uvicorn.run(create_app(), host=host, port=port, log_level=log_level)
+    finally:
+        remove_server_file()
