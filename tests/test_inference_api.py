@@ -236,7 +236,7 @@ def test_deactivate_returns_once_the_endpoint_no_longer_serves(http, served, mon
         return handle
 
     slow = submit(400)  # cannot finish within the grace period
-    while not slow.seq.output_ids:
+    while not slow.tokens_streamed:
         time.sleep(0.01)
     quick = submit(10)  # finishes within it
     ep = endpoints.find_endpoint("lora-ep")
@@ -309,7 +309,7 @@ def test_deactivating_a_custom_models_endpoints_is_a_kill_switch(http, served, m
     assert direct.endpoint is None and engine is runtime.resolve("lora-ep").engine
     slow_down(engine, monkeypatch)
     handle = engine.submit([1, 20, 31, 45], SamplingParams(max_tokens=30, temperature=0, ignore_eos=True), adapter)
-    while not handle.seq.output_ids:
+    while not handle.tokens_streamed:
         time.sleep(0.01)
     ep = endpoints.find_endpoint("lora-ep")
     assert http.post(f"/v1/endpoints/{ep['id']}/deactivate").status_code == 200

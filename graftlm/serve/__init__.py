@@ -3,7 +3,7 @@
 from .engine import Engine, EngineUnavailable, default_dtype
 from .sampler import SamplingParams, TokenLogprob
 from .scheduler import QueueFull
-from .sequence import Delta, Output, RequestHandle
+from .request import Delta, Output, RequestHandle
 
 __all__ = ["Engine", "EngineUnavailable", "SamplingParams", "TokenLogprob", "QueueFull", "Delta", "Output",
            "RequestHandle", "default_dtype"]

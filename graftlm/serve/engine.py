@@ -1,7 +1,8 @@
 """The engine: one copy of the base model, many adapters, one continuous batch.
 
-``step()`` is the whole loop: drop cancelled rows, admit waiting requests (prefill), decode one token for
-every running row, retire the finished. ``start()`` runs it on a background thread; ``submit()`` returns
+``step()`` is the whole loop: retire cancelled requests, admit waiting ones (prefill), decode one token for
+every running row, publish each row's new text to its handle, retire the ended. ``_retire`` is the one place a
+request ends, however it ends (finished, cancelled, failed, its adapter evicted, the engine stopping). ``start()`` runs it on a background thread; ``submit()`` returns
 a handle to stream from; ``generate()`` is the synchronous form.
 """
 
@@ -25,7 +26,8 @@ from .kv_cache import KVCache, kv_bytes_per_token
 from .model import Llama
 from .sampler import SamplingParams, adjust_logits, adjusts, sample
 from .scheduler import QueueFull, Scheduler
-from .sequence import Output, RequestHandle, Sequence
+from .request import Output, RequestHandle
+from .sequence import Sequence
 
 log = logging.getLogger("graftlm.serve")
 
@@ -116,7 +118,7 @@ class Engine:
     def unregister_adapter_if_unused(self, name: str) -> bool:
         """Forget the adapter and free its memory unless a queued or running request still uses it."""
         with self._step_lock:
-            if any(s.adapter == name for s in self.scheduler.running + list(self.scheduler.waiting)):
+            if any(s.adapter == name for s in self.scheduler.live()):
                 return False
             self.adapters.unregister(name)
             return True
@@ -124,19 +126,30 @@ class Engine:
     def evict_adapter(self, name: str, error: BaseException) -> None:
         """Fail every request using the adapter with ``error`` and free its device slot and CPU copy now."""
         with self._step_lock:
-            users = [s for s in self.scheduler.running + list(self.scheduler.waiting) if s.adapter == name]
-            self._remove(users, error)
+            self._fail([s for s in self.scheduler.live() if s.adapter == name], error)
             self.adapters.unregister(name)
 
     def fail_requests(self, handles: list[RequestHandle], error: BaseException) -> None:
         """Fail these requests (queued or running) with ``error``, freeing their rows at once."""
+        ids = {h.request_id for h in handles}
         with self._step_lock:
-            self._remove([h.seq for h in handles if not h.done], error)
+            self._fail([s for s in self.scheduler.live() if s.request_id in ids], error)
 
-    def _remove(self, seqs: list[Sequence], error: BaseException) -> None:
-        self.scheduler.remove(seqs)
+    def _fail(self, seqs: list[Sequence], error: BaseException) -> None:
         for seq in seqs:
             seq.fail(error)
+        self._retire(seqs)
+
+    def _retire(self, seqs: list[Sequence]) -> None:
+        """The one place a request ends: it leaves the queue or the batch, gives back its KV blocks and adapter
+        slot, and its handle gets the last delta (finish_reason set) or the error, once."""
+        seqs = [s for s in seqs if not s.retired]
+        if not seqs:
+            return
+        self.scheduler.remove(seqs)
+        for seq in seqs:
+            seq.retired = True
+            seq.handle._close(seq.final, seq.output())
 
     # --- requests --------------------------------------------------------------------------------
 
@@ -162,7 +175,7 @@ class Engine:
         seq = Sequence(prompt_ids, params, adapter, self.tokenizer, generator)
         seq.kv_tokens = min(seq.kv_tokens, self.max_seq_len)  # generation stops at max_seq_len anyway
         self._check_kv_fits(seq)
-        seq.handle = RequestHandle(seq, self._cancel)
+        seq.handle = RequestHandle(seq.request_id, functools.partial(self._cancel, seq))
         self.scheduler.add(seq, bounded=_bounded)
         if self._stopping or self.error is not None:  # it stopped while we queued: fail, don't strand it
             self._fail_pending()
@@ -221,8 +234,7 @@ class Engine:
             error = self._unavailable()
             if error is None:
                 return
-            for seq in self.scheduler.drain():
-                seq.fail(error)
+            self._fail(self.scheduler.live(), error)
 
     def _cancel(self, seq: Sequence) -> None:
         seq.cancelled = True
@@ -254,16 +266,17 @@ class Engine:
         """One engine iteration; returns whether any work was done."""
         with self._step_lock:
             self._use_threads()
-            self._drop_cancelled()
-            new = self.scheduler.admit()
+            self._retire_cancelled()
+            new, failed = self.scheduler.admit()
+            self._retire(failed)
             if new:
                 self._prefill(new)
-                self._retire_finished()
+                self._publish(new)
             running = list(self.scheduler.running)
             if running:
                 self._decode(running)
-                self._retire_finished()
-            return bool(new or running)
+                self._publish(running)
+            return bool(new or running or failed)
 
     def _use_threads(self) -> None:
         """Run this step on ``self.threads`` CPU threads. torch's thread count is per calling thread
@@ -271,20 +284,20 @@ class Engine:
         if self.threads and self.device.type == "cpu" and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
 
-    def _retire_finished(self) -> None:
-        finished = [s for s in self.scheduler.running if s.finish_reason is not None]
-        if finished:
-            self.scheduler.retire(finished)
+    def _publish(self, seqs: list[Sequence]) -> None:
+        """Push each row's delta of this step to its handle; retire the rows that ended."""
+        for seq in seqs:
+            if seq.pending is not None:
+                seq.handle._push(seq.pending)
+                seq.pending = None
+        self._retire([s for s in seqs if s.ended])
 
-    def _drop_cancelled(self) -> None:
+    def _retire_cancelled(self) -> None:
         with self._cancel_lock:
             cancelled, self._cancelled = self._cancelled, []
-        running = [s for s in cancelled if s in self.scheduler.running]
-        for s in running:
-            if s.finish_reason is None:
-                s.finish("cancelled")
-        if running:
-            self.scheduler.retire(running)
+        for seq in cancelled:
+            seq.end("cancelled")
+        self._retire(cancelled)
 
     def _prefill(self, seqs: list[Sequence]) -> None:
         self._run_rows(seqs, self._prefill_logits)
@@ -362,7 +375,7 @@ class Engine:
             self._fail_row(seq, e)
 
     def _fail_row(self, seq: Sequence, error: BaseException) -> None:
-        """The one place a fault in one row becomes that row's error; the row retires with the finished ones
+        """The one place a fault in one row becomes that row's error; the row retires with the ended ones
         and the rest of the batch, and the engine, carry on."""
         log.error("request %d failed in the engine (%s: %s); other requests continue", seq.request_id,
                   type(error).__name__, error, exc_info=error)

@@ -1,7 +1,7 @@
 """Who runs next: a bounded FIFO of waiting requests, a list of running ones (index = batch row).
 
-Between decode steps, finished or cancelled sequences leave (freeing their KV blocks) and waiting ones
-join, as long as there is a free row, the KV cache has room for their prompt + max_tokens, their adapter
+Between decode steps, ended sequences leave (the engine retires them; ``remove`` frees their KV blocks) and
+waiting ones join, as long as there is a free row, the KV cache has room for their prompt + max_tokens, their adapter
 is resident and the step's prefill token budget allows. A request that does not fit the KV cache yet
 holds back the ones behind it, so long requests are not starved by short ones.
 """
@@ -51,27 +51,29 @@ class Scheduler:
     def num_waiting(self) -> int:
         return len(self.waiting)
 
-    def admit(self) -> list[Sequence]:
-        """Move waiting sequences into the batch (FIFO, skipping those whose adapter is still loading)."""
-        new, budget, keep, kv_full = [], self.max_prefill_tokens, deque(), False
+    def admit(self) -> tuple[list[Sequence], list[Sequence]]:
+        """Move waiting sequences into the batch (FIFO, skipping those whose adapter is still loading).
+
+        Returns (admitted, failed): a sequence whose adapter could not be loaded has failed and leaves the
+        queue; the engine retires it. A cancelled one stays until the engine retires it at the next step."""
+        new, failed, budget, keep, kv_full = [], [], self.max_prefill_tokens, deque(), False
         with self._lock:
             while self.waiting:
                 seq = self.waiting.popleft()
                 if seq.cancelled:
-                    seq.finish("cancelled")
+                    keep.append(seq)
                     continue
                 kv_full = kv_full or not self.cache.can_allocate(seq.kv_tokens)
                 rows_full = len(self.running) + len(new) >= self.max_batch
                 if kv_full or rows_full or (new and len(seq.prompt_ids) > budget) or not self._take_adapter(seq):
-                    if seq.finish_reason is None:  # (not failed by its adapter's load error)
-                        keep.append(seq)
+                    (failed if seq.ended else keep).append(seq)  # (failed: its adapter's load error)
                     continue
                 seq.blocks = self.cache.allocate(seq.kv_tokens)
                 budget -= len(seq.prompt_ids)
                 new.append(seq)
             self.waiting = keep
         self.running.extend(new)
-        return new
+        return new, failed
 
     def _take_adapter(self, seq: Sequence) -> bool:
         """Acquire the sequence's adapter slot; False while it loads (or when its load failed: seq failed)."""
@@ -87,26 +89,20 @@ class Scheduler:
         seq.slot = slot
         return True
 
-    def drain(self) -> list[Sequence]:
-        """Remove and return every running and waiting sequence (the engine is going away)."""
+    def live(self) -> list[Sequence]:
+        """Every running and waiting sequence."""
         with self._lock:
-            waiting = list(self.waiting)
-        running = list(self.running)
-        self.remove(running + waiting)
-        return running + waiting
+            return self.running + list(self.waiting)
 
     def remove(self, seqs: list[Sequence]) -> None:
-        """Take sequences out of the queue or the batch, freeing their KV blocks and adapter references."""
+        """Take sequences out of the queue or the batch, giving back their KV blocks and adapter references
+        (only ``Engine._retire`` calls this)."""
         gone = set(seqs)
         with self._lock:
             self.waiting = deque(s for s in self.waiting if s not in gone)
-        self.retire([s for s in self.running if s in gone])
-
-    def retire(self, finished: list[Sequence]) -> None:
-        """Remove finished rows from the batch and give back what they held."""
-        gone = set(finished)
+        leaving = [s for s in self.running if s in gone]
         self.running = [s for s in self.running if s not in gone]
-        for seq in finished:
+        for seq in leaving:
             self.cache.free(seq.blocks)
             seq.blocks = []
             if seq.adapter is not None:

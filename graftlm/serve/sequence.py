@@ -1,126 +1,21 @@
-"""One request's state, its incremental detokenizer, and the handle a caller streams from."""
+"""One request's state inside the engine: its tokens, text, finish state and KV blocks.
+
+A sequence records how it ended (``final``: its last delta, or the error) but tells nobody: the engine
+publishes its deltas to the caller's handle and retires it in one place (``Engine._retire``).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import threading
 import time
-from dataclasses import dataclass, field
 
 import torch
 
+from .detokenizer import Detokenizer
+from .request import Delta, Output, RequestHandle
 from .sampler import SamplingParams, TokenLogprob
 
 _ids = itertools.count()
-
-
-@dataclass
-class Delta:
-    """What one engine step added to a request; the last one has finish_reason set."""
-    text: str
-    token_ids: list[int]
-    logprobs: list[TokenLogprob | None]
-    finish_reason: str | None = None  # "stop" | "length" | "cancelled"
-
-
-@dataclass
-class Output:
-    request_id: int
-    adapter: str | None
-    prompt_token_ids: list[int]
-    token_ids: list[int]  # includes the EOS token when the model stopped on one
-    text: str  # EOS and stop strings excluded
-    finish_reason: str | None
-    logprobs: list[TokenLogprob | None]
-    arrival_s: float = 0.0
-    token_times_s: list[float] = field(default_factory=list)  # wall clock at each emitted token
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.prompt_token_ids)
-
-    @property
-    def completion_tokens(self) -> int:
-        return len(self.token_ids)
-
-    @property
-    def ttft_s(self) -> float | None:
-        return self.token_times_s[0] - self.arrival_s if self.token_times_s else None
-
-
-class RequestHandle:
-    """Thread-safe stream of a request's deltas.
-
-    ``for d in handle`` blocks a thread; ``async for d in handle`` awaits on the caller's event loop (the
-    engine thread wakes it with ``call_soon_threadsafe``, no executor thread per request).
-    """
-
-    def __init__(self, seq: Sequence, on_cancel):
-        self.seq = seq
-        self.request_id = seq.request_id
-        self._on_cancel = on_cancel
-        self._items: list[Delta | BaseException] = []
-        self._cond = threading.Condition()
-        self._sinks: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = []
-
-    def _push(self, item: Delta | BaseException) -> None:
-        with self._cond:
-            self._items.append(item)
-            self._cond.notify_all()
-            sinks = list(self._sinks)
-        for loop, q in sinks:
-            loop.call_soon_threadsafe(q.put_nowait, item)
-
-    @property
-    def done(self) -> bool:
-        with self._cond:
-            return bool(self._items) and _is_last(self._items[-1])
-
-    def cancel(self) -> None:
-        """Stop generating and free the request's batch row before the next engine step."""
-        self._on_cancel(self.seq)
-
-    def __iter__(self):
-        i = 0
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: len(self._items) > i)
-                item = self._items[i]
-            i += 1
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if item.finish_reason:
-                return
-
-    async def __aiter__(self):
-        q: asyncio.Queue = asyncio.Queue()
-        with self._cond:
-            backlog = list(self._items)
-            self._sinks.append((asyncio.get_running_loop(), q))
-        for item in backlog:
-            q.put_nowait(item)
-        while True:
-            item = await q.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if item.finish_reason:
-                return
-
-    def result(self, timeout: float | None = None) -> Output:
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._items and _is_last(self._items[-1]), timeout):
-                raise TimeoutError(f"request {self.request_id} still running")
-            last = self._items[-1]
-        if isinstance(last, BaseException):
-            raise last
-        return self.seq.output()
-
-
-def _is_last(item) -> bool:
-    return isinstance(item, BaseException) or item.finish_reason is not None
 
 
 class Sequence:
@@ -142,7 +37,10 @@ class Sequence:
         self._emitted = 0
         self._holdback = max((len(s) for s in params.stop), default=1) - 1
         self._detok = Detokenizer(tokenizer, self.prompt_ids)
-        self.handle: RequestHandle | None = None
+        self.handle: RequestHandle | None = None  # the caller's; only the engine writes to it
+        self.pending: Delta | None = None  # the delta of the last step, until the engine publishes it
+        self.final: Delta | BaseException | None = None  # how it ended: the last delta or the error
+        self.retired = False
         self.matcher = params.grammar.matcher() if params.grammar is not None else None  # per-row grammar state
 
     def __len__(self) -> int:
@@ -152,8 +50,13 @@ class Sequence:
     def last_token(self) -> int:
         return self.output_ids[-1]
 
+    @property
+    def ended(self) -> bool:
+        return self.final is not None
+
     def append(self, token: int, logprob: TokenLogprob | None, is_eos: bool, max_len: int) -> None:
-        """Record a sampled token, update text and finish state, and push a delta to the handle."""
+        """Record a sampled token and update text and finish state; the step's delta is ``pending``, or
+        ``final`` when the token ended the sequence."""
         self.output_ids.append(token)
         self.logprobs.append(logprob)
         self.token_times_s.append(time.perf_counter())
@@ -174,47 +77,24 @@ class Sequence:
             self.text += self._detok.flush()
         end = len(self.text) if self.finish_reason else len(self.text) - self._holdback
         delta, self._emitted = self.text[self._emitted:max(end, self._emitted)], max(end, self._emitted)
-        if self.handle:
-            self.handle._push(Delta(delta, [token], [logprob], self.finish_reason))
+        delta = Delta(delta, [token], [logprob], self.finish_reason)
+        if self.finish_reason:
+            self.final = delta
+        else:
+            self.pending = delta
 
-    def finish(self, reason: str) -> None:
-        self.finish_reason = reason
-        if self.handle:
-            self.handle._push(Delta(self.text[self._emitted:], [], [], reason))
-        self._emitted = len(self.text)
+    def end(self, reason: str) -> None:
+        """End without a new token (cancelled): the last delta carries the text held back so far."""
+        if self.final is None:
+            self.finish_reason = reason
+            self.final = Delta(self.text[self._emitted:], [], [], reason)
+            self._emitted = len(self.text)
 
     def fail(self, error: BaseException) -> None:
-        self.finish_reason = "error"
-        if self.handle:
-            self.handle._push(error)
+        """End with ``error``, unless the sequence already ended (a complete answer is kept)."""
+        if self.final is None:
+            self.finish_reason, self.final = "error", error
 
     def output(self) -> Output:
         return Output(self.request_id, self.adapter, self.prompt_ids, list(self.output_ids), self.text,
                       self.finish_reason, list(self.logprobs), self.arrival_s, list(self.token_times_s))
-
-
-class Detokenizer:
-    """Incremental decoding that never emits half a UTF-8 character and keeps word-boundary spaces right."""
-
-    def __init__(self, tokenizer, prompt_ids: list[int]):
-        self.tokenizer = tokenizer
-        self.ids = list(prompt_ids[-5:])  # a little prompt context so the first word's leading space is right
-        self.prefix, self.read = 0, len(self.ids)
-
-    def _decode(self, ids):
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def add(self, token: int) -> str:
-        self.ids.append(token)
-        prefix_text = self._decode(self.ids[self.prefix:self.read])
-        text = self._decode(self.ids[self.prefix:])
-        if len(text) > len(prefix_text) and not text.endswith("\ufffd"):
-            self.prefix, self.read = self.read, len(self.ids)
-            return text[len(prefix_text):]
-        return ""
-
-    def flush(self) -> str:
-        prefix_text = self._decode(self.ids[self.prefix:self.read])
-        text = self._decode(self.ids[self.prefix:])
-        self.prefix = self.read = len(self.ids)
-        return text[len(prefix_text):]
