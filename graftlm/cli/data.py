@@ -53,9 +53,22 @@ def print_report(file: str, report: dict) -> None:
         if total > len(report["errors"]):
             console.print(f"... {total - len(report['errors'])} more errors not listed")
     stats = Table("statistic", "value")
-    for key, value in stat_rows(report.get("stats", {})):
+    for key, value in stat_rows(shown_stats(report.get("stats", {}))):
         stats.add_row(key, value)
     console.print(stats)
+    if (report.get("stats") or {}).get("tokens") is None:
+        console.print("token statistics: pass --model MODEL to tokenize with its chat template")
+
+
+def shown_stats(stats: dict) -> dict:
+    """The statistics a person reads: without a tokenizer no token rows (nor the epochs they are estimated
+    for); with one, the training-token estimate once, after the epochs it assumes."""
+    shown = {k: v for k, v in stats.items() if k not in ("epochs", "tokens", "estimated_training_tokens")}
+    if stats.get("tokens") is not None:
+        shown["tokens"] = {k: v for k, v in stats["tokens"].items() if k != "estimated_training_tokens"}
+        shown["epochs"] = stats.get("epochs")
+        shown["estimated_training_tokens"] = stats.get("estimated_training_tokens")
+    return shown
 
 
 def stat_rows(stats: dict, prefix: str = "") -> list[tuple[str, str]]:
