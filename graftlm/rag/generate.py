@@ -7,6 +7,8 @@ prompt, generate with one of the RAG modes (graftlm.rag.modes), and return the a
 
 from __future__ import annotations
 
+import re
+
 from typing import Any, Literal
 
 from pydantic import Field
@@ -101,6 +103,31 @@ def citation(p: dict) -> dict:
             "end": p["end"], "text": p["text"], "score": p["score"], "metadata": p.get("metadata") or {}}
 
 
+CITE_MARK = re.compile(r"\[(\d{1,4}(?:\s*,\s*\d{1,4})*)\]")  # [2], [1, 3], [1,2]
+
+
+def cite_markers(text: str) -> list[int]:
+    """The passage numbers an answer cites with [n] markers, in order of first use."""
+    seen: dict[int, None] = {}
+    for m in CITE_MARK.finditer(text or ""):
+        for n in m.group(1).split(","):
+            seen.setdefault(int(n), None)
+    return list(seen)
+
+
+def mark_cited(citations: list[dict], text: str, info: dict) -> list[dict]:
+    """Make the answer's [n] markers and the ``citations`` list agree: each citation says whether the text cites
+    it (``cited``), and ``info`` (the response's ``rag``) gets ``cited`` (the numbers used that name a passage)
+    and ``unknown_citations`` (markers naming no passage in the list)."""
+    used = cite_markers(text)
+    known = {c["index"] for c in citations}
+    for c in citations:
+        c["cited"] = c["index"] in used
+    info["cited"] = [n for n in used if n in known]
+    info["unknown_citations"] = [n for n in used if n not in known]
+    return citations
+
+
 def answer_budget(engine, max_tokens: int | None) -> int:
     """Prompt tokens left once the answer has room (max_tokens, else a quarter of the context, at most 256)."""
     room = max_tokens or min(256, engine.max_seq_len // 4)
@@ -165,8 +192,10 @@ def answer(model: str, messages: list[dict], *, max_tokens: int | None = 128, te
     ans, cited = run_mode(target, messages, passages, rag_mode=opts.rag_mode, max_tokens=max_tokens,
                           retrieve_again=lambda q: retrieve(opts, q, db=db), temperature=temperature, seed=seed,
                           stop=stop)
-    return {"text": ans.text, "finish_reason": ans.finish_reason, "citations": [citation(p) for p in cited],
-            "usage": _usage(ans.prompt_tokens, ans.completion_tokens), "rag": rag_info(opts, ans)}
+    info = rag_info(opts, ans)
+    return {"text": ans.text, "finish_reason": ans.finish_reason,
+            "citations": mark_cited([citation(p) for p in cited], ans.text, info),
+            "usage": _usage(ans.prompt_tokens, ans.completion_tokens), "rag": info}
 
 
 def _usage(prompt: int, completion: int) -> dict:

@@ -18,8 +18,8 @@ from graftlm.api.limits import JSONInThreadRoute
 from graftlm.clusters.hosting import get_runtime
 from graftlm.data.render import render_prompt
 from graftlm.errors import GraftError
-from graftlm.rag.generate import (RagOptions, answer_budget, citation, fit_prompt, question_of, rag_info, retrieve,
-                                  run_mode, sampling)
+from graftlm.rag.generate import (RagOptions, answer_budget, citation, fit_prompt, mark_cited, question_of,
+                                  rag_info, retrieve, run_mode, sampling)
 from graftlm.serve.sampler import SEED_RANGE, SamplingParams
 
 router = APIRouter(route_class=JSONInThreadRoute)
@@ -462,6 +462,8 @@ async def rag_chat_completion(req: ChatRequest, request: Request):
         handles = await submit(target, ids, params)
         citations, info = [citation(p) for p in cited], rag_info(opts, None)
         if req.stream:
+            streamed: list[str] = []
+
             def chunk(delta, index, first=False, usage=None):
                 head = base | {"object": "chat.completion.chunk"}
                 if usage is not None:
@@ -470,10 +472,15 @@ async def rag_chat_completion(req: ChatRequest, request: Request):
                     return head | {"citations": citations, "rag": info,
                                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                 "logprobs": None, "finish_reason": None}]}
-                return head | {"choices": [{"index": 0, "delta": {"content": delta.text} if delta.text else {},
-                                            "logprobs": chat_logprobs(tokenizer, delta.logprobs),
-                                            "finish_reason": finish(delta.finish_reason)
-                                            if delta.finish_reason else None}]}
+                streamed.append(delta.text or "")
+                out = head | {"choices": [{"index": 0, "delta": {"content": delta.text} if delta.text else {},
+                                           "logprobs": chat_logprobs(tokenizer, delta.logprobs),
+                                           "finish_reason": finish(delta.finish_reason)
+                                           if delta.finish_reason else None}]}
+                if delta.finish_reason:  # the whole text is known now: which passages it cites
+                    out["rag"] = {}
+                    mark_cited([dict(c) for c in citations], "".join(streamed), out["rag"])
+                return out
             include = bool((req.stream_options or {}).get("include_usage"))
             return stream_response(request, target, handles, len(ids), chunk, include)
         (out,) = await collect(target, handles)
@@ -482,12 +489,13 @@ async def rag_chat_completion(req: ChatRequest, request: Request):
                                     "logprobs": chat_logprobs(tokenizer, out.logprobs),
                                     "finish_reason": finish(out.finish_reason)}],
                        "usage": usage(out.prompt_tokens, out.completion_tokens),
-                       "citations": citations, "rag": info}
+                       "citations": mark_cited(citations, out.text, info), "rag": info}
 
     ans, cited = await run_in_threadpool(lambda: run_mode(target, messages, passages, rag_mode=opts.rag_mode,
                                                           max_tokens=max_tokens,
                                                           retrieve_again=lambda q: retrieve(opts, q), **kw))
-    citations, info = [citation(p) for p in cited], rag_info(opts, ans)
+    info = rag_info(opts, ans)
+    citations = mark_cited([citation(p) for p in cited], ans.text, info)  # the whole answer is known: mark it
     used, reason = usage(ans.prompt_tokens, ans.completion_tokens), finish(ans.finish_reason)
     if req.stream:
         head = base | {"object": "chat.completion.chunk"}
