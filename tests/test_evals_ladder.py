@@ -47,3 +47,39 @@ def test_ladder_end_to_end(tmp_path, varied_model_dir):
     assert "<svg" in report and "polyline" in report and "http" not in report.replace(
         'xmlns="http://www.w3.org/2000/svg"', "")
     assert any("zero-shot" in line and "[" in line for line in lines)
+
+
+def test_ladder_reuses_custom_models_instead_of_retraining(tmp_path, varied_model_dir):
+    """Issue 16 item 9: --reuse names models the user already trained; nothing is trained or registered."""
+    from typer.testing import CliRunner
+
+    from graftlm.cli.main import app
+    from graftlm.jobs.service import list_jobs
+    from graftlm.models.catalog import import_model, list_models
+    from graftlm.store.db import session
+    from graftlm.store.models import Model
+    from graftlm.testing.adapters import make_peft_adapter
+
+    tiny = import_model(varied_model_dir, "tiny")
+    path = make_peft_adapter(tiny["path"], tmp_path / "mine", kind="lora", r=4)
+    with session() as s:
+        s.add(Model(id="ft:tiny:mine:ftjob-gone", kind="custom", parent="tiny", path=str(path), adapter_type="lora",
+                    lineage={"job_id": "ftjob-gone"}))
+    pairs = [(q, label) for label in LABELS for q in QUESTIONS[label]]
+    train = write_set(tmp_path / "train.jsonl", pairs)
+    test = write_set(tmp_path / "test.jsonl", [(q + " please", label) for q, label in pairs[:4]])
+    models_before = {m["id"] for m in list_models()}
+    r = CliRunner().invoke(app, ["ladder", "--data", train, "--eval", test, "--model", "tiny",
+                                 "--reuse", "ft:tiny:mine:ftjob-gone", "--out", str(tmp_path / "out"),
+                                 "--few-shot-k", "2"])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "out" / "ladder.json").read_text())
+    names = [x["name"] for x in saved["rungs"]]
+    assert names == ["zero-shot", "few-shot", "rag", "mine", "mine+rag"]
+    by = {x["name"]: x for x in saved["rungs"]}
+    assert by["mine"]["model"] == "ft:tiny:mine:ftjob-gone" and by["mine"]["reused"]
+    assert list_jobs()["data"] == [] and {m["id"] for m in list_models()} == models_before
+
+    r = CliRunner().invoke(app, ["ladder", "--data", train, "--eval", test, "--model", "tiny", "--reuse", "tiny",
+                                 "--out", str(tmp_path / "out2")])
+    assert r.exit_code == 2 and "custom models" in r.output

@@ -194,7 +194,10 @@ def ladder_command(
     train: Path = typer.Option(..., "--data", "--train", exists=True, help="Training JSONL."),
     eval_path: Path = typer.Option(..., "--eval", exists=True, help="Eval JSONL."),
     model: str = typer.Option(..., "--model", "-m", help="Base model id."),
-    methods: str = typer.Option("tfew,lora", help="Fine-tuning methods, comma-separated ('' for none)."),
+    methods: str | None = typer.Option(None, help="Fine-tuning methods to train, comma-separated ('' for none; "
+                                                  "default tfew,lora, or none with --reuse)."),
+    reuse: str | None = typer.Option(None, "--reuse", help="Custom models already trained (ft:… ids, checkpoints "
+                                                           "too), comma-separated: each is a rung, not retrained."),
     out: Path = typer.Option(Path("ladder-out"), "--out", help="Writes ladder.json and report.html here."),
     kb: str | None = typer.Option(None, "--kb", help="Knowledge base for the RAG rungs (default: training examples)."),
     few_shot_k: int = typer.Option(4), max_eval: int | None = typer.Option(None),
@@ -205,7 +208,10 @@ def ladder_command(
     from graftlm.evals.ladder import run_ladder
 
     extra = {"learning_rate": learning_rate} if learning_rate else {}
-    run_ladder(str(train), str(eval_path), model, methods=tuple(m for m in methods.split(",") if m), out_dir=out,
+    reused = tuple(m.strip() for m in (reuse or "").split(",") if m.strip())
+    methods = methods if methods is not None else ("" if reused else "tfew,lora")
+    run_ladder(str(train), str(eval_path), model, methods=tuple(m for m in methods.split(",") if m),
+               custom_models=reused, out_dir=out,
                kb_id=kb, few_shot_k=few_shot_k, rag_k=few_shot_k, max_eval=max_eval, scorer=scorer,
                training_duration=training_duration, price_per_unit_hour=price_per_unit_hour, echo=typer.echo, **extra)
 

@@ -76,7 +76,34 @@ def format_table(rungs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def reused_rungs(custom_models, base_model: str) -> list[tuple[str, dict]]:
+    """(rung name, model) for custom models the user already trained, checked against the ladder's base model.
+    A rung is named by the model's suffix (``ft:base:SUFFIX:job``), made unique."""
+    from graftlm.errors import GraftError
+    from graftlm.models.catalog import get_model
+
+    out, names = [], set()
+    for model_id in custom_models:
+        m = get_model(model_id)
+        if m["kind"] != "custom":
+            raise GraftError(f"{model_id} is a base model; --reuse takes custom models (ft:…) of {base_model}",
+                             param="custom_models")
+        if m["parent"] != base_model:
+            raise GraftError(f"{model_id} is built on {m['parent']}, not on the ladder's base model {base_model}",
+                             param="custom_models")
+        parts = model_id.split(":")
+        name = parts[2] if len(parts) >= 4 and parts[0] == "ft" else model_id
+        if len(parts) > 4:  # a checkpoint: ft:base:suffix:job:ckpt-step-N
+            name = f"{name}:{parts[-1]}"
+        while name in names:
+            name += "'"
+        names.add(name)
+        out.append((name, m))
+    return out
+
+
 def run_ladder(train_path: str | Path, eval_path: str | Path, base_model: str, *, methods=("tfew", "lora"),
+               custom_models=(),
                out_dir: str | Path = "ladder-out", kb_id: str | None = None, few_shot_k: int = 4, rag_k: int = 4,
                shot_selection: str = "similar", max_eval: int | None = None, scorer: str = "label_accuracy",
                max_tokens: int = 16, price_per_unit_hour: float = 1.0, units: int = 1,
@@ -85,12 +112,16 @@ def run_ladder(train_path: str | Path, eval_path: str | Path, base_model: str, *
 
     ``training`` holds extra fine-tuning hyperparameters (learning_rate, training_batch_size, context_length,
     ...). RAG retrieves from ``kb_id`` when given, else from the training examples. Jobs run on this machine.
+    ``custom_models`` are custom models already trained (ids, checkpoints too): each gets a rung and a +rag rung
+    without training again, billed with its own job's training unit-hours when that job is known.
     """
     from graftlm.evals.report import write_report
     from graftlm.files.service import upload_local
     from graftlm.jobs import embedded
-    from graftlm.jobs.service import create_job
+    from graftlm.errors import NotFound
+    from graftlm.jobs.service import create_job, get_job
 
+    reused = reused_rungs(custom_models, base_model)  # checked before anything trains
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -128,6 +159,22 @@ def run_ladder(train_path: str | Path, eval_path: str | Path, base_model: str, *
         tuned = done["fine_tuned_model"]
         add(method, tuned, "zero-shot", uh, job_id=done["id"], training_seconds=secs)
         add(f"{method}+rag", tuned, "rag", uh, job_id=done["id"], training_seconds=secs)
+    for name, model in reused:
+        job_id = (model.get("lineage") or {}).get("job_id")
+        uh, secs, extra = 0.0, None, {"reused": True}
+        if job_id:
+            try:
+                job = get_job(job_id)
+            except NotFound:  # its job is gone (or the model came from elsewhere): no training cost known
+                job = None
+            if job is not None:
+                events = embedded.events_oldest_first(job_id)
+                uh, secs = training_unit_hours(job, events, units)
+                curves.setdefault(name, loss_curve(events))
+                extra |= {"job_id": job_id, "training_seconds": secs}
+        echo(f"[ladder] reusing {model['id']} as rung {name} (no training)")
+        add(name, model["id"], "zero-shot", uh, **extra)
+        add(f"{name}+rag", model["id"], "rag", uh, **extra)
     decision = verdict(rungs, runs)
     result = {"base_model": base_model, "train_path": str(train_path), "eval_path": str(eval_path),
               "n_eval": len(examples), "scorer": scorer, "few_shot_k": few_shot_k, "rag_k": rag_k,
