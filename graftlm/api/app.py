@@ -16,7 +16,9 @@ from graftlm.api.auth import require_key
 from graftlm.api.errors import install_error_handlers, unexpected_error
 from graftlm.api.openapi import install_openapi
 from graftlm.api.limits import BodyLimit
+from graftlm.api.observing import INFERENCE_PATHS, count_unobserved
 from graftlm.api.routes import clusters, console, files, fine_tuning, inference, models
+from graftlm.api.routes import observe as observe_api
 from graftlm.api.routes import evals as evals_api
 from graftlm.api.routes import rag as rag_api
 from graftlm.store.db import upgrade
@@ -61,6 +63,8 @@ def create_app(run_scheduler: bool = True) -> FastAPI:
         except Exception as e:  # noqa: BLE001 - answered here, so the server keeps the keep-alive connection open
             response = unexpected_error(rid, e)
         response.headers["x-request-id"] = rid
+        if request.url.path in INFERENCE_PATHS:
+            count_unobserved(request, response.status_code)
         log.info("%s %s %s %d %.1fms", rid, request.method, request.url.path, response.status_code,
                  (time.perf_counter() - start) * 1000)
         return response
@@ -77,6 +81,7 @@ def create_app(run_scheduler: bool = True) -> FastAPI:
     for module in (files, models, clusters, fine_tuning, inference, rag_api, evals_api, console):
         v1.include_router(module.router)
     app.include_router(v1)
+    app.include_router(observe_api.metrics_router)
     install_openapi(app)
     console.mount(app)  # the web UI's static files; its data calls are /v1 routes above
     return app

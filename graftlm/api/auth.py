@@ -21,7 +21,10 @@ class Forbidden(GraftError):
 
 
 def required_role(method: str, path: str) -> str:
-    """The policy: reading needs a viewer key; anything else (create, run, change, delete) an editor key."""
+    """The policy: reading needs a viewer key; anything else (create, run, change, delete) an editor key;
+    ``GET /metrics`` any key (a ``metrics`` key reads nothing else)."""
+    if path == "/metrics" and method.upper() in READ_METHODS:
+        return "metrics"
     return "viewer" if method.upper() in READ_METHODS else "editor"
 
 

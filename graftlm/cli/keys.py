@@ -14,7 +14,8 @@ app = typer.Typer(no_args_is_help=True)
 @app.command("create")
 @friendly_errors
 def create(name: str = typer.Option("default", "--name"),
-           role: str = typer.Option("editor", "--role", help="viewer (read) | editor (create, run, change) | admin")):
+           role: str = typer.Option("editor", "--role", help="metrics (GET /metrics only) | viewer (read) | "
+                                                            "editor (create, run, change) | admin")):
     secret, record = keys.create_key(name, role=role)
     console.print(f"{record['id']}  {secret}\n[dim]Store this key now: it is not shown again.[/]")
 

@@ -259,6 +259,11 @@ def get_runtime() -> HostingRuntime:
     return _runtime
 
 
+def current_runtime() -> HostingRuntime | None:
+    """The runtime if one was started (metrics read it without starting one)."""
+    return _runtime
+
+
 def shutdown_runtime() -> None:
     global _runtime
     if _runtime is not None:

@@ -15,8 +15,9 @@ from graftlm.store.db import session
 from graftlm.store.models import ApiKey, new_id, now
 
 
-# viewer reads; editor also creates, runs and changes; admin also manages keys (the CLI, for now)
-ROLES = ("viewer", "editor", "admin")
+# metrics reads GET /metrics only (for a Prometheus scraper); viewer reads every /v1 route (and /metrics);
+# editor also creates, runs and changes; admin also manages keys (the CLI, for now)
+ROLES = ("metrics", "viewer", "editor", "admin")
 
 
 def hash_key(key: str) -> str:

@@ -32,6 +32,7 @@ class AdapterCache:
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="graft-adapter-load")
         self._on_loaded = on_loaded
         self.loads = 0  # disk reads, for tests and metrics
+        self.evictions = 0  # resident adapters dropped from their slot for another (LRU), for metrics
 
     def register(self, name: str, path: str | Path) -> None:
         read_adapter_config(path, self.pool.shape)  # fail now on an unsupported adapter, not at first request
@@ -97,6 +98,7 @@ class AdapterCache:
             if not self.refs[name]:
                 del self.resident[name]
                 self.pool.clear(slot)
+                self.evictions += 1
                 return slot
         return None
 

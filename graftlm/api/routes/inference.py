@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from graftlm.api.limits import JSONInThreadRoute
+from graftlm.api.observing import CLIENT_GONE, finished_outputs, note_target, observe
 from graftlm.clusters.hosting import get_runtime
 from graftlm.data.render import render_prompt
 from graftlm.errors import GraftError
@@ -264,9 +265,10 @@ async def merged(handles):
             t.cancel()
 
 
-def stream_response(request: Request, target, handles, prompt_tokens: int, make_chunk, include_usage: bool):
+def stream_response(request: Request, target, handles, prompt_tokens: int, make_chunk, include_usage: bool,
+                    obs=None):
     async def events():
-        completion = 0
+        completion, status = 0, CLIENT_GONE  # until the end is sent
         try:
             for i in range(len(handles)):
                 first = make_chunk(None, i, first=True)
@@ -275,32 +277,38 @@ def stream_response(request: Request, target, handles, prompt_tokens: int, make_
             try:
                 async for i, delta in merged(handles):
                     if await request.is_disconnected():
-                        break
+                        return
                     completion += len(delta.token_ids)
                     yield sse(make_chunk(delta, i))
             except GraftError as e:  # the engine failed or stopped mid-stream: the status is sent, say why
+                status = e.status_code
                 yield sse(e.to_dict())
                 return
             if include_usage:
                 yield sse(make_chunk(None, 0, usage=usage(prompt_tokens, completion)))
             yield b"data: [DONE]\n\n"
+            status = 200
         finally:  # a client that disconnects frees its batch rows at once
             for handle in handles:
                 if not handle.done:
                     handle.cancel()
                 get_runtime().untrack(target, handle)
+            if obs is not None:
+                obs.done(finished_outputs(handles), status)
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def collect(target, handles) -> list:
+async def collect(target, handles, obs=None) -> list:
     try:
         outs = []
         for handle in handles:
             async for _ in handle:
                 pass
             outs.append(handle.result())
+        if obs is not None:
+            obs.done(outs, 200)
         return outs
     finally:
         for handle in handles:
@@ -326,6 +334,7 @@ async def chat_completions(req: ChatRequest, request: Request):
     refuse_extras(req.model_extra or {})
     runtime = get_runtime()
     target = await run_in_threadpool(runtime.resolve, req.model)
+    note_target(request, target)
     tokenizer = target.engine.tokenizer
     messages = chat_messages(req)
     target.engine.check_prompt_chars(sum(len(m["content"]) for m in messages), "messages")
@@ -335,6 +344,7 @@ async def chat_completions(req: ChatRequest, request: Request):
     params.grammar = await response_grammar(req, target.engine)
     handles = await submit(target, prompt_ids, params, req.n)
     rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    obs = observe(request, target, completion_id=rid, kind="chat", body={"messages": messages})
 
     if req.stream:
         def chunk(delta, index, first=False, usage=None):
@@ -348,9 +358,9 @@ async def chat_completions(req: ChatRequest, request: Request):
                                         "logprobs": chat_logprobs(tokenizer, delta.logprobs),
                                         "finish_reason": finish(delta.finish_reason) if delta.finish_reason else None}]}
         include = bool((req.stream_options or {}).get("include_usage"))
-        return stream_response(request, target, handles, len(prompt_ids), chunk, include)
+        return stream_response(request, target, handles, len(prompt_ids), chunk, include, obs)
 
-    outs = await collect(target, handles)
+    outs = await collect(target, handles, obs)
     return {"id": rid, "object": "chat.completion", "created": created, "model": req.model,
             "system_fingerprint": f"graftlm-{target.model['id']}",
             "choices": [{"index": i, "message": {"role": "assistant", "content": out.text},
@@ -376,6 +386,7 @@ async def completions(req: CompletionRequest, request: Request):
         raise GraftError("send one prompt per request", param="prompt")
     runtime = get_runtime()
     target = await run_in_threadpool(runtime.resolve, req.model)
+    note_target(request, target)
     tokenizer = target.engine.tokenizer
     target.engine.check_prompt_chars(len(prompts[0]), "prompt")
     # the whole prompt is the client's own (no template around it): its control tokens are meant
@@ -385,6 +396,7 @@ async def completions(req: CompletionRequest, request: Request):
     params = sampling_params(req, len(prompt_ids), target.engine, req.logprobs)
     handles = await submit(target, prompt_ids, params, req.n)
     rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    obs = observe(request, target, completion_id=rid, kind="text", body={"prompt": prompts[0]})
 
     def logprobs_block(items):
         items = [i for i in items or [] if i is not None]
@@ -405,9 +417,9 @@ async def completions(req: CompletionRequest, request: Request):
             return base | {"choices": [{"index": index, "text": delta.text, "logprobs": logprobs_block(delta.logprobs),
                                         "finish_reason": finish(delta.finish_reason) if delta.finish_reason else None}]}
         include = bool((req.stream_options or {}).get("include_usage"))
-        return stream_response(request, target, handles, len(prompt_ids), chunk, include)
+        return stream_response(request, target, handles, len(prompt_ids), chunk, include, obs)
 
-    outs = await collect(target, handles)
+    outs = await collect(target, handles, obs)
     head = prompts[0] if req.echo else ""
     return {"id": rid, "object": "text_completion", "created": created, "model": req.model,
             "choices": [{"index": i, "text": head + out.text, "logprobs": logprobs_block(out.logprobs),
