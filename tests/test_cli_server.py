@@ -35,7 +35,7 @@ def test_chat_takes_an_endpoint_name_and_uses_the_running_server(served):
     assert f"answered by the server at {served}" in r.output
     local = invoke("chat", "cs-base", "hello there", "--max-tokens", "6", "--local")
     assert local.exit_code == 0, local.output
-    assert "answered by the server" not in local.output
+    assert "answered by the server" not in local.output and "Warning" not in local.output
     assert local.stdout.strip() == r.stdout.strip()  # the same greedy answer either way
 
 
@@ -72,7 +72,9 @@ def test_serve_writes_and_removes_its_server_file(monkeypatch):
 def test_kb_search_uses_the_running_server(served):
     from graftlm import rag
 
-    kb = rag.create_kb("faq", chunk_size=64, chunk_overlap=8)
+    r = invoke("kb", "create", "faq", "--chunk-size", "64", "--chunk-overlap", "8")
+    assert r.exit_code == 0 and f"created by the server at {served}" in r.output, r.output
+    kb = rag.get_kb("faq")
     rag.ingest_documents(kb, [{"id": "pin", "text": "To reset your PIN open the app and choose security."},
                               {"id": "card", "text": "A lost card is blocked from the cards page."}])
     r = invoke("kb", "search", "faq", "reset my pin", "--mode", "keyword", "--json")
@@ -81,3 +83,14 @@ def test_kb_search_uses_the_running_server(served):
     via_server = json.loads(r.stdout)
     local = invoke("kb", "search", "faq", "reset my pin", "--mode", "keyword", "--json", "--local")
     assert json.loads(local.stdout) == via_server and via_server[0]["document_id"] == "pin"
+
+
+def test_loading_the_embedding_model_is_logged_with_its_duration(caplog):
+    import logging
+
+    from graftlm.rag import embeddings
+
+    embeddings._load.cache_clear()
+    caplog.set_level(logging.INFO, logger="graftlm.rag")
+    embeddings.get_model()
+    assert any("embedding model" in r.getMessage() and "loaded in" in r.getMessage() for r in caplog.records)

@@ -38,3 +38,15 @@ def test_far_names_get_no_suggestion(tiny_model):
     with pytest.raises(NotFound) as e:
         catalog.get_model("completely-different-thing")
     assert "Did you mean" not in e.value.message and "base models: tiny" in e.value.message
+
+
+def test_hyperparameter_typos_suggest_the_name_meant():
+    import pytest
+
+    from graftlm.errors import GraftError
+    from graftlm.train.config import parse_config
+
+    for typo, meant in (("early_stoping_patience", "early_stopping_patience"), ("lora_rank", "lora_r")):
+        with pytest.raises(GraftError) as e:
+            parse_config({typo: 3})
+        assert e.value.param == typo and f"did you mean {meant}?" in e.value.message

@@ -28,7 +28,16 @@ rag_app = typer.Typer(no_args_is_help=True)
 def create(name: str, chunk_size: int = typer.Option(250, help="tokens per chunk"),
            chunk_overlap: int = typer.Option(32, help="tokens shared by neighbouring chunks"),
            embedding_model: Optional[str] = typer.Option(None, help="default all-MiniLM-L6-v2")):
-    """Create a knowledge base."""
+    """Create a knowledge base (through the running `graft serve` when there is one: it has the embedding model
+    loaded already; else here)."""
+    server = connect()
+    if server is not None:
+        kb = server.post("/knowledge_bases", {"name": name, "chunk_size": chunk_size, "chunk_overlap": chunk_overlap,
+                                              "embedding_model": embedding_model})
+        console.print(f"[green]{kb['name']}[/] created: {kb['id']} ({kb['embedding_model']}, "
+                      f"{kb['chunk_size']}-token chunks)")
+        err_console.print(f"[dim](created by the server at {server.url})[/]")
+        return
     kb = rag.create_kb(name, chunk_size=chunk_size, chunk_overlap=chunk_overlap, embedding_model=embedding_model)
     console.print(f"[green]{kb.name}[/] created: {kb.id} ({kb.embedding_model}, {kb.chunk_size}-token chunks)")
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from graftlm.errors import GraftError, NotFound
+
+log = logging.getLogger("graftlm.rag")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -56,9 +60,14 @@ def model_path(model: str | None = None) -> Path:
 
 @lru_cache(maxsize=8)
 def _load(path: str):
+    """Load once per process; logged with the seconds it took (the slow part of a first RAG call)."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(path, device="cpu" if not _cuda() else "cuda", local_files_only=True)
+    log.info("loading embedding model %s ...", path)
+    started = time.perf_counter()
+    model = SentenceTransformer(path, device="cpu" if not _cuda() else "cuda", local_files_only=True)
+    log.info("embedding model %s loaded in %.2f s", Path(path).name, time.perf_counter() - started)
+    return model
 
 
 def _cuda() -> bool:
