@@ -62,9 +62,17 @@ def test_auto_rule_is_deterministic_and_explicit_values_win():
     assert (given.total_training_epochs, given.learning_rate) == (2, 5e-4) and set(p["picks"]) == {"training_batch_size"}
     oci, none = auto.resolve(parse_config({"defaults": "oci"}), stats, 576)
     assert none == {} and (oci.total_training_epochs, oci.training_batch_size, oci.learning_rate) == (3, 8, 2e-4)
-    # the sizes: a minimum of ~100 steps, 3..10 epochs, large sets capped at 30k examples seen
-    assert [auto.auto_batch_size(n) for n in (40, 100, 999, 1500)] == [4, 8, 8, 16]
-    assert [auto.auto_epochs(n, 8) for n in (40, 200, 800, 20000)] == [10, 4, 3, 1]
+    # the sizes: 4 epochs below 300 examples, else OCI's 3; >= 400 examples seen; large sets <= 30k seen
+    sizes = (24, 48, 100, 299, 300, 1000, 10000, 20000)
+    assert [auto.auto_epochs(n) for n in sizes] == [10, 9, 4, 4, 3, 3, 3, 1]
+    assert [auto.auto_batch_size(n, auto.auto_epochs(n)) for n in sizes] == [2, 4, 4, 8, 8, 16, 16, 16]
+    # the cost goal: from 100 examples up, a run sees at most 4/3 of the examples OCI's 3-epoch run sees ...
+    assert max(auto.auto_epochs(n) / 3 for n in range(100, 30001, 7)) == pytest.approx(4 / 3)
+    # ... and still makes about 100 optimizer steps or more
+    steps = lambda n: auto.auto_epochs(n) * -(-n // auto.auto_batch_size(n, auto.auto_epochs(n)))  # noqa: E731
+    assert min(steps(n) for n in range(24, 30001, 7)) >= 96
+    # a smaller batch keeps the base rate; a larger one scales it by sqrt(batch / 8)
+    assert auto.auto_learning_rate("lora", 576, 4) == auto.auto_learning_rate("lora", 576, 8) == 2e-3
 
 
 def test_auto_picks_are_reported_and_recorded(tmp_path, base):
@@ -77,7 +85,7 @@ def test_auto_picks_are_reported_and_recorded(tmp_path, base):
     assert recorded == said[0]["data"]["auto_hyperparameters"]
     assert recorded["train_stats"]["examples"] == 12 and recorded["train_stats"]["distinct_completions"] == 4
     assert result.run_info["config"]["learning_rate"] == recorded["picks"]["learning_rate"]["value"]
-    assert result.run_info["config"]["training_batch_size"] == 4
+    assert result.run_info["config"]["training_batch_size"] == 2  # 12 examples: 10 epochs, batch 2
 
 
 def greedy_exact_match(model_dir, base, examples) -> float:

@@ -24,9 +24,13 @@ import math
 from graftlm.train.batching import IGNORE_INDEX, target_count
 from graftlm.train.config import AUTO_BASE_LEARNING_RATE, FineTuneConfig
 REFERENCE_HIDDEN = 576  # SmolLM2-135M, where the bases were measured
-MIN_STEPS = 100
-MIN_EPOCHS, MAX_EPOCHS = 3, 10
+OCI_EPOCHS = 3  # what auto replaces: OCI's default run is 3 epochs
+SMALL_SET = 300  # below this many examples, one more epoch than OCI (cost 4/3 of its run)
+MIN_EXAMPLES_SEEN = 400  # a run sees at least this many examples (only matters below 100 examples)
+MAX_EPOCHS = 10
 MAX_EXAMPLES_SEEN = 30_000
+TARGET_STEPS = 100  # the batch size is chosen for about this many optimizer steps
+MIN_BATCH, MAX_BATCH = 2, 16
 
 
 def dataset_stats(encoded: list[dict]) -> dict:
@@ -37,19 +41,25 @@ def dataset_stats(encoded: list[dict]) -> dict:
             "mean_target_tokens": round(targets / max(len(encoded), 1), 2)}
 
 
-def auto_batch_size(n: int) -> int:
-    return 4 if n < 100 else 8 if n < 1000 else 16
-
-
-def auto_epochs(n: int, batch: int) -> int:
-    if n * MIN_EPOCHS > MAX_EXAMPLES_SEEN:
+def auto_epochs(n: int) -> int:
+    """4 below 300 examples, else 3 (OCI's); at least 400 examples seen (<= 10 epochs); <= 30,000 seen."""
+    n = max(n, 1)
+    if n * OCI_EPOCHS > MAX_EXAMPLES_SEEN:
         return max(1, MAX_EXAMPLES_SEEN // n)
-    return min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(MIN_STEPS * batch / max(n, 1))))
+    epochs = OCI_EPOCHS + 1 if n < SMALL_SET else OCI_EPOCHS
+    return min(MAX_EPOCHS, max(epochs, math.ceil(MIN_EXAMPLES_SEEN / n)))
+
+
+def auto_batch_size(n: int, epochs: int) -> int:
+    """The largest power of two that still gives about 100 optimizer steps, between 2 and 16."""
+    per_step = max(epochs * n / TARGET_STEPS, 1)
+    return min(MAX_BATCH, max(MIN_BATCH, 2 ** int(math.log2(per_step))))
 
 
 def auto_learning_rate(method: str, hidden_size: int, batch: int) -> float:
+    """The method's base x min(1, 576 / hidden) x sqrt(batch / 8) above batch 8 (the base below)."""
     width = min(1.0, REFERENCE_HIDDEN / hidden_size)
-    return AUTO_BASE_LEARNING_RATE[method] * width * math.sqrt(batch / 8)
+    return AUTO_BASE_LEARNING_RATE[method] * width * math.sqrt(max(batch, 8) / 8)
 
 
 def resolve(cfg: FineTuneConfig, stats: dict, hidden_size: int) -> tuple[FineTuneConfig, dict]:
@@ -59,22 +69,25 @@ def resolve(cfg: FineTuneConfig, stats: dict, hidden_size: int) -> tuple[FineTun
     if cfg.resolved:
         return cfg, {}
     n, picks, update = stats["examples"], {}, {}
+    epochs = cfg.total_training_epochs
+    if epochs is None:
+        epochs = update["total_training_epochs"] = auto_epochs(n)
+        why = ("max_steps is given, so epochs do not count" if cfg.max_steps else
+               f"{n} training examples: {OCI_EPOCHS + 1} below {SMALL_SET}, else {OCI_EPOCHS} (OCI's), "
+               f"at least {MIN_EXAMPLES_SEEN} examples seen, at most {MAX_EPOCHS} epochs and "
+               f"{MAX_EXAMPLES_SEEN:,} examples seen")
+        picks["total_training_epochs"] = {"value": epochs, "why": why}
     batch = cfg.training_batch_size
     if batch is None:
-        batch = update["training_batch_size"] = auto_batch_size(n)
-        picks["training_batch_size"] = {"value": batch, "why": f"{n} training examples: "
-                                        "4 below 100, 8 below 1,000, else 16"}
-    if cfg.total_training_epochs is None:
-        epochs = update["total_training_epochs"] = auto_epochs(n, batch)
-        why = ("max_steps is given, so epochs do not count" if cfg.max_steps else
-               f"about {MIN_STEPS} optimizer steps at batch {batch} over {n} examples, "
-               f"{MIN_EPOCHS} to {MAX_EPOCHS} epochs, at most {MAX_EXAMPLES_SEEN:,} examples seen")
-        picks["total_training_epochs"] = {"value": epochs, "why": why}
+        batch = update["training_batch_size"] = auto_batch_size(n, epochs)
+        picks["training_batch_size"] = {"value": batch, "why": f"about {TARGET_STEPS} optimizer steps over "
+                                        f"{epochs} epochs of {n} examples, a power of two from "
+                                        f"{MIN_BATCH} to {MAX_BATCH}"}
     if cfg.learning_rate is None:
         base = AUTO_BASE_LEARNING_RATE[cfg.training_method]
         lr = auto_learning_rate(cfg.training_method, hidden_size, batch)
         why = (f"{cfg.training_method} base {base:g} x min(1, {REFERENCE_HIDDEN}/{hidden_size} hidden) "
-               f"x sqrt({batch}/8 batch)")
+               f"x sqrt(max({batch}, 8)/8 batch)")
         if isinstance(cfg.learning_rate_multiplier, float):
             lr *= cfg.learning_rate_multiplier
             why += f" x learning_rate_multiplier {cfg.learning_rate_multiplier:g}"

@@ -76,6 +76,8 @@ class FineTuneConfig(BaseModel):
     warmup_ratio: float | None = Field(None, ge=0, le=1, description="None: 0.1 (auto) or 0.03 (oci)")
     lr_scheduler: Literal["cosine", "linear"] = "cosine"
     weight_decay: float = Field(0.0, ge=0)
+    label_set_losses: bool = Field(False, description="T-Few's unlikelihood and length-normalised losses (Liu et al. "
+                                   "2022) over the other labels, for data whose answers come from a small label set")
 
     # aliases from other APIs, mapped onto the fields above
     n_epochs: int | Literal["auto"] | None = Field(None, description="OpenAI alias of total_training_epochs")
@@ -152,6 +154,8 @@ class FineTuneConfig(BaseModel):
                 lr = AUTO_BASE_LEARNING_RATE[method] * AUTO_MAX_LR_SCALE * self.learning_rate_multiplier
                 if lr > 1:
                     raise _field_error("learning_rate_multiplier", f"can give a learning rate of {lr:g}, above 1")
+        if self.label_set_losses and self.task_type != "CHAT_COMPLETION":
+            raise _field_error("label_set_losses", "needs task_type CHAT_COMPLETION (answers from a label set)")
         defaults = OCI_DEFAULTS if self.defaults == "oci" else AUTO_STATIC_DEFAULTS
         if self.defaults == "oci" and self.learning_rate is None:
             self.learning_rate = DEFAULT_LEARNING_RATE[method]

@@ -41,6 +41,7 @@ from graftlm.device import device as default_device, training_dtype
 from graftlm.errors import GraftError
 from graftlm.train import auto as auto_hp
 from graftlm.train import checkpoint as ckpt
+from graftlm.train import losses
 from graftlm.train.batching import IGNORE_INDEX, micro_batches, step_examples, steps_per_epoch, target_count
 from graftlm.train.config import FineTuneConfig, check_runtime, parse_config
 from graftlm.train.methods import count_parameters, get_method
@@ -209,6 +210,7 @@ class Run:
     total_steps: int
     per_epoch: int
     exact_match: bool  # whether validation reports (and selects by) valid_exact_match
+    label_set: list[tuple[int, ...]] | None  # the training answers, with label_set_losses (else None)
     out_dir: Path
     info: dict  # run_info.json
     auto: dict  # the auto picks, {} when none
@@ -300,7 +302,9 @@ def prepare(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[di
     return Run(cfg=cfg, method=method, tokenizer=tokenizer, model=model, optimizer=optimizer,
                params=[p for _, p in params], train_set=train_set, valid_set=valid_set, device=device, dtype=dtype,
                total_steps=cfg.max_steps or cfg.total_training_epochs * per_epoch, per_epoch=per_epoch,
-               exact_match=reports_exact_match(valid_set, cfg), out_dir=Path(out_dir), info=info, auto=auto,
+               exact_match=reports_exact_match(valid_set, cfg),
+               label_set=losses.label_set(train_set) if cfg.label_set_losses else None,
+               out_dir=Path(out_dir), info=info, auto=auto,
                trainable=trainable, total=total, emit=emit, started=started)
 
 
@@ -310,6 +314,9 @@ def start(run: Run) -> TrainState:
     (run.out_dir / "run_info.json").write_text(json.dumps(run.info, indent=1))
     if run.auto.get("picks"):
         run.say(auto_hp.describe(run.auto), auto_hyperparameters=run.auto)
+    if run.label_set is not None:
+        run.say(f"label_set_losses: unlikelihood and length-normalised losses over {len(run.label_set)} labels, "
+                f"up to {losses.MAX_CANDIDATES} wrong ones per example and step", labels=len(run.label_set))
     run.say(f"training started: {run.cfg.training_method}, {len(run.train_set)} examples, {run.total_steps} steps",
             train_examples=len(run.train_set), valid_examples=len(run.valid_set), total_steps=run.total_steps,
             steps_per_epoch=run.per_epoch, device=str(run.device), dtype=run.info["autocast_dtype"])
@@ -341,18 +348,44 @@ def train_step(run: Run, state: TrainState) -> dict:
     examples = [run.train_set[i] for i in indices]
     n_targets = sum(target_count(e) for e in examples)
     loss_sum = correct = 0.0
-    for batch in micro_batches(examples, cfg.max_tokens_per_micro_batch, cfg.micro_batch_size):
-        with torch.autocast(run.device.type, dtype=run.dtype, enabled=run.dtype != torch.float32):
-            s, c = target_loss(run.model, batch, run.device)
-        (s / n_targets).backward()
-        loss_sum += s.item()
-        correct += c.item()
-        state.trained_tokens += batch["n_tokens"]
+    extra = {}
+    if run.label_set is not None:
+        loss_sum, correct, extra = label_set_backward(run, state, step, examples, n_targets)
+    else:
+        for batch in micro_batches(examples, cfg.max_tokens_per_micro_batch, cfg.micro_batch_size):
+            with torch.autocast(run.device.type, dtype=run.dtype, enabled=run.dtype != torch.float32):
+                s, c = target_loss(run.model, batch, run.device)
+            (s / n_targets).backward()
+            loss_sum += s.item()
+            correct += c.item()
+            state.trained_tokens += batch["n_tokens"]
     torch.nn.utils.clip_grad_norm_(run.params, MAX_GRAD_NORM)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     state.step, state.epoch = step, epoch
-    return {"step": step, "train_loss": loss_sum / n_targets, "train_mean_token_accuracy": correct / n_targets}
+    return {"step": step, "train_loss": loss_sum / n_targets, "train_mean_token_accuracy": correct / n_targets,
+            **extra}
+
+
+def label_set_backward(run: Run, state: TrainState, step: int, examples: list[dict],
+                       n_targets: int) -> tuple[float, float, dict]:
+    """T-Few's L_LM + L_UL + L_LN over the step's examples and their wrong labels (graftlm.train.losses),
+    backpropagated group by group. Returns (cross-entropy sum, argmax hits, the two extra terms' metrics)."""
+    rng = losses.step_rng(run.cfg.seed, step)  # the same wrong labels when a resumed run replays the step
+    per_example = [losses.candidate_rows(e, run.label_set, rng) for e in examples]
+    n_candidate = max(1, sum(target_count(r) for rows in per_example for r in rows[1:]))
+    loss_sum = correct = ul_total = ln_total = 0.0
+    for group in losses.group_examples(per_example, run.cfg.max_tokens_per_micro_batch):
+        rows = [r for j in group for r in per_example[j]]
+        owner = [j for j in group for _ in per_example[j]]
+        with torch.autocast(run.device.type, dtype=run.dtype, enabled=run.dtype != torch.float32):
+            lm, hits, ul, ln, _ = losses.label_set_terms(run.model, rows, owner, run.device, target_logits)
+        (lm / n_targets + ul / n_candidate + ln / len(examples)).backward()
+        loss_sum, correct = loss_sum + lm.item(), correct + hits.item()
+        ul_total, ln_total = ul_total + ul.item(), ln_total + ln.item()
+        state.trained_tokens += sum(len(examples[j]["input_ids"]) for j in group)  # billed: the examples
+    return loss_sum, correct, {"train_unlikelihood_loss": ul_total / n_candidate,
+                               "train_length_normalized_loss": ln_total / len(examples)}
 
 
 def is_eval_step(run: Run, step: int) -> bool:
