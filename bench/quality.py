@@ -10,13 +10,22 @@ Sets (CLINC150, Larson et al. 2019, CC BY 3.0, from ../shared/data/clinc150):
   tuned on it. The fine-tuned rungs' data has no instruction (the model learns the labels from the examples;
   5x fewer tokens to train and serve); the prompt-only rungs get the instruction listing the labels.
 
-Rungs, every one scored with label accuracy and a 95% bootstrap CI on the same test queries, through the
-product's serving engine (greedy, 8 new tokens):
+- ``hotel-json``: a generation task, short JSON extraction, built here (``build_hotel_json``: a seeded
+  generator, no outside data; the same license as this repository): hotel requests in 12 phrasings, the
+  answer ``{"city": ..., "nights": ..., "guests": ..., "breakfast": ...}`` (~25 tokens). 100 training and
+  20 validation requests over 30 cities; 100 test requests over 20 other cities, a quarter of them in 3
+  phrasings never trained on. Scored with ``json_fields`` (share of the 4 fields right; invalid JSON 0)
+  and ``exact_match``.
+
+Rungs, every one scored (label accuracy; ``json_fields`` for hotel-json) with a 95% bootstrap CI on the same
+test queries, through the product's serving engine (greedy, 8 new tokens; 48 for hotel-json):
 - ``zero-shot``, ``few-shot`` (8 most similar training examples as demonstration turns): the base model;
 - ``tfew``, ``lora``, ``vanilla`` (last 4 layers): fine-tuning jobs through ``fm.create`` with no
   hyperparameter but the method (vanilla: ``num_of_last_layers``), i.e. ``defaults: "auto"``;
-- ``tfew-oci``, ``lora-oci``: the same with ``defaults: "oci"`` (what auto replaces; its training time is
-  auto's cost baseline);
+- ``tfew-oci``, ``lora-oci``, ``vanilla-oci``: the same with ``defaults: "oci"`` (what auto replaces; its
+  training time is auto's cost baseline);
+- ``tfew-ls``, ``lora-ls``: defaults plus ``label_set_losses`` (T-Few's unlikelihood and length-normalised
+  losses; label sets only);
 - ``peft``: a plain PEFT LoRA loop outside the product with hand-tuned settings (r 16, alpha 32, all linear
   layers, lr 1e-3 one-cycle, 4 epochs, batch 8, fp32), its adapter registered and served like the others.
 
@@ -42,7 +51,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE = Path(os.environ.get("CLINC150_DIR", ROOT.parent / "shared" / "data" / "clinc150"))  # ../shared in a checkout
 TRAVEL = ["book_flight", "book_hotel", "car_rental", "travel_suggestion", "travel_alert", "exchange_rate",
           "lost_luggage", "flight_status", "international_visa", "timezone"]
-ALL_RUNGS = "zero-shot,few-shot,tfew,lora,tfew-oci,lora-oci,peft"
+ALL_RUNGS = "zero-shot,few-shot,tfew,lora,vanilla,tfew-oci,lora-oci,vanilla-oci,tfew-ls,peft"
+JOB_RUNGS = {  # rung -> (training_method, hyperparameters): everything else is the product's default
+    "tfew": ("tfew", {}), "lora": ("lora", {}), "vanilla": ("vanilla", {"num_of_last_layers": 4}),
+    "tfew-oci": ("tfew", {"defaults": "oci"}), "lora-oci": ("lora", {"defaults": "oci"}),
+    "vanilla-oci": ("vanilla", {"defaults": "oci", "num_of_last_layers": 4}),
+    "tfew-ls": ("tfew", {"label_set_losses": True}), "lora-ls": ("lora", {"label_set_losses": True}),
+}
+SCORING = {"banking8": (["label_accuracy"], 8), "travel10": (["label_accuracy"], 8),
+           "hotel-json": (["json_fields", "exact_match"], 48)}  # scorers (the first is the score), max tokens
 BASE = "smollm2-135m-instruct"
 
 
@@ -61,6 +78,8 @@ def build_set(name: str, work: Path) -> tuple[Path, Path | None, Path, Path]:
     if name == "banking8":
         test = ROOT / "examples/clinc150/test.jsonl"
         return ROOT / "examples/clinc150/train.jsonl", None, test, test
+    if name == "hotel-json":
+        return build_hotel_json(work)
     if name != "travel10":
         raise SystemExit(f"unknown set {name}")
     data = json.loads((SOURCE / "data_small.json").read_text())
@@ -79,6 +98,55 @@ def build_set(name: str, work: Path) -> tuple[Path, Path | None, Path, Path]:
     return (write_jsonl(work / "travel10-train.jsonl", train), write_jsonl(work / "travel10-valid.jsonl", valid),
             write_jsonl(work / "travel10-test.jsonl", test),
             write_jsonl(work / "travel10-test-plain.jsonl", [{"messages": r["messages"][1:]} for r in test]))
+
+
+HOTEL_PHRASINGS = [
+    "Book a hotel in {city} for {nights} nights for {guests} people{bf}.",
+    "I need a room in {city}, {guests} guests, {nights} nights{bf}.",
+    "Can you find us a place to stay in {city}? We are {guests} and staying {nights} nights{bf}.",
+    "{nights} nights in {city} for {guests}, please{bf}.",
+    "Looking for accommodation: {city}, {nights} nights, party of {guests}{bf}.",
+    "We'd like to stay {nights} nights in {city}, {guests} adults{bf}.",
+    "Please reserve {nights} nights at a hotel in {city} for {guests} guests{bf}.",
+    "hotel {city} {nights} nights {guests} ppl{bf}",
+    "My family of {guests} is visiting {city} for {nights} nights; find a hotel{bf}.",
+    # only in the test set
+    "Any rooms in {city}? {guests} of us, {nights} nights{bf}.",
+    "Reserve accommodation in {city} for {guests} travellers over {nights} nights{bf}.",
+    "For {nights} nights we ({guests} people) need a hotel in {city}{bf}.",
+]
+TRAIN_CITIES = ["Lisbon", "Madrid", "Paris", "Berlin", "Rome", "Vienna", "Prague", "Dublin", "Oslo", "Athens",
+                "Warsaw", "Budapest", "Zurich", "Brussels", "Amsterdam", "Copenhagen", "Helsinki", "Stockholm",
+                "Tokyo", "Seoul", "Bangkok", "Sydney", "Toronto", "Chicago", "Boston", "Denver", "Lima",
+                "Bogota", "Cairo", "Nairobi"]
+TEST_CITIES = ["Porto", "Seville", "Lyon", "Munich", "Milan", "Salzburg", "Krakow", "Edinburgh", "Bergen",
+               "Naples", "Riga", "Tallinn", "Geneva", "Antwerp", "Kyoto", "Osaka", "Hanoi", "Melbourne",
+               "Montreal", "Santiago"]
+BREAKFAST = [(", breakfast included", True), (", with breakfast", True), (", no breakfast", False), ("", False)]
+HOTEL_INSTRUCTION = ('Extract the hotel request as JSON with the keys "city" (string), "nights" (integer), '
+                     '"guests" (integer) and "breakfast" (true or false), and answer with the JSON only.')
+
+
+def build_hotel_json(work: Path) -> tuple[Path, Path, Path, Path]:
+    """The hotel-json set (see the module docstring): seeded, so every run builds the same files."""
+    rng = random.Random(2024)
+
+    def rows(n: int, cities: list[str], phrasings: list[str]) -> list[dict]:
+        out = []
+        for _ in range(n):
+            city, nights, guests = rng.choice(cities), rng.randint(1, 14), rng.randint(1, 6)
+            bf_text, bf = rng.choice(BREAKFAST)
+            text = rng.choice(phrasings).format(city=city, nights=nights, guests=guests, bf=bf_text)
+            answer = json.dumps({"city": city, "nights": nights, "guests": guests, "breakfast": bf})
+            out.append({"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]})
+        return out
+
+    seen, unseen = HOTEL_PHRASINGS[:9], HOTEL_PHRASINGS[9:]
+    train, valid = rows(100, TRAIN_CITIES, seen), rows(20, TRAIN_CITIES, seen)
+    test = rows(75, TEST_CITIES, seen) + rows(25, TEST_CITIES, unseen)
+    instructed = [{"messages": [{"role": "system", "content": HOTEL_INSTRUCTION}, *r["messages"]]} for r in test]
+    return (write_jsonl(work / "hotel-json-train.jsonl", train), write_jsonl(work / "hotel-json-valid.jsonl", valid),
+            write_jsonl(work / "hotel-json-test.jsonl", instructed), write_jsonl(work / "hotel-json-test-plain.jsonl", test))
 
 
 def plain_peft_lora(base_path: str, train_path: Path, out: Path, epochs=4, batch=8, lr=1e-3, seed=0) -> float:
@@ -163,7 +231,7 @@ def training_seconds(run) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--set", default="banking8", choices=["banking8", "travel10"])
+    ap.add_argument("--set", default="banking8", choices=list(SCORING))
     ap.add_argument("--rungs", default=ALL_RUNGS)
     ap.add_argument("--few-shot-k", type=int, default=8)
     ap.add_argument("--reuse", action="append", default=[], metavar="RUNG=JOB_ID",
@@ -188,11 +256,15 @@ def main() -> None:
     index = P.ExampleIndex(train)
     results, started = {}, time.time()
 
+    scorers, max_tokens = SCORING[args.set]
+
     def evaluate(name: str, model: str, strategy: str = "zero-shot", **extra) -> None:
-        run = run_eval(model, tests if model == BASE else plain, strategy=strategy, k=args.few_shot_k, index=index, scorers=["label_accuracy"],
-                       max_tokens=8, save=False)
+        run = run_eval(model, tests if model == BASE else plain, strategy=strategy, k=args.few_shot_k, index=index,
+                       scorers=scorers, max_tokens=max_tokens, save=False)
         results[name] = {"accuracy": run["score"], "ci": [run["ci_low"], run["ci_high"]], "n": run["n"],
-                         "prompt_tokens": run["tokens"]["prompt"], **extra}
+                         "scorer": scorers[0], "prompt_tokens": run["tokens"]["prompt"],
+                         "scores": {k: {"mean": v["mean"], "ci": [v["ci_low"], v["ci_high"]]}
+                                    for k, v in run["aggregates"].items()}, **extra}
         print(f"[quality] {args.set} {name}: {run['score']:.3f} [{run['ci_low']:.3f}, {run['ci_high']:.3f}]",
               flush=True)
 
@@ -218,11 +290,8 @@ def main() -> None:
     if "peft" in rungs and args.peft_first:
         peft_rung()
     for rung in (r for r in rungs if r not in reuse):  # the product's jobs train one at a time, and are scored once all are done (no CPU overlap)
-        method, _, defaults = rung.partition("-")
-        if method in ("tfew", "lora", "vanilla"):
-            hp = {"defaults": defaults} if defaults else {}
-            if method == "vanilla":
-                hp["num_of_last_layers"] = 4
+        if rung in JOB_RUNGS:
+            method, hp = JOB_RUNGS[rung]
             jobs[rung] = fm.create(model=BASE, train_data_path=str(train_path), register_to=f"q-{rung}",
                                    eval_data_path=str(valid_path) if valid_path else None,
                                    training_method=method, seed=0, **hp)

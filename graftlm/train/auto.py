@@ -2,17 +2,22 @@
 
 The rule (deterministic: the same dataset, method and model give the same picks; explicit values win):
 
-- batch size: 4 below 100 training examples, 8 below 1,000, else 16.
-- epochs: enough for about 100 optimizer steps, between 3 and 10; above 10,000 examples fewer than 3, so
-  that a run sees at most 30,000 examples. OCI's default (3 epochs, batch 8) is what auto replaces: from
-  267 examples up, auto trains 3 epochs too; at 200 examples it trains 4 (1.33x the OCI default's cost);
-  below, the minimum of 100 steps costs more than 3 epochs but stays small in absolute terms.
-- learning rate: the method's base x min(1, 576 / hidden_size) x sqrt(batch / 8), times
-  ``learning_rate_multiplier`` when given. The LoRA and T-Few bases come from runs on SmolLM2-135M
-  (hidden 576, fp32 CPU) on the CLINC150 banking slice (LoRA at 2e-3: 0.887 exact label accuracy, at
-  OCI's 2e-4: 0.725; T-Few at 1e-2: 0.838), checked on held-out travel intents by bench/quality.py
-  (README). Vanilla's 5e-5 is a common full fine-tuning rate for small models, not yet measured here.
-  Wider models get proportionally smaller rates (the usual width scaling), larger batches sqrt-scaled ones.
+- epochs: 4 below 300 training examples, else 3 (OCI's default, what auto replaces), so a run costs at
+  most 4/3 of OCI's default run (a step's compute is proportional to its examples); a run sees at least
+  400 examples (more epochs below 100 examples, at most 10); above 10,000 examples fewer than 3, so that
+  a run sees at most 30,000 examples.
+- batch size: the largest power of two, from 2 to 16, that still gives about 100 optimizer steps over those
+  epochs (100 examples: batch 4; 200: 8; 1,000: 16). Small sets get more steps from smaller batches
+  instead of more epochs: the previous rule (batch 4/8/16, epochs for ~100 steps) trained 8 epochs at
+  100 examples, 2.7x OCI's cost. bench/auto_rule.py measures the trade on a tiny model (README).
+- learning rate: the method's base x min(1, 576 / hidden_size) x sqrt(batch / 8) above batch 8 (the
+  base at and below 8), times ``learning_rate_multiplier`` when given. The LoRA and T-Few bases come
+  from runs on SmolLM2-135M (hidden 576, fp32 CPU) on the CLINC150 banking slice (LoRA at 2e-3: 0.887
+  exact label accuracy, at OCI's 2e-4: 0.725; T-Few at 1e-2: 0.838), checked on held-out travel intents
+  by bench/quality.py (README). Vanilla's 5e-5 is a common full fine-tuning rate for small models, not
+  yet measured here. Wider models get proportionally smaller rates (the usual width scaling), larger
+  batches sqrt-scaled ones.
+- no learning-rate probe: the picks cost nothing beyond the run itself.
 
 Training-set statistics (examples, target tokens, distinct completions) are reported with the picks.
 """
