@@ -75,7 +75,7 @@ def bench_graftlm(model_path, examples, args, out) -> tuple[float, int]:
 def _lora():
     from peft import LoraConfig
 
-    from graftlm.train.config import LLAMA_LINEAR_MODULES
+    from graftlm.train.methods.lora import LLAMA_LINEAR_MODULES
     return LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=8, lora_dropout=0.1, target_modules=LLAMA_LINEAR_MODULES)
 
 

@@ -13,8 +13,8 @@ from graftlm.config import get_settings
 from graftlm.errors import GraftError
 from graftlm.models.catalog import base_model_of, get_model, list_models
 from graftlm.store import blobs
-from graftlm.train.config import (DEFAULT_LEARNING_RATE, DEFAULT_PATIENCE, DEFAULT_THRESHOLD, METHOD_FIELDS,
-                                  OCI_DEFAULTS, FineTuneConfig)
+from graftlm.train.config import METHOD_FIELDS, FineTuneConfig, oci_defaults
+from graftlm.train.methods import METHODS
 
 # OpenAI's and Databricks' spellings of fields the form already has (the API accepts them; the form shows one)
 ALIASES = ("n_epochs", "batch_size", "learning_rate_multiplier", "training_duration")
@@ -59,10 +59,7 @@ def finetune_form() -> dict:
     `defaults` is "oci"), the fields only some methods read, and the alias fields the form leaves out."""
     return {"schema": FineTuneConfig.model_json_schema(), "aliases": list(ALIASES),
             "method_fields": {k: list(v) for k, v in METHOD_FIELDS.items()},
-            "oci_defaults": {m: {**OCI_DEFAULTS, "learning_rate": DEFAULT_LEARNING_RATE[m],
-                                 "early_stopping_patience": DEFAULT_PATIENCE[m],
-                                 "early_stopping_threshold": DEFAULT_THRESHOLD[m]}
-                             for m in DEFAULT_LEARNING_RATE}}
+            "oci_defaults": {m: oci_defaults(m) for m in METHODS}}
 
 
 def model_archive(model_id: str) -> tuple[Path, str]:

@@ -25,6 +25,7 @@ from graftlm.jobs.tracking import tracker_for
 from graftlm.models.catalog import get_model
 from graftlm.store.db import session
 from graftlm.store.models import FineTuningJob, JobCheckpoint, Model, new_id, now
+from graftlm.train.methods import get_method
 
 HEARTBEAT_SECONDS = 5.0
 
@@ -142,7 +143,9 @@ def metrics_csv(job_id: str) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-ADAPTER_TYPES = {"tfew": "ia3", "lora": "lora", "qlora": "lora", "vanilla": "full"}
+def adapter_type(method: str) -> str:
+    """What the registry records for a model trained with ``method`` (the method's module says)."""
+    return get_method(method).ADAPTER_TYPE
 
 
 def register_checkpoint_model(s, job: FineTuningJob, step: int, path: Path, metrics: dict) -> str | None:
@@ -168,7 +171,7 @@ def register_checkpoint_model(s, job: FineTuningJob, step: int, path: Path, metr
     s.merge(Model(id=model_id, kind="custom", family=base["family"], parent=job.model, path=str(target),
                   parameter_count=base["parameter_count"], context_length=base["context_length"],
                   license=base["license"], source=f"checkpoint:{job.id}:step-{step}",
-                  adapter_type=ADAPTER_TYPES[job.config.get("training_method", "lora")], lineage=lineage))
+                  adapter_type=adapter_type(job.config.get("training_method", "lora")), lineage=lineage))
     return model_id
 
 
@@ -179,7 +182,6 @@ def register_custom_model(job: FineTuningJob, result, cfg: dict, hashes: dict) -
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(result.model_dir, target)
-    adapter_type = ADAPTER_TYPES[cfg["training_method"]]
     lineage = {"base_model": job.model, "base_model_sha256": base["sha256"], "job_id": job.id,
                "training_file": job.training_file, "validation_file": job.validation_file,
                "method": cfg["training_method"], "task_type": cfg.get("task_type"), "datasets": hashes,
@@ -189,8 +191,8 @@ def register_custom_model(job: FineTuningJob, result, cfg: dict, hashes: dict) -
     with session() as s:
         s.merge(Model(id=model_id, kind="custom", family=base["family"], parent=job.model, path=str(target),
                       parameter_count=base["parameter_count"], context_length=base["context_length"],
-                      license=base["license"], source=f"fine-tune:{job.id}", adapter_type=adapter_type,
-                      lineage=lineage))
+                      license=base["license"], source=f"fine-tune:{job.id}",
+                      adapter_type=adapter_type(cfg["training_method"]), lineage=lineage))
     return model_id
 
 

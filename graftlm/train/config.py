@@ -8,7 +8,9 @@ Two sets of defaults, chosen by ``defaults``:
 - ``"oci"``: OCI's documented values (3 epochs, batch 8, T-Few 0.01 / LoRA 2e-4 / vanilla 1e-5,
   LoRA r 8, alpha 8, dropout 0.1, warmup 3%), all resolved here.
 
-Explicit values always win. Early-stopping defaults are method-specific in both. Aliases
+Explicit values always win. Early-stopping defaults are method-specific in both. What is method-specific
+(learning rates, the fields a method reads and their defaults, early stopping) is declared by the method's own
+module in graftlm.train.methods; the tables here are built from them. Aliases
 (``n_epochs``, ``batch_size``, ``learning_rate_multiplier``, ``training_duration``, ``method``,
 ``max_seq_length``) are mapped onto the OCI names and kept as given, so a job records what the user
 asked for. A field that belongs to another method is refused, naming the method it belongs to.
@@ -23,25 +25,23 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from graftlm.errors import GraftError
+from graftlm.train.methods import METHODS, get_method, method_fields
+from graftlm.train.methods.lora import LLAMA_LINEAR_MODULES
 
-Method = Literal["tfew", "lora", "qlora", "vanilla"]
+Method = Literal[METHODS]
 TaskType = Literal["CHAT_COMPLETION", "CONTINUED_PRETRAIN"]
 
 Defaults = Literal["auto", "oci"]
 
-DEFAULT_LEARNING_RATE = {"tfew": 1e-2, "lora": 2e-4, "qlora": 2e-4, "vanilla": 1e-5}  # OCI's
-AUTO_BASE_LEARNING_RATE = {"tfew": 1e-2, "lora": 2e-3, "qlora": 2e-3, "vanilla": 5e-5}  # see graftlm.train.auto
-OCI_DEFAULTS = {"total_training_epochs": 3, "training_batch_size": 8, "lora_r": 8, "lora_alpha": 8,
-                "lora_dropout": 0.1, "warmup_ratio": 0.03}
-AUTO_STATIC_DEFAULTS = {"lora_r": 16, "lora_dropout": 0.05, "warmup_ratio": 0.1}  # lora_alpha: 2 x lora_r
+OCI_GENERAL_DEFAULTS = {"total_training_epochs": 3, "training_batch_size": 8, "warmup_ratio": 0.03}
+AUTO_GENERAL_DEFAULTS = {"warmup_ratio": 0.1}  # epochs, batch size, learning rate: graftlm.train.auto
 AUTO_MAX_LR_SCALE = 2.0  # the auto learning rate is at most 2x the method's auto base (batch 32)
-METHOD_FIELDS = {  # hyperparameters only some methods read
-    "lora_r": ("lora", "qlora"), "lora_alpha": ("lora", "qlora"), "lora_dropout": ("lora", "qlora"),
-    "lora_target_modules": ("lora", "qlora"), "num_of_last_layers": ("vanilla",),
-}
-DEFAULT_PATIENCE = {"tfew": 6, "lora": 15, "qlora": 15, "vanilla": 15}
-DEFAULT_THRESHOLD = {"tfew": 1e-2, "lora": 1e-4, "qlora": 1e-4, "vanilla": 1e-4}
-LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# per-method tables, from each method's module
+DEFAULT_LEARNING_RATE = {m: get_method(m).OCI_LEARNING_RATE for m in METHODS}  # OCI's
+AUTO_BASE_LEARNING_RATE = {m: get_method(m).AUTO_BASE_LEARNING_RATE for m in METHODS}  # see graftlm.train.auto
+METHOD_FIELDS = method_fields()  # hyperparameters only some methods read
+DEFAULT_PATIENCE = {m: get_method(m).EARLY_STOPPING_PATIENCE for m in METHODS}
+DEFAULT_THRESHOLD = {m: get_method(m).EARLY_STOPPING_THRESHOLD for m in METHODS}
 ALL_LINEAR = "all-linear"  # PEFT's shorthand: every linear layer of the decoder (not the LM head)
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ep|ba)\s*$")
@@ -156,17 +156,15 @@ class FineTuneConfig(BaseModel):
                     raise _field_error("learning_rate_multiplier", f"can give a learning rate of {lr:g}, above 1")
         if self.label_set_losses and self.task_type != "CHAT_COMPLETION":
             raise _field_error("label_set_losses", "needs task_type CHAT_COMPLETION (answers from a label set)")
-        defaults = OCI_DEFAULTS if self.defaults == "oci" else AUTO_STATIC_DEFAULTS
+        m = get_method(method)
+        defaults = ({**OCI_GENERAL_DEFAULTS, **m.OCI_DEFAULTS} if self.defaults == "oci"
+                    else {**AUTO_GENERAL_DEFAULTS, **m.AUTO_DEFAULTS})
         if self.defaults == "oci" and self.learning_rate is None:
             self.learning_rate = DEFAULT_LEARNING_RATE[method]
         for name, value in defaults.items():  # a field another method reads stays None (and unstored)
-            if getattr(self, name) is None and method in METHOD_FIELDS.get(name, (method,)):
+            if getattr(self, name) is None:
                 setattr(self, name, value)
-        if method in METHOD_FIELDS["lora_r"]:
-            if self.lora_alpha is None:
-                self.lora_alpha = 2 * self.lora_r
-            if self.lora_target_modules is None:
-                self.lora_target_modules = list(LLAMA_LINEAR_MODULES)
+        m.fill_defaults(self)
         if self.early_stopping_patience is None:
             self.early_stopping_patience = DEFAULT_PATIENCE[method]
         if self.early_stopping_threshold is None:
@@ -178,6 +176,14 @@ class FineTuneConfig(BaseModel):
     def resolved(self) -> bool:
         """Whether epochs, batch size and learning rate are all known (auto resolves them at training time)."""
         return None not in (self.total_training_epochs, self.training_batch_size, self.learning_rate)
+
+
+def oci_defaults(method: str) -> dict:
+    """Every value ``defaults: "oci"`` gives a job of ``method`` (the console shows them)."""
+    m = get_method(method)
+    return {**OCI_GENERAL_DEFAULTS, **m.OCI_DEFAULTS, "learning_rate": m.OCI_LEARNING_RATE,
+            "early_stopping_patience": m.EARLY_STOPPING_PATIENCE,
+            "early_stopping_threshold": m.EARLY_STOPPING_THRESHOLD}
 
 
 def check_method_fields(data: dict) -> None:
@@ -213,7 +219,7 @@ def parse_config(data: dict | FineTuneConfig | None = None, **overrides) -> Fine
     if isinstance(data, FineTuneConfig):
         data = data.model_dump(exclude_unset=True)
     data = {**(data or {}), **overrides}
-    if data.get("training_method", data.get("method", "lora")) in ("tfew", "lora", "qlora", "vanilla"):
+    if data.get("training_method", data.get("method", "lora")) in METHODS:
         check_method_fields(data)  # an unknown method is reported by validation instead
     try:
         return FineTuneConfig.model_validate(data)
@@ -222,14 +228,5 @@ def parse_config(data: dict | FineTuneConfig | None = None, **overrides) -> Fine
 
 
 def check_runtime(cfg: FineTuneConfig) -> None:
-    """Refuse what this machine cannot run, before a job is queued."""
-    if cfg.training_method == "qlora":
-        import torch
-        if not torch.cuda.is_available():
-            raise GraftError("training_method qlora needs a CUDA GPU (4-bit NF4 via bitsandbytes); "
-                             "this machine has none: use lora instead", param="training_method")
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise GraftError("training_method qlora needs the bitsandbytes package; install it or use lora",
-                             param="training_method") from None
+    """Refuse what this machine cannot run, before a job is queued (the method's own check)."""
+    get_method(cfg.training_method).check_runtime()

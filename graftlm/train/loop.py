@@ -429,8 +429,8 @@ def maybe_checkpoint(run: Run, state: TrainState, at_eval: bool) -> None:
 
 def checkpoint(run: Run, state: TrainState) -> Path:
     """Save the step (keeping only it and the best one) and announce it."""
-    # LoRA / T-Few checkpoints carry their adapter, so each can be served as a model; vanilla's would be full weights
-    export = None if run.cfg.training_method == "vanilla" else (
+    # an adapter method's checkpoints carry their adapter, so each can be served as a model (full weights: not)
+    export = None if run.method.ADAPTER_TYPE == "full" else (
         lambda d: run.method.save(run.model, d, tokenizer=run.tokenizer))
     path = ckpt.save_checkpoint(run.checkpoints, run.model, run.optimizer,
                                 {**asdict(state), "last_saved_step": state.step}, run.info, export=export)

@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+from graftlm.errors import GraftError
 from graftlm.train.methods import save_adapter as save  # noqa: F401
-from graftlm.train.methods.lora import lora_config
+from graftlm.train.methods.lora import (  # noqa: F401 - LoRA's facts: the same adapter, another base
+    ADAPTER_TYPE, AUTO_BASE_LEARNING_RATE, AUTO_DEFAULTS, EARLY_STOPPING_PATIENCE, EARLY_STOPPING_THRESHOLD, FIELDS,
+    OCI_DEFAULTS, OCI_LEARNING_RATE, fill_defaults, lora_config)
+
+
+def check_runtime() -> None:
+    import torch
+    if not torch.cuda.is_available():
+        raise GraftError("training_method qlora needs a CUDA GPU (4-bit NF4 via bitsandbytes); "
+                         "this machine has none: use lora instead", param="training_method")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise GraftError("training_method qlora needs the bitsandbytes package; install it or use lora",
+                         param="training_method") from None
 
 
 def load_kwargs(cfg) -> dict:

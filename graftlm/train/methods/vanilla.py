@@ -8,9 +8,17 @@ Without N every weight trains. The result is a complete model directory with its
 
 from __future__ import annotations
 
+from graftlm.train.methods import no_defaults_to_fill as fill_defaults, no_load_kwargs as load_kwargs  # noqa: F401
+from graftlm.train.methods import runs_anywhere as check_runtime  # noqa: F401
 
-def load_kwargs(cfg) -> dict:
-    return {}
+ADAPTER_TYPE = "full"
+FIELDS = ("num_of_last_layers",)
+OCI_DEFAULTS: dict = {}  # num_of_last_layers None: every layer trains
+AUTO_DEFAULTS: dict = {}
+OCI_LEARNING_RATE = 1e-5
+AUTO_BASE_LEARNING_RATE = 5e-5  # a common full fine-tuning rate for small models, not yet measured here
+EARLY_STOPPING_PATIENCE = 15
+EARLY_STOPPING_THRESHOLD = 1e-4
 
 
 def prepare(model, cfg):
