@@ -38,7 +38,13 @@ def create_app(run_scheduler: bool = True) -> FastAPI:
             scheduler = Scheduler()
             scheduler.start()
         revalidation = start_revalidation()
+        from graftlm.config import get_settings
+        from graftlm.observe import logs
+
+        stop_sweeper = logs.start_sweeper(get_settings().log_sweep_interval_s)
         yield
+        stop_sweeper.set()
+        logs.flush()
         if scheduler:
             scheduler.stop()
         if revalidation:
@@ -78,7 +84,7 @@ def create_app(run_scheduler: bool = True) -> FastAPI:
         return app.openapi()
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
-    for module in (files, models, clusters, fine_tuning, inference, rag_api, evals_api, console):
+    for module in (files, models, clusters, fine_tuning, inference, rag_api, evals_api, console, observe_api):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(observe_api.metrics_router)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from graftlm.observe import metrics
+from graftlm.observe import logs, metrics
 
 INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 CLIENT_GONE = 499  # nginx's code for a client that closed the connection before the answer ended
@@ -42,6 +42,24 @@ class Observation:
         self.recorded = True
         endpoint, model = labels_of(self.target)
         metrics.record_request(endpoint, model, status, outputs, started_s=self.started_s)
+        if outputs and (self.target.endpoint or {}).get("log_requests"):
+            self.log(outputs, status)
+
+    def log(self, outputs: list, status: int) -> None:
+        first = outputs[0]
+        times = [o.token_times_s[0] - o.arrival_s for o in outputs if o.token_times_s]
+        logs.record({
+            "id": self.completion_id, "endpoint_id": self.target.endpoint["id"],
+            "endpoint_name": self.target.endpoint["name"], "model": self.target.model["id"],
+            "adapter": self.target.adapter, "kind": self.kind, "status": status,
+            "finish_reason": "length" if first.finish_reason == "length" else "stop",
+            "prompt_tokens": first.prompt_tokens, "completion_tokens": sum(o.completion_tokens for o in outputs),
+            "latency_ms": round((time.perf_counter() - self.started_s) * 1000, 3),
+            "ttft_ms": round(min(times) * 1000, 3) if times else None,
+            "request": self.body,
+            "response": {"choices": [{"index": i, "text": o.text,
+                                      "finish_reason": "length" if o.finish_reason == "length" else "stop"}
+                                     for i, o in enumerate(outputs)]}})
 
 
 def observe(request, target, *, completion_id: str, kind: str, body: dict) -> Observation:

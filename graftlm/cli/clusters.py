@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from graftlm.cli.common import console, friendly_errors, print_json
+from graftlm.cli.common import console, friendly_errors, iso_time, print_json
 from graftlm.clusters import clusters, endpoints, metering
 
 clusters_app = typer.Typer(no_args_is_help=True)
@@ -66,9 +66,67 @@ def delete_cluster(cluster_id: str):
 @endpoints_app.command("create")
 @friendly_errors
 def create_endpoint(model: str = typer.Option(..., "--model"), cluster: str = typer.Option(..., "--cluster"),
-                    name: Optional[str] = typer.Option(None, "--name")):
-    e = endpoints.create_endpoint(model, clusters.resolve_cluster_id(cluster), name)
-    console.print(f"created endpoint [bold]{e['name']}[/] ({e['id']}) → {e['model']}")
+                    name: Optional[str] = typer.Option(None, "--name"),
+                    log_requests: bool = typer.Option(False, "--log-requests",
+                                                      help="store each completion (see graft endpoints logs)"),
+                    log_retention_days: Optional[int] = typer.Option(None, "--log-retention-days",
+                                                                     help="keep logs this many days (30)")):
+    e = endpoints.create_endpoint(model, clusters.resolve_cluster_id(cluster), name, log_requests=log_requests,
+                                  log_retention_days=log_retention_days)
+    console.print(f"created endpoint [bold]{e['name']}[/] ({e['id']}) → {e['model']}"
+                  + (f", logging requests for {e['log_retention_days']} days" if e["log_requests"] else ""))
+
+
+def _endpoint_id(name_or_id: str) -> str:
+    e = endpoints.find_endpoint(name_or_id)
+    return e["id"] if e else name_or_id
+
+
+@endpoints_app.command("update")
+@friendly_errors
+def update_endpoint(endpoint: str, model: Optional[str] = typer.Option(None, "--model"),
+                    name: Optional[str] = typer.Option(None, "--name"),
+                    log_requests: Optional[bool] = typer.Option(None, "--log-requests/--no-log-requests"),
+                    log_retention_days: Optional[int] = typer.Option(None, "--log-retention-days")):
+    """Change an endpoint (by id or name): its model, name, request logging."""
+    e = endpoints.update_endpoint(_endpoint_id(endpoint), name=name, model=model, log_requests=log_requests,
+                                  log_retention_days=log_retention_days)
+    print_json(e)
+
+
+@endpoints_app.command("logs")
+@friendly_errors
+def endpoint_logs(endpoint: str, limit: int = typer.Option(20, "--limit"),
+                  after: Optional[str] = typer.Option(None, "--after", help="the last id of the previous page"),
+                  since: Optional[str] = typer.Option(None, "--since", help="ISO date/time, or e.g. 2h, 7d"),
+                  min_rating: Optional[float] = typer.Option(None, "--min-rating", help="1-5 (thumbs up = 5)"),
+                  max_rating: Optional[float] = typer.Option(None, "--max-rating", help="1-5 (thumbs down = 1)"),
+                  feedback: Optional[bool] = typer.Option(None, "--feedback/--no-feedback",
+                                                          help="only rows with (without) feedback"),
+                  json: bool = typer.Option(False, "--json")):
+    """An endpoint's logged completions (by id or name), newest first."""
+    from graftlm.cli.common import parse_since
+    from graftlm.observe import logs
+
+    page = logs.list_logs(_endpoint_id(endpoint), after=after, limit=limit, since=parse_since(since),
+                          min_rating=min_rating, max_rating=max_rating, has_feedback=feedback)
+    if json:
+        return print_json(page)
+    for r in page["data"]:  # one block per completion: ids and texts stay whole at any width
+        ask = r["request"] or {}
+        prompt = ask["messages"][-1]["content"] if ask.get("messages") else ask.get("prompt", "")
+        answer = ((r["response"] or {}).get("choices") or [{}])[0].get("text", "")
+        fb = r["feedback"]
+        rating = "" if fb is None else f"  rating {fb['rating']}" + ("  (corrected)" if fb["correction"] else "")
+        console.print(f"[bold]{r['id']}[/]  {iso_time(r['created_at'])}  {r['model']}  "
+                      f"{r['usage']['prompt_tokens']}+{r['usage']['completion_tokens']} tokens  "
+                      f"{r['latency_ms']:.0f} ms{rating}", soft_wrap=True)
+        console.print(f"  prompt: {prompt[:200]!r}", soft_wrap=True, markup=False)
+        console.print(f"  answer: {answer[:200]!r}", soft_wrap=True, markup=False)
+        if fb and fb["correction"]:
+            console.print(f"  correction: {fb['correction'][:200]!r}", soft_wrap=True, markup=False)
+    if page["has_more"]:
+        console.print(f"more: --after {page['data'][-1]['id']}")
 
 
 @endpoints_app.command("list")

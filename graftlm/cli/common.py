@@ -23,6 +23,23 @@ def iso_time(ts: float | int | None) -> str:
     return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
 
 
+def parse_since(text: str | None) -> int | None:
+    """``--since``: an ISO date or date-time (local time unless it has an offset), or an age like 30m, 2h, 7d."""
+    if text is None:
+        return None
+    import re
+    import time
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if m:
+        return int(time.time() - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
+    try:
+        return int(datetime.fromisoformat(text.strip()).timestamp())
+    except ValueError:
+        raise GraftError(f"--since takes an ISO date/time or an age like 2h or 7d, not {text!r}",
+                         param="since") from None
+
+
 def print_json(obj) -> None:
     sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
 

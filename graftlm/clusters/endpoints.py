@@ -29,7 +29,18 @@ listeners: list[Callable[[dict, str], None]] = []
 def endpoint_to_dict(e: Endpoint) -> dict:
     return {"id": e.id, "object": "endpoint", "name": e.name, "model": e.model,
             "dedicated_ai_cluster_id": e.dedicated_ai_cluster_id, "lifecycle_state": e.lifecycle_state,
+            "log_requests": bool(e.log_requests), "log_retention_days": e.log_retention_days,
             "created_at": e.created_at, "updated_at": e.updated_at}
+
+
+MAX_RETENTION_DAYS = 3650
+
+
+def _check_retention(days: int | None) -> None:
+    if days is not None and (isinstance(days, bool) or not isinstance(days, int)
+                             or not 1 <= days <= MAX_RETENTION_DAYS):
+        raise GraftError(f"log_retention_days must be an integer from 1 to {MAX_RETENTION_DAYS}",
+                         param="log_retention_days")
 
 
 def _notify(endpoint: dict, event: str) -> None:
@@ -61,7 +72,11 @@ def _name_taken(s, name: str, exclude: str | None = None) -> bool:
     return any(e.id != exclude for e in s.scalars(q))
 
 
-def create_endpoint(model: str, dedicated_ai_cluster_id: str, name: str | None = None) -> dict:
+def create_endpoint(model: str, dedicated_ai_cluster_id: str, name: str | None = None, *,
+                    log_requests: bool = False, log_retention_days: int | None = None) -> dict:
+    """``log_requests``: store each completion (request, response, latency, tokens) for
+    ``log_retention_days`` (default 30), for GET /v1/endpoints/{id}/logs, feedback and `graft data from-logs`."""
+    _check_retention(log_retention_days)
     with session() as s:
         cluster = get_cluster_row(s, dedicated_ai_cluster_id)
         if cluster.type != "HOSTING":
@@ -76,7 +91,8 @@ def create_endpoint(model: str, dedicated_ai_cluster_id: str, name: str | None =
         name = name or eid
         if _name_taken(s, name):
             raise Conflict(f"an endpoint named {name!r} already exists", param="name", code="name_taken")
-        e = Endpoint(id=eid, name=name, model=model, dedicated_ai_cluster_id=cluster.id, lifecycle_state="ACTIVE")
+        e = Endpoint(id=eid, name=name, model=model, dedicated_ai_cluster_id=cluster.id, lifecycle_state="ACTIVE",
+                     log_requests=bool(log_requests), log_retention_days=log_retention_days or 30)
         s.add(e)
         s.flush()
         out = endpoint_to_dict(e)
@@ -119,9 +135,15 @@ def list_endpoints_page(cluster_id: str | None = None, *, after: str | None = No
         return {"object": "list", "data": [endpoint_to_dict(e) for e in rows], "has_more": more}
 
 
-def update_endpoint(endpoint_id: str, *, name: str | None = None, model: str | None = None) -> dict:
+def update_endpoint(endpoint_id: str, *, name: str | None = None, model: str | None = None,
+                    log_requests: bool | None = None, log_retention_days: int | None = None) -> dict:
+    _check_retention(log_retention_days)
     with session() as s:
         e = _get_row(s, endpoint_id)
+        if log_requests is not None:
+            e.log_requests = bool(log_requests)
+        if log_retention_days is not None:
+            e.log_retention_days = log_retention_days
         if name is not None:
             if _name_taken(s, name, exclude=e.id):
                 raise Conflict(f"an endpoint named {name!r} already exists", param="name", code="name_taken")

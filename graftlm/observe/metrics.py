@@ -36,8 +36,8 @@ INTER_TOKEN = Histogram("graftlm_inter_token_latency_seconds", "Between consecut
                         buckets=TOKEN_GAP_BUCKETS, registry=REGISTRY)
 E2E = Histogram("graftlm_e2e_request_latency_seconds", "From queueing a request to its last token", LABELS,
                 buckets=LATENCY_BUCKETS, registry=REGISTRY)
-FEEDBACK = Counter("graftlm_feedback", "Feedback on logged completions by rating (-1/1 thumbs, or 1-5 stars)",
-                   ("endpoint", "rating"), registry=REGISTRY)
+FEEDBACK = Counter("graftlm_feedback", "Feedback on logged completions by scale (thumbs: -1/1, stars: 1-5) and "
+                   "rating", ("endpoint", "scale", "rating"), registry=REGISTRY)
 LOG_WRITE_ERRORS = Counter("graftlm_request_log_write_errors", "Request-log rows that could not be written",
                            ("endpoint",), registry=REGISTRY)
 
@@ -64,8 +64,8 @@ def record_request(endpoint: str, model: str, status: int | str, outputs: list =
     E2E.labels(*labels).observe(max(0.0, end - start))
 
 
-def record_feedback(endpoint: str, rating: int) -> None:
-    FEEDBACK.labels(endpoint or "", str(rating)).inc()
+def record_feedback(endpoint: str, scale: str, rating: int) -> None:
+    FEEDBACK.labels(endpoint or "", scale, str(rating)).inc()
 
 
 class RuntimeCollector:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, false
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -133,8 +133,41 @@ class Endpoint(Base):
     model: Mapped[str] = mapped_column(ForeignKey("models.id"))
     dedicated_ai_cluster_id: Mapped[str] = mapped_column(ForeignKey("dedicated_ai_clusters.id"), index=True)
     lifecycle_state: Mapped[str] = mapped_column(String(30), default="CREATING")
+    log_requests: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    log_retention_days: Mapped[int] = mapped_column(Integer, default=30, server_default="30")
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     updated_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class RequestLog(Base):
+    """One logged completion of an endpoint with ``log_requests`` on; ``id`` is the completion id the client got.
+    The request and response are ``body`` (small) or the blob ``body_sha256`` (GRAFT_HOME/blobs/request-logs);
+    feedback on the completion is on its row (the latest one wins)."""
+    __tablename__ = "request_logs"
+    __table_args__ = (Index("ix_request_logs_endpoint_created", "endpoint_id", "created_ns"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(String(64))
+    endpoint_name: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(300))
+    adapter: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    kind: Mapped[str] = mapped_column(String(10))  # chat | text
+    status: Mapped[int] = mapped_column(Integer)
+    finish_reason: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    prompt_sha256: Mapped[str] = mapped_column(String(64), index=True)  # the same prompt, for pairing answers
+    body: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    body_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    body_bytes: Mapped[int] = mapped_column(Integer)
+    rating: Mapped[int | None] = mapped_column(Integer, nullable=True)  # as sent: -1/1, or 1-5
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)  # the rating on 1-5 (thumbs: 1 or 5)
+    correction: Mapped[str | None] = mapped_column(Text, nullable=True)
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    feedback_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    created_ns: Mapped[int] = mapped_column(BigInteger)  # orders the rows of one second (pages, sweeps)
 
 
 class UsageRecord(Base):

@@ -28,12 +28,16 @@ class EndpointIn(BaseModel):
     model: str
     dedicated_ai_cluster_id: str
     name: str | None = None
+    log_requests: bool = False
+    log_retention_days: int | None = Field(None, ge=1, le=endpoints.MAX_RETENTION_DAYS)
 
 
 class EndpointPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str | None = None
     name: str | None = None
+    log_requests: bool | None = None
+    log_retention_days: int | None = Field(None, ge=1, le=endpoints.MAX_RETENTION_DAYS)
 
 
 @router.post("/dedicated_ai_clusters")
@@ -59,7 +63,9 @@ async def delete_cluster(cluster_id: str):
 
 @router.post("/endpoints")
 async def create_endpoint(body: EndpointIn):
-    return await run_in_threadpool(endpoints.create_endpoint, body.model, body.dedicated_ai_cluster_id, body.name)
+    return await run_in_threadpool(lambda: endpoints.create_endpoint(
+        body.model, body.dedicated_ai_cluster_id, body.name, log_requests=body.log_requests,
+        log_retention_days=body.log_retention_days))
 
 
 @router.get("/endpoints")
@@ -75,7 +81,9 @@ async def get_endpoint(endpoint_id: str):
 
 @router.patch("/endpoints/{endpoint_id}")
 async def update_endpoint(endpoint_id: str, body: EndpointPatch):
-    return await run_in_threadpool(endpoints.update_endpoint, endpoint_id, name=body.name, model=body.model)
+    return await run_in_threadpool(lambda: endpoints.update_endpoint(
+        endpoint_id, name=body.name, model=body.model, log_requests=body.log_requests,
+        log_retention_days=body.log_retention_days))
 
 
 @router.delete("/endpoints/{endpoint_id}")
