@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.graft-installed
-EXTRAS := rag,postgres,mlflow,dist,dev
+EXTRAS := rag,postgres,mlflow,dist,structured,dev
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 

@@ -192,6 +192,13 @@ class Engine:
                              param="max_tokens", code="kv_cache_exceeded")
 
     @functools.cached_property
+    def grammars(self):
+        """The structured-output compiler for this engine's tokenizer (built on first use; serve.grammar)."""
+        from .grammar import Grammars
+
+        return Grammars(self.tokenizer, self.model.shape.vocab, self.eos_ids)
+
+    @functools.cached_property
     def max_token_chars(self) -> int:
         """The longest vocabulary entry in characters: no token covers more characters of text than that."""
         return max(1, max(map(len, self.tokenizer.get_vocab()), default=1))
@@ -360,9 +367,7 @@ class Engine:
             logits = logits.clone()
             adjust_logits(logits, params, [s.output_ids for s in seqs])
             if grammar_rows:
-                from .grammar import apply_masks
-
-                apply_masks(logits, [seqs[i].matcher for i in grammar_rows], grammar_rows)
+                self.grammars.apply_masks(logits, [seqs[i].matcher for i in grammar_rows], grammar_rows)
         return sample(logits, params, [s.generator for s in seqs], raw=raw)
 
     def _add_token(self, seq: Sequence, token: int, logprob) -> None:

@@ -374,8 +374,12 @@ async def response_grammar(req: ChatRequest, engine):
     fmt = req.response_format
     if fmt is None or fmt.type == "text":
         return None
-    raise GraftError(f"response_format type {fmt.type!r} is not supported yet", param="response_format",
-                     code="unsupported_parameter")
+    if fmt.type == "json_object":
+        return await run_in_threadpool(lambda: engine.grammars.json_object())
+    if fmt.json_schema is None:
+        raise GraftError("response_format json_schema needs a json_schema object {name, schema, strict}",
+                         param="response_format.json_schema")
+    return await run_in_threadpool(engine.grammars.json_schema, fmt.json_schema.schema_)
 
 
 @router.post("/completions")
