@@ -26,23 +26,9 @@ from graftlm.serve import Engine, SamplingParams, default_dtype
 from graftlm.serve.adapters import read_adapter
 from graftlm.serve.model import read_shape
 from graftlm.testing.adapters import make_peft_adapters
+from graftlm.testing.models import build_smollm_shaped_llama
 
 RESULTS = Path(__file__).parent / "results" / "serve.json"
-
-
-def build_random_llama(path: Path) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from graftlm.testing.models import build_tiny_tokenizer
-
-    tok = build_tiny_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
-                      tie_word_embeddings=True, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def pct(xs, q):
@@ -278,7 +264,7 @@ def main():
     args = ap.parse_args()
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="graft-bench-"))
-    model_path = args.model_path.expanduser() if args.model_path else build_random_llama(tmp / "model")
+    model_path = args.model_path.expanduser() if args.model_path else build_smollm_shaped_llama(tmp / "model")
     half = args.batch // 2
     adapters = {
         "lora": make_peft_adapters(model_path, [tmp / f"lora{i}" for i in range(half)], "lora", r=8, scale=0.05),

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from graftlm.testing.models import build_smollm_shaped_llama
+
 
 def matmul_peak(dtype, n=1024, reps=10) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
@@ -27,22 +29,6 @@ def matmul_peak(dtype, n=1024, reps=10) -> float:
     for _ in range(reps):
         a @ b
     return 2 * n**3 * reps / (time.perf_counter() - t)
-
-
-def random_model(path: Path, layers: int) -> Path:
-    """SmolLM2-135M's shape with random weights and the tiny test tokenizer (ids < 384, vocab 49152)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from graftlm.testing.models import build_tiny_tokenizer
-    tok = build_tiny_tokenizer()
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
-                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def chat_examples(n: int) -> list[dict]:
@@ -132,7 +118,8 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    model_path = Path(args.model_path).expanduser() if args.model_path else random_model(work / "model", args.layers)
+    model_path = (Path(args.model_path).expanduser() if args.model_path else
+                  build_smollm_shaped_llama(work / "model", layers=args.layers, vocab_size=49152))
     from transformers import AutoConfig
     c = AutoConfig.from_pretrained(model_path)
     h, kv_dim = c.hidden_size, c.hidden_size * c.num_key_value_heads // c.num_attention_heads

@@ -134,22 +134,6 @@ def extract(rev: str, dst: Path) -> Path:
     return dst
 
 
-def build_model(path: Path, layers: int) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from graftlm.testing.models import build_tiny_tokenizer
-    tok = build_tiny_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
-                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
-                      tie_word_embeddings=True, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def run_child(tree: Path, what: str, args, extra: list[str]) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "GRAFT_DTYPE": "float32", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "GRAFT_HOME": str(args.work / "home")}
@@ -175,6 +159,7 @@ def compare(what: str, trees: dict, args, extra: list[str]) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rev", default=DEFAULT_REV)
+    ap.add_argument("--this-rev", help="measure this commit instead of the working tree (extracted the same way)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="train,serve")
     ap.add_argument("--layers", type=int, default=8, help="depth of the random SmolLM2-135M-shaped model")
@@ -194,11 +179,13 @@ def main():
     import torch
 
     from graftlm.testing.adapters import make_peft_adapters
+    from graftlm.testing.models import build_smollm_shaped_llama
     args.work = Path(tempfile.mkdtemp(prefix="bench-vs-baseline-"))
     rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.rev], check=True, capture_output=True,
                          text=True).stdout.strip()
-    trees = {f"baseline {rev}": extract(args.rev, args.work / "baseline"), "this tree": ROOT}
-    model = build_model(args.work / "model", args.layers)
+    this = extract(args.this_rev, args.work / "this") if args.this_rev else ROOT
+    trees = {f"baseline {rev}": extract(args.rev, args.work / "baseline"), "this tree": this}
+    model = build_smollm_shaped_llama(args.work / "model", layers=args.layers)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU")
     print(f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads, fp32; "

@@ -80,3 +80,21 @@ def build_learnable_llama(path: str | Path, *, hidden: int = 64) -> Path:
         model.model.norm.weight.mul_(8)
     model.save_pretrained(path)
     return Path(path)
+
+
+def build_smollm_shaped_llama(path: str | Path, *, layers: int = 30, vocab_size: int | None = None) -> Path:
+    """SmolLM2-135M's shape (hidden 576, 9 heads, 3 KV heads, FFN 1536) with random weights and the tiny test
+    tokenizer, for benchmarks: ``layers`` deep (30 like the real model), ``vocab_size`` rows of embeddings
+    (None: the tokenizer's; 49152 for the real model's LM-head cost; ids stay below the tokenizer's size)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tiny_tokenizer()
+    cfg = LlamaConfig(vocab_size=vocab_size or len(tok), hidden_size=576, intermediate_size=1536,
+                      num_hidden_layers=layers, num_attention_heads=9, num_key_value_heads=3,
+                      max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return Path(path)
