@@ -16,7 +16,7 @@ from graftlm import rag
 from graftlm.cli.common import console, err_console, friendly_errors, print_json
 from graftlm.cli.remote import connect
 from graftlm.errors import GraftError
-from graftlm.rag import metrics, ragas
+from graftlm.rag import evaluation, metrics
 from graftlm.rag.backend import METADATA_KEY
 
 app = typer.Typer(no_args_is_help=True)
@@ -180,100 +180,6 @@ def search(kb: str, query: str, top_k: int = typer.Option(5, "--top-k"),
 
 # graft rag eval --------------------------------------------------------------------------------------
 
-def load_questions(path: Path) -> list[dict]:
-    rows = []
-    for lineno, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GraftError(f"{path.name} line {lineno}: invalid JSON: {e.msg}") from e
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
-            raise GraftError(f"{path.name} line {lineno}: field \"question\" must be a non-empty string")
-        rows.append({"id": str(row.get("id", lineno)), "question": row["question"], "answer": row.get("answer"),
-                     "relevant": [str(d) for d in row.get("relevant") or []]})
-    if not rows:
-        raise GraftError(f"{path.name}: no questions")
-    return rows
-
-
-def parse_mode(spec: str) -> tuple[str, dict]:
-    """"hybrid", "hybrid+rerank" (default ranker), "dense+mmr", "hybrid+llm:<model>" -> (mode, search kwargs)."""
-    mode, _, second = spec.partition("+")
-    if mode not in rag.MODES:
-        raise GraftError(f"mode {spec!r}: the first part must be one of {', '.join(rag.MODES)}", param="modes")
-    if not second:
-        return mode, {}
-    return mode, {"rerank": True, "ranker": None if second == "rerank" else second}
-
-
-def evaluate(kb: str, questions: list[dict], *, modes: list[str], qrels: dict | None = None, model: str | None = None,
-             judge_model: str | None = None, top_k: int = 10, context_k: int = 4) -> dict:
-    """Retrieval metrics per mode (when judgments exist) and, with a model, RAGAS metrics of its answers."""
-    from graftlm.rag.generate import grounded_prompt
-
-    kb_obj = rag.get_kb(kb)
-    qrels = qrels or {q["id"]: {d: 1.0 for d in q["relevant"]} for q in questions if q["relevant"]}
-    results = {}
-    for spec in modes:
-        mode, kw = parse_mode(spec)
-        started = time.perf_counter()
-        hits = {q["id"]: rag.search(kb_obj, q["question"], top_k=top_k, mode=mode, **kw) for q in questions}
-        row = {"search_s_per_query": (time.perf_counter() - started) / len(questions)}
-        judged = {q: r for q, r in qrels.items() if q in hits}
-        if judged:
-            run = {q: [h["document_id"] for h in hits[q]] for q in judged}
-            row["retrieval"] = metrics.evaluate(run, judged, k=min(10, top_k), recall_k=top_k)
-        if model:
-            from graftlm.clusters.hosting import get_runtime
-            from graftlm.inference.service import chat_batch
-
-            engine = get_runtime().resolve(model).engine
-            passages = {q: [{**h, "index": i} for i, h in enumerate(hits[q][:context_k], start=1)] for q in hits}
-            fitted = {q["id"]: grounded_prompt(engine, [{"role": "user", "content": q["question"]}], passages[q["id"]],
-                                               max_tokens=128) for q in questions}
-            passages = {q: kept for q, (_, kept) in fitted.items()}  # RAGAS judges the passages the model saw
-            asks = [(model, fitted[q["id"]][0]) for q in questions]
-            answers = [o["text"] for o in chat_batch(asks, max_tokens=128)]
-            rows = [{"question": q["question"], "answer": a, "contexts": [p["text"] for p in passages[q["id"]]],
-                     "reference": q["answer"]} for q, a in zip(questions, answers)]
-            scored = ragas.evaluate(rows, ragas.chat_judge(judge_model or model),
-                                    ragas.embedder(kb_obj.embedding_model))
-            row["generation"] = scored["mean"]
-            row["answers"] = [{"id": q["id"], "answer": a, **s}
-                              for q, a, s in zip(questions, answers, scored["per_question"])]
-        results[spec] = row
-    return {"knowledge_base": kb_obj.id, "questions": len(questions), "model": model,
-            "judge_model": judge_model or model, "top_k": top_k, "modes": results}
-
-
-def _columns(report: dict) -> list[tuple[str, str]]:
-    cols = []
-    for row in report["modes"].values():
-        for group in ("retrieval", "generation"):
-            for name in row.get(group, {}):
-                if (group, name) not in cols:
-                    cols.append((group, name))
-    return cols
-
-
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.4f}"
-
-
-def markdown(report: dict) -> str:
-    cols = _columns(report)
-    lines = [f"# RAG evaluation: {report['questions']} questions, knowledge base {report['knowledge_base']}", "",
-             f"model: {report['model'] or '-'}, judge: {report['judge_model'] or '-'}, top_k: {report['top_k']}", "",
-             "| mode | " + " | ".join(n for _, n in cols) + " | s/query |",
-             "|---" * (len(cols) + 2) + "|"]
-    for spec, row in report["modes"].items():
-        cells = [_fmt(row.get(g, {}).get(n)) for g, n in cols]
-        lines.append(f"| {spec} | " + " | ".join(cells) + f" | {row['search_s_per_query']:.3f} |")
-    return "\n".join(lines) + "\n"
-
-
 @rag_app.command("eval")
 @friendly_errors
 def eval_(kb: str = typer.Option(..., "--kb", help="knowledge base id or name"),
@@ -285,19 +191,19 @@ def eval_(kb: str = typer.Option(..., "--kb", help="knowledge base id or name"),
           top_k: int = typer.Option(10, "--top-k"),
           out: Optional[Path] = typer.Option(None, help="directory for report.json and report.md")):
     """Retrieval metrics (nDCG@10, recall, precision, MRR) per mode, and RAGAS metrics with --model."""
-    rows = load_questions(questions)
+    rows = evaluation.load_questions(questions)
     judgments = metrics.load_qrels(qrels) if qrels else None
-    report = evaluate(kb, rows, modes=[m.strip() for m in modes.split(",") if m.strip()], qrels=judgments,
+    report = evaluation.evaluate(kb, rows, modes=[m.strip() for m in modes.split(",") if m.strip()], qrels=judgments,
                       model=model, judge_model=judge_model, top_k=top_k)
-    cols = _columns(report)
+    cols = evaluation.columns(report)
     table = Table("mode", *(n for _, n in cols), "s/query", title=f"RAG eval ({report['questions']} questions)")
     for spec, row in report["modes"].items():
-        table.add_row(spec, *(_fmt(row.get(g, {}).get(n)) for g, n in cols), f"{row['search_s_per_query']:.3f}")
+        table.add_row(spec, *(evaluation.fmt(row.get(g, {}).get(n)) for g, n in cols), f"{row['search_s_per_query']:.3f}")
     console.print(table)
     if not cols:
         console.print("no relevance judgments (--qrels or \"relevant\") and no --model: only timings reported")
     out = out or Path(f"rag-eval-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(markdown(report))
+    (out / "report.md").write_text(evaluation.markdown(report))
     console.print(f"wrote {out / 'report.json'} and {out / 'report.md'}")

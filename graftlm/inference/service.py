@@ -33,7 +33,3 @@ def chat_batch(requests: list[tuple[str, list[dict]]], *, max_tokens: int = 64, 
             results[i] = {"text": out.text, "finish_reason": out.finish_reason,
                           "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens}
     return results
-
-
-def chat(model: str, messages: list[dict], **kwargs) -> str:
-    return chat_batch([(model, messages)], **kwargs)[0]["text"]

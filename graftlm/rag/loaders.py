@@ -107,15 +107,20 @@ def _load_pdf(path: Path, meta: dict) -> dict:
             "metadata": {**meta, "pages": len(pages)}}
 
 
-def _load_jsonl(path: Path, meta: dict) -> list[dict]:
-    docs = []
-    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+def jsonl_rows(name: str, text: str):
+    """(line number, parsed value) of each non-blank line; invalid JSON is a GraftError naming the line."""
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            yield lineno, json.loads(line)
         except json.JSONDecodeError as e:
-            raise GraftError(f"{path.name} line {lineno}: invalid JSON: {e.msg}") from e
+            raise GraftError(f"{name} line {lineno}: invalid JSON: {e.msg}") from e
+
+
+def _load_jsonl(path: Path, meta: dict) -> list[dict]:
+    docs = []
+    for lineno, row in jsonl_rows(path.name, _read_text(path)):
         if not isinstance(row, dict):
             raise GraftError(f"{path.name} line {lineno}: expected an object with a \"text\" field")
         text = row.get("text")
