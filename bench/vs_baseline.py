@@ -33,20 +33,13 @@ import time
 from io import BytesIO
 from pathlib import Path
 
+from workloads import chat_examples
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REV = "07fc72b"  # "tidy: paged attention build logging ...": main before the issue 15 redesign
 
 
 # --- child: one measurement in one tree ------------------------------------------------------------------
-
-def chat_examples(n: int) -> list[dict]:
-    questions = ["what is my account balance please", "book a flight to paris and a hotel in london",
-                 "how are you today", "transfer money between accounts", "check the weather for tomorrow"]
-    answers = ["your balance is 100 dollars", "i booked the flight to paris", "i am fine thank you",
-               "the transfer is done", "tomorrow the weather is fine"]
-    return [{"messages": [{"role": "user", "content": questions[i % 5] + f" {i}", "weight": 0},
-                          {"role": "assistant", "content": answers[(i * 3) % 5], "weight": 1}]} for i in range(n)]
-
 
 def child_train(args) -> dict:
     import torch
@@ -152,7 +145,9 @@ def compare(what: str, trees: dict, args, extra: list[str]) -> dict:
         order = list(trees) if r % 2 == 0 else list(trees)[::-1]
         for name in order:
             runs[name].append(run_child(trees[name], what, args, extra))
-            print(f"  {what} round {r + 1} {name}: done", flush=True)
+            tps = runs[name][-1]["tokens_per_s"]
+            shown = f"{tps:.1f}" if isinstance(tps, float) else ", ".join(f"{k} {v:.1f}" for k, v in tps.items())
+            print(f"  {what} round {r + 1} {name}: tokens/s {shown}", flush=True)
     return runs
 
 
