@@ -82,7 +82,7 @@ CASES = [  # (line written at line 2, expected (field, message fragment))
     ({"messages": [U, dict(A, weight=True)]}, ("messages[1].weight", "must be 0 or 1, got True")),
     ({"messages": [dict(U, weight=1), A]}, ("messages[0].weight", "only allowed on assistant messages")),
     ({"messages": [U, dict(A, weight=0)]}, ("messages", "every assistant message has weight 0")),
-    ({"messages": [U, dict(A, tool_calls=[])]}, ("messages[1].tool_calls", "unknown field")),
+    ({"messages": [U, dict(A, tool_calls=[])]}, ("messages[1].tool_calls", "must be a non-empty array of calls")),
     (SHAREGPT, ("conversations", "mixed formats")),
     (b"", (None, "blank line")),
     (b"   \t", (None, "blank line")),

@@ -6,6 +6,8 @@ be normalized and trained on. Field paths look like ``messages[2].role``; ``None
 
 from __future__ import annotations
 
+import json
+
 from graftlm.data.formats import FORMATS, SHAREGPT_ROLES, detect_format
 
 CHAT_ROLES = ("system", "user", "assistant")
@@ -98,7 +100,120 @@ def _order(roles: list, field: str, role_key: str, errors: list) -> None:
         errors.append((f"{field}[{len(roles) - 1}].{role_key}", "the conversation ends with a user message; the last message must be from the assistant"))
 
 
+def _uses_tools(record: dict) -> bool:
+    messages = record.get("messages")
+    return "tools" in record or (type(messages) is list and any(
+        type(m) is dict and (m.get("role") == "tool" or "tool_calls" in m or "tool_call_id" in m) for m in messages))
+
+
+def _check_tools_field(tools, errors: list) -> set[str]:
+    """OpenAI's tools: [{"type": "function", "function": {"name", "description", "parameters"}}]; their names."""
+    names: set[str] = set()
+    if type(tools) is not list:
+        errors.append(("tools", f"must be an array of tools, got {json_type(tools)}"))
+        return names
+    for i, t in enumerate(tools):
+        fn = t.get("function") if type(t) is dict else None
+        if type(t) is not dict or t.get("type") != "function" or type(fn) is not dict:
+            errors.append((f"tools[{i}]", 'must be {"type": "function", "function": {"name", "parameters"}}'))
+        elif type(fn.get("name")) is not str or not fn["name"]:
+            errors.append((f"tools[{i}].function.name", "must be a non-empty string"))
+        elif "parameters" in fn and type(fn["parameters"]) is not dict:
+            errors.append((f"tools[{i}].function.parameters", "must be a JSON schema object"))
+        else:
+            names.add(fn["name"])
+    return names
+
+
+def _check_call(call, at: str, names: set[str] | None, errors: list) -> None:
+    fn = call.get("function") if type(call) is dict else None
+    if type(fn) is not dict:
+        errors.append((at, 'must be {"type": "function", "function": {"name", "arguments"}}'))
+        return
+    name = fn.get("name")
+    if type(name) is not str or not name:
+        errors.append((f"{at}.function.name", "must be a non-empty string"))
+    elif names is not None and name not in names:
+        errors.append((f"{at}.function.name", f"{name!r} is not among the line's tools ({', '.join(sorted(names))})"))
+    args = fn.get("arguments")
+    if type(args) is str:
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError:
+            errors.append((f"{at}.function.arguments", "is not valid JSON"))
+            return
+    if type(args) is not dict:
+        errors.append((f"{at}.function.arguments", f"must be a JSON object (or its text), got {json_type(args)}"))
+
+
+TOOL_MESSAGE_KEYS = {"system": {"role", "content", "name"}, "user": {"role", "content", "name"},
+                     "assistant": {"role", "content", "weight", "name", "tool_calls"},
+                     "tool": {"role", "content", "tool_call_id", "name"}}
+
+
+def check_tool_chat(record: dict) -> list:
+    """A chat line with tools (OpenAI's format): ``tools`` on the line, ``tool_calls`` on assistant messages,
+    ``role: "tool"`` results after them; the assistant's calls are learned like its text."""
+    errors: list = []
+    names = _check_tools_field(record["tools"], errors) if "tools" in record else None
+    messages = record["messages"]
+    if type(messages) is not list or not messages:
+        return errors + [("messages", "must be a non-empty array of messages")]
+    previous, seen_assistant = None, False
+    for i, m in enumerate(messages):
+        at = f"messages[{i}]"
+        if type(m) is not dict:
+            errors.append((at, f"must be an object with 'role' and 'content', got {json_type(m)}"))
+            return errors
+        role = m.get("role")
+        if role not in TOOL_MESSAGE_KEYS:
+            errors.append((f"{at}.role", f"must be one of assistant, system, tool, user, got {role!r}"))
+            return errors
+        for key in m:
+            if key not in TOOL_MESSAGE_KEYS[role]:
+                errors.append((f"{at}.{key}", f"is not a field of a {role} message"))
+        calls = m.get("tool_calls")
+        if calls is not None:
+            if type(calls) is not list or not calls:
+                errors.append((f"{at}.tool_calls", "must be a non-empty array of calls"))
+            else:
+                for k, call in enumerate(calls):
+                    _check_call(call, f"{at}.tool_calls[{k}]", names, errors)
+            if m.get("content") is not None and type(m["content"]) is not str:
+                errors.append((f"{at}.content", f"must be a string or null, got {json_type(m['content'])}"))
+        elif role == "tool":
+            if type(m.get("content")) is not str:
+                errors.append((f"{at}.content", "must be a string (the tool's result)"))
+        else:
+            _text(m.get("content"), f"{at}.content", errors) if "content" in m else errors.append(
+                (f"{at}.content", "is missing"))
+        if "weight" in m and m["weight"] not in (0, 1):
+            errors.append((f"{at}.weight", f"must be 0 or 1, got {m['weight']!r}"))
+        if role == "system":
+            if i:
+                errors.append((f"{at}.role", "a system message is only allowed as the first message"))
+        elif role == "tool":
+            if previous not in ("calls", "tool"):
+                errors.append((f"{at}.role", "a tool message must follow an assistant message with tool_calls"))
+        elif role == "user":
+            if previous == "user":
+                errors.append((f"{at}.role", "two user messages in a row; user and assistant must alternate"))
+        elif previous not in ("user", "tool"):
+            errors.append((f"{at}.role", "an assistant message must follow a user or tool message"))
+        if previous == "calls" and role != "tool":
+            errors.append((f"{at}.role", "the assistant's tool_calls must be answered by tool messages"))
+        seen_assistant = seen_assistant or role == "assistant"
+        previous = "calls" if calls else role if role != "system" else None
+    if not seen_assistant:
+        errors.append(("messages", "has no assistant message; there is nothing to learn"))
+    elif previous not in ("assistant", "calls"):
+        errors.append((f"messages[{len(messages) - 1}].role", "the last message must be from the assistant"))
+    return errors
+
+
 def check_chat(record: dict) -> list:
+    if _uses_tools(record):
+        return check_tool_chat(record)
     messages = record["messages"]
     errors: list = []
     roles = _turns(messages, "messages", "role", "content", _CHAT_ROLE_MAP, True, errors)

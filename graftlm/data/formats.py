@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from graftlm.data.tools import plain_messages
+
 FORMATS = ("prompt_completion", "chat", "sharegpt", "text")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system"}
@@ -38,8 +40,8 @@ def normalize(record: dict, fmt: str) -> dict:
                              {"role": "assistant", "content": record["completion"], "weight": 1}]}
     if fmt == "sharegpt":
         messages = [{"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]} for t in record["conversations"]]
-    elif fmt == "chat":
-        messages = [dict(m) for m in record["messages"]]
+    elif fmt == "chat":  # tools, tool calls and tool results are written as text, as they are served
+        messages = plain_messages([dict(m) for m in record["messages"]], record.get("tools"))
     else:
         raise ValueError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
     for m in messages:

@@ -163,6 +163,31 @@ class Grammars:
         return self._get("schema:" + text, lambda: self._compiler.compile_json_schema(
             text, strict_mode=True, any_whitespace=False), where)
 
+    def tool_call(self, tools: list[dict], name: str | None = None) -> Grammar:
+        """Exactly one call ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` of one of ``tools``
+        (OpenAI function tools), or of the function ``name``; arguments follow the function's parameters."""
+        options = []
+        for i, tool in enumerate(tools):
+            fn = tool["function"]
+            if name is not None and fn["name"] != name:
+                continue
+            params = fn.get("parameters") or {"type": "object"}
+            check_schema(params, f"tools.{i}.function.parameters")
+            options.append({"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": params},
+                            "required": ["name", "arguments"], "additionalProperties": False})
+        schema = options[0] if len(options) == 1 else {"anyOf": options}
+        text = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+        xgr = self._xgr
+
+        def compile_():
+            from graftlm.data.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+
+            body = xgr.Grammar.from_json_schema(text, any_whitespace=False, strict_mode=True)
+            grammar = xgr.Grammar.concat(xgr.Grammar.from_ebnf(f"root ::= {json.dumps(TOOL_CALL_OPEN)}"), body,
+                                         xgr.Grammar.from_ebnf(f"root ::= {json.dumps(TOOL_CALL_CLOSE)}"))
+            return self._compiler.compile_grammar(grammar)
+        return self._get("tool:" + text, compile_, "tools")
+
     def json_object(self) -> Grammar:
         """Any JSON object (OpenAI's ``json_object`` mode)."""
         return self._get("object", lambda: self._compiler.compile_json_schema(

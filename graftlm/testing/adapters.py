@@ -42,14 +42,14 @@ def make_peft_adapters(model_path: str | Path, outs: list, kind: str = "lora", r
     return [Path(o) for o in outs]
 
 
-def build_test_llama(path: str | Path, seed: int = 0, weight_scale: float = 6.0) -> Path:
+def build_test_llama(path: str | Path, seed: int = 0, weight_scale: float = 6.0, max_positions: int = 512) -> Path:
     """The tiny random Llama of ``graftlm.testing`` with weights scaled up so greedy outputs vary token to
     token (at the default init every prompt decodes to one repeated token, which would hide bugs)."""
     from safetensors.torch import load_file, save_file
 
     from graftlm.testing.models import build_tiny_llama
 
-    path = build_tiny_llama(path, seed=seed)
+    path = build_tiny_llama(path, seed=seed, max_positions=max_positions)
     f = Path(path) / "model.safetensors"
     tensors = load_file(f)
     tensors = {k: v if "norm" in k else v * weight_scale for k, v in tensors.items()}

@@ -18,6 +18,7 @@ from graftlm.api.limits import JSONInThreadRoute
 from graftlm.api.observing import CLIENT_GONE, finished_outputs, note_target, observe
 from graftlm.clusters.hosting import get_runtime
 from graftlm.data.render import render_prompt
+from graftlm.data.tools import TOOL_CALL_OPEN, parse_tool_calls, partial_open_tag, plain_messages
 from graftlm.errors import GraftError
 from graftlm.rag.generate import (RagOptions, answer_budget, citation, fit_prompt, mark_cited, question_of,
                                   rag_info, retrieve, run_mode, sampling)
@@ -27,6 +28,7 @@ router = APIRouter(route_class=JSONInThreadRoute)
 DEFAULT_MAX_TOKENS = 512
 MAX_STOPS, MAX_STOP_CHARS = 16, 1000  # matched against the text at every token
 StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+MAX_TOOLS, MAX_TOOL_CHARS = 128, 100_000
 MAX_MESSAGES = 2048  # each message takes >= 1 token: more can never fit a context (at most 2048 here)
 
 
@@ -45,10 +47,47 @@ class ContentPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str = Field(max_length=MAX_TOOL_CHARS)  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    id: str = Field(max_length=128)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: Annotated[str | list[ContentPart] | None, at_most(MAX_MESSAGES)] = None
+    tool_calls: Annotated[list[ToolCall] | None, at_most(MAX_TOOLS)] = None  # assistant turns
+    tool_call_id: str | None = Field(None, max_length=128)  # tool turns: the call answered
+
+
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str | None = Field(None, max_length=MAX_TOOL_CHARS)
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: NamedFunction
 
 
 MAX_N = 16  # choices per request
@@ -63,12 +102,13 @@ UNSUPPORTED_FIELDS = {
     "reasoning_effort": "the served models are not reasoning models",
     "verbosity": "verbosity is not supported",
     "metadata": "graftlm does not store chat completions, so there is nothing to attach metadata to",
-    "tools": "tool calling is not supported yet",
-    "tool_choice": "tool calling is not supported yet",
-    "parallel_tool_calls": "tool calling is not supported yet",
     "best_of": "best_of is not supported; send n for several choices",
     "suffix": "suffix (insertion) is not supported",
 }
+COMPLETIONS_UNSUPPORTED = {"tools": "tools are served by /v1/chat/completions",
+                           "tool_choice": "tools are served by /v1/chat/completions",
+                           "parallel_tool_calls": "tools are served by /v1/chat/completions",
+                           "response_format": "response_format is served by /v1/chat/completions"}
 
 
 class JsonSchemaFormat(BaseModel):
@@ -118,6 +158,9 @@ class ChatRequest(Sampling):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
+    tools: Annotated[list[Tool] | None, at_most(MAX_TOOLS)] = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(Sampling):
@@ -126,12 +169,13 @@ class CompletionRequest(Sampling):
     echo: bool = False
 
 
-def refuse_extras(extra: dict[str, Any], known: tuple[str, ...] = ()) -> None:
+def refuse_extras(extra: dict[str, Any], known: tuple[str, ...] = (), unsupported: dict | None = None) -> None:
     """A 400 naming the first field graftlm does not serve (an unsupported OpenAI field says why; an unknown
     one suggests the closest known field)."""
+    unsupported = UNSUPPORTED_FIELDS | (unsupported or {})
     for key in extra:
-        if key in UNSUPPORTED_FIELDS:
-            raise GraftError(f"{key}: {UNSUPPORTED_FIELDS[key]}", param=key, code="unsupported_parameter")
+        if key in unsupported:
+            raise GraftError(f"{key}: {unsupported[key]}", param=key, code="unsupported_parameter")
         if key not in known:
             import difflib
 
@@ -323,8 +367,70 @@ def total_usage(outs) -> dict:
 
 
 def chat_messages(req: ChatRequest) -> list[dict]:
-    return [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m)}
-            for m in req.messages]
+    """The messages as text (tools offered, tool calls and tool results written in, data.tools)."""
+    messages = []
+    for m in req.messages:
+        msg = {"role": "system" if m.role == "developer" else m.role, "content": message_text(m)}
+        if m.tool_calls:
+            msg["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+        messages.append(msg)
+    return plain_messages(messages, [t.model_dump() for t in req.tools] if offers_tools(req) else None)
+
+
+def offers_tools(req: ChatRequest) -> bool:
+    return bool(req.tools) and req.tool_choice != "none"
+
+
+def check_tools(req: ChatRequest) -> None:
+    if req.tool_choice is not None and not req.tools:
+        raise GraftError("tool_choice needs tools", param="tool_choice")
+    if isinstance(req.tool_choice, NamedToolChoice):
+        names = [t.function.name for t in req.tools]
+        if req.tool_choice.function.name not in names:
+            raise GraftError(f"tool_choice names {req.tool_choice.function.name!r}, which is not among the tools "
+                             f"({', '.join(names)})", param="tool_choice")
+    forced = req.tool_choice == "required" or isinstance(req.tool_choice, NamedToolChoice)
+    if forced and req.response_format is not None and req.response_format.type != "text":
+        raise GraftError("a required or named tool_choice already constrains the answer; drop response_format",
+                         param="response_format")
+
+
+class ToolStream:
+    """Streams one choice's content while holding back anything that may be a tool call; at the end, the
+    calls in OpenAI's delta shape."""
+
+    def __init__(self, names: set[str], parallel: bool):
+        self.names, self.parallel, self.text, self.sent = names, parallel, "", 0
+
+    def delta(self, delta) -> tuple[dict, str | None]:
+        self.text += delta.text
+        if not delta.finish_reason:
+            at = self.text.find(TOOL_CALL_OPEN)
+            safe = at if at >= 0 else len(self.text) - partial_open_tag(self.text)
+            out, self.sent = self.text[self.sent:max(safe, self.sent)], max(safe, self.sent)
+            return ({"content": out} if out else {}), None
+        content, calls = answer_calls(self.text, self.names, self.parallel)
+        if not calls:
+            rest = self.text[self.sent:]
+            return ({"content": rest} if rest else {}), finish(delta.finish_reason)
+        rest = (content or "")[self.sent:]
+        return ({"content": rest} if rest else {}) | {
+            "tool_calls": [c | {"index": k} for k, c in enumerate(calls)]}, "tool_calls"
+
+
+def answer_calls(text: str, names: set[str], parallel: bool) -> tuple[str | None, list[dict]]:
+    content, calls = parse_tool_calls(text, names)
+    return content, calls if parallel else calls[:1]
+
+
+def tool_grammar(req: ChatRequest, engine):
+    """A grammar forcing one valid call for tool_choice required or a named function; None otherwise."""
+    tools = [t.model_dump() for t in req.tools or []]
+    if req.tool_choice == "required":
+        return engine.grammars.tool_call(tools)
+    if isinstance(req.tool_choice, NamedToolChoice):
+        return engine.grammars.tool_call(tools, req.tool_choice.function.name)
+    return None
 
 
 @router.post("/chat/completions")
@@ -332,6 +438,7 @@ async def chat_completions(req: ChatRequest, request: Request):
     if (req.model_extra or {}).get("knowledge_base_id") is not None:  # RAG: retrieve, cite, generate
         return await rag_chat_completion(req, request)
     refuse_extras(req.model_extra or {})
+    check_tools(req)
     runtime = get_runtime()
     target = await run_in_threadpool(runtime.resolve, req.model)
     note_target(request, target)
@@ -341,12 +448,17 @@ async def chat_completions(req: ChatRequest, request: Request):
     prompt_ids = await run_in_threadpool(render_prompt, tokenizer, messages)  # CPU work off the event loop
     want_logprobs = (req.top_logprobs or 0) if req.logprobs else None
     params = sampling_params(req, len(prompt_ids), target.engine, want_logprobs)
-    params.grammar = await response_grammar(req, target.engine)
+    params.grammar = await response_grammar(req, target.engine) or \
+        await run_in_threadpool(tool_grammar, req, target.engine)
     handles = await submit(target, prompt_ids, params, req.n)
     rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     obs = observe(request, target, completion_id=rid, kind="chat", body={"messages": messages})
+    tools = offers_tools(req)
+    names, parallel = {t.function.name for t in req.tools or []}, req.parallel_tool_calls is not False
 
     if req.stream:
+        streams = [ToolStream(names, parallel) for _ in handles]
+
         def chunk(delta, index, first=False, usage=None):
             base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model}
             if usage is not None:
@@ -354,19 +466,29 @@ async def chat_completions(req: ChatRequest, request: Request):
             if first:
                 return base | {"choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
                                             "logprobs": None, "finish_reason": None}]}
-            return base | {"choices": [{"index": index, "delta": {"content": delta.text} if delta.text else {},
-                                        "logprobs": chat_logprobs(tokenizer, delta.logprobs),
-                                        "finish_reason": finish(delta.finish_reason) if delta.finish_reason else None}]}
+            if tools:
+                body, reason = streams[index].delta(delta)
+            else:
+                body = {"content": delta.text} if delta.text else {}
+                reason = finish(delta.finish_reason) if delta.finish_reason else None
+            return base | {"choices": [{"index": index, "delta": body,
+                                        "logprobs": chat_logprobs(tokenizer, delta.logprobs), "finish_reason": reason}]}
         include = bool((req.stream_options or {}).get("include_usage"))
         return stream_response(request, target, handles, len(prompt_ids), chunk, include, obs)
 
     outs = await collect(target, handles, obs)
+
+    def choice(i, out):
+        message, reason = {"role": "assistant", "content": out.text}, finish(out.finish_reason)
+        if tools:
+            content, calls = answer_calls(out.text, names, parallel)
+            if calls:
+                message, reason = {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
+        return {"index": i, "message": message, "logprobs": chat_logprobs(tokenizer, out.logprobs),
+                "finish_reason": reason}
     return {"id": rid, "object": "chat.completion", "created": created, "model": req.model,
             "system_fingerprint": f"graftlm-{target.model['id']}",
-            "choices": [{"index": i, "message": {"role": "assistant", "content": out.text},
-                         "logprobs": chat_logprobs(tokenizer, out.logprobs),
-                         "finish_reason": finish(out.finish_reason)} for i, out in enumerate(outs)],
-            "usage": total_usage(outs)}
+            "choices": [choice(i, out) for i, out in enumerate(outs)], "usage": total_usage(outs)}
 
 
 async def response_grammar(req: ChatRequest, engine):
@@ -384,7 +506,7 @@ async def response_grammar(req: ChatRequest, engine):
 
 @router.post("/completions")
 async def completions(req: CompletionRequest, request: Request):
-    refuse_extras(req.model_extra or {})
+    refuse_extras(req.model_extra or {}, unsupported=COMPLETIONS_UNSUPPORTED)
     prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
     if len(prompts) != 1:
         raise GraftError("send one prompt per request", param="prompt")
@@ -443,6 +565,10 @@ def rag_options(req: ChatRequest) -> RagOptions:
     refuse_extras({k: v for k, v in extra.items() if k in UNSUPPORTED_FIELDS})
     for name, default in RAG_REFUSED.items():
         if getattr(req, name) not in (default, {}):
+            raise GraftError(f"{name} is not supported with knowledge_base_id", param=name,
+                             code="unsupported_parameter")
+    for name in ("tools", "tool_choice", "parallel_tool_calls"):
+        if getattr(req, name) is not None:
             raise GraftError(f"{name} is not supported with knowledge_base_id", param=name,
                              code="unsupported_parameter")
     if req.response_format is not None and req.response_format.type != "text":
