@@ -41,7 +41,10 @@ def test_yaml_flat_or_nested_is_the_same_spec(tmp_path):
         "hyperparameters": {"n_epochs": "auto", "batch_size": 4}}}})
     assert openai.hyperparameter_dict() == {"batch_size": 4}
     with pytest.raises(GraftError, match="method.type"):
-        JobSpec.parse({"model": "m", "training_file": "f", "method": {"type": "dpo"}}).hyperparameter_dict()
+        JobSpec.parse({"model": "m", "training_file": "f", "method": {"type": "reinforcement"}}).hyperparameter_dict()
+    dpo = JobSpec.parse({"model": "m", "training_file": "f", "method": {"type": "dpo", "dpo": {
+        "hyperparameters": {"beta": 0.3, "n_epochs": "auto"}}}})
+    assert dpo.hyperparameter_dict() == {"objective": "dpo", "dpo_beta": 0.3}  # OpenAI's beta is dpo_beta
     (tmp_path / "list.yaml").write_text("- model\n")
     for bad, param in ((tmp_path / "list.yaml", "config"), (tmp_path / "missing.yaml", "config")):
         with pytest.raises(GraftError) as e:

@@ -24,7 +24,7 @@ def load_tokenizer(model_id: str):
 @app.command("validate")
 @friendly_errors
 def validate(file: str, model: Optional[str] = typer.Option(None, help="tokenize with this model for token stats"),
-             format: Optional[str] = typer.Option(None, "--format", help="prompt_completion|chat|sharegpt|text"),
+             format: Optional[str] = typer.Option(None, "--format", help="prompt_completion|chat|sharegpt|text|preference"),
              epochs: int = typer.Option(3, help="epochs for the training-token estimate"),
              context_length: Optional[int] = typer.Option(None, help="override the model's context length"),
              json: bool = typer.Option(False, "--json")):

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 
-from graftlm.data.formats import FORMATS, SHAREGPT_ROLES, detect_format
+from graftlm.data.formats import FORMATS, PREFERENCE_KEYS, SHAREGPT_ROLES, detect_format
 
 CHAT_ROLES = ("system", "user", "assistant")
 CHAT_MESSAGE_KEYS = frozenset(("role", "content", "weight", "name"))
-FORMAT_KEYS = {"chat": "messages", "sharegpt": "conversations", "prompt_completion": "prompt", "text": "text"}
+FORMAT_KEYS = {"chat": "messages", "sharegpt": "conversations", "prompt_completion": "prompt", "text": "text",
+               "preference": "preferred_output"}
+PREFERENCE_INPUT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
 def json_type(value) -> str:
@@ -251,9 +253,70 @@ def check_text(record: dict) -> list:
     return errors
 
 
+def _one_assistant_output(value, field: str, errors: list) -> None:
+    """A DPO output: an array of exactly one assistant message with text content."""
+    if type(value) is not list:
+        errors.append((field, f"must be an array with one assistant message, got {json_type(value)}"))
+        return
+    if len(value) != 1:
+        errors.append((field, f"must hold exactly one assistant message, got {len(value)}"))
+        return
+    m = value[0]
+    at = f"{field}[0]"
+    if type(m) is not dict:
+        errors.append((at, f"must be an object with 'role' and 'content', got {json_type(m)}"))
+        return
+    if m.get("role") != "assistant":
+        errors.append((f"{at}.role", f"must be assistant, got {m.get('role')!r}" if "role" in m else "is missing"))
+    if "content" in m:
+        _text(m["content"], f"{at}.content", errors)
+    else:
+        errors.append((f"{at}.content", "is missing"))
+    for key in m:
+        if key not in ("role", "content"):
+            errors.append((f"{at}.{key}", "unknown field; an output message has role and content"))
+
+
+def check_preference(record: dict) -> list:
+    """OpenAI's DPO line: {"input": {"messages": [...]}, "preferred_output": [assistant], "non_preferred_output":
+    [assistant]}; the input conversation ends with a user message."""
+    errors: list = []
+    for key in record:
+        if key not in PREFERENCE_KEYS:
+            errors.append((key, "unknown field; a preference line has input, preferred_output, non_preferred_output"))
+    inp = record.get("input")
+    if "input" not in record:
+        errors.append(("input", "is missing"))
+    elif type(inp) is not dict:
+        errors.append(("input", f"must be an object with 'messages', got {json_type(inp)}"))
+    elif "messages" not in inp:
+        errors.append(("input.messages", "is missing"))
+    else:
+        for key in inp:
+            if key not in ("messages", "tools", "parallel_tool_calls"):
+                errors.append((f"input.{key}", "unknown field; input has messages"))
+        if inp.get("tools"):
+            errors.append(("input.tools", "tool definitions are not supported in preference data yet"))
+        roles = _turns(inp["messages"], "input.messages", "role", "content", PREFERENCE_INPUT_ROLES, True, errors)
+        if roles and None not in roles:
+            if roles[-1] != "user":
+                errors.append((f"input.messages[{len(roles) - 1}].role",
+                               "the input must end with a user message (the outputs answer it)"))
+            else:
+                _order(roles + ["assistant"], "input.messages", "role", errors)  # the outputs answer the last turn
+    for key in ("preferred_output", "non_preferred_output"):
+        if key in record:
+            _one_assistant_output(record[key], key, errors)
+        else:
+            errors.append((key, "is missing"))
+    if not errors and record["preferred_output"][0]["content"] == record["non_preferred_output"][0]["content"]:
+        errors.append(("non_preferred_output[0].content", "is the same as the preferred output; nothing to learn"))
+    return errors
+
+
 _CHAT_ROLE_MAP = {r: r for r in CHAT_ROLES}
 CHECKS = {"chat": check_chat, "sharegpt": check_sharegpt, "prompt_completion": check_prompt_completion,
-          "text": check_text}
+          "text": check_text, "preference": check_preference}
 
 
 def fast_chat_ok(record: dict) -> bool:

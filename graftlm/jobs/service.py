@@ -45,6 +45,13 @@ def shown_hyperparameters(cfg: dict, run_info: dict | None) -> dict:
             "learning_rate_multiplier": cfg.get("learning_rate_multiplier") or "auto", **shown}
 
 
+def shown_method(cfg: dict, hyper: dict) -> dict:
+    """OpenAI's ``method``: supervised, or dpo with ``beta`` among its hyperparameters."""
+    if cfg.get("objective") == "dpo":
+        return {"type": "dpo", "dpo": {"hyperparameters": {**hyper, "beta": cfg.get("dpo_beta")}}}
+    return {"type": "supervised", "supervised": {"hyperparameters": hyper}}
+
+
 def shown_status(j: FineTuningJob) -> str:
     """A running job asked to stop is `cancelling` / `pausing` until its worker stops at the next step."""
     if j.status == "running" and j.requested_action in PENDING:
@@ -62,7 +69,7 @@ def job_to_dict(j: FineTuningJob) -> dict:
     return {"object": "fine_tuning.job", "id": j.id, "model": j.model, "status": shown_status(j),
             "fine_tuned_model": j.fine_tuned_model, "trained_tokens": j.trained_tokens, "error": j.error,
             "result_files": j.result_files or [], "hyperparameters": hyper,
-            "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+            "method": shown_method(j.config, hyper),
             "training_file": j.training_file, "validation_file": j.validation_file, "suffix": j.suffix,
             "seed": j.seed, "metadata": j.job_metadata, "created_at": j.created_at,
             "finished_at": j.finished_at, "estimated_finish": estimated_finish(j), "integrations": [],
@@ -102,6 +109,13 @@ def submit_job(spec: JobSpec) -> dict:
     cfg = parse_config(spec.hyperparameter_dict())
     check_runtime(cfg)
     statuses = [_check_file(training_file, "training_file"), _check_file(validation_file, "validation_file")]
+    if cfg.objective == "dpo":
+        for file_id, param in ((training_file, "training_file"), (validation_file, "validation_file")):
+            fmt = get_file_record(file_id).format if file_id else None
+            if fmt not in (None, "preference"):
+                raise GraftError(f"a dpo job trains on preference pairs (OpenAI's DPO JSONL: input, "
+                                 f"preferred_output, non_preferred_output); {file_id} is {fmt}", param=param,
+                                 code="invalid_file")
     if dedicated_ai_cluster_id:
         with session() as s:
             cluster = get_cluster_row(s, dedicated_ai_cluster_id)

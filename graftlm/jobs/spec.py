@@ -56,9 +56,17 @@ class JobSpec(StrictModel):
         merged = dict(self.hyperparameters or {})
         if self.method:
             kind = self.method.get("type", "supervised")
-            if kind != "supervised":
-                raise GraftError(f"method.type {kind!r} is not supported; use \"supervised\"", param="method.type")
-            merged |= (self.method.get("supervised") or {}).get("hyperparameters") or {}
+            if kind not in ("supervised", "dpo"):
+                raise GraftError(f"method.type {kind!r} is not supported; use \"supervised\" or \"dpo\"",
+                                 param="method.type")
+            given = dict((self.method.get(kind) or {}).get("hyperparameters") or {})
+            if kind == "dpo":
+                merged["objective"] = "dpo"
+                if "beta" in given:  # OpenAI's name
+                    beta = given.pop("beta")
+                    if beta != "auto":
+                        given["dpo_beta"] = beta
+            merged |= given
         for name in OPENAI_AUTO:
             if merged.get(name) == "auto":
                 merged.pop(name)

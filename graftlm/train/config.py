@@ -76,6 +76,11 @@ class FineTuneConfig(BaseModel):
     warmup_ratio: float | None = Field(None, ge=0, le=1, description="None: 0.1 (auto) or 0.03 (oci)")
     lr_scheduler: Literal["cosine", "linear"] = "cosine"
     weight_decay: float = Field(0.0, ge=0)
+    objective: Literal["supervised", "dpo"] = Field(
+        "supervised", description='"dpo": Direct Preference Optimization on preference pairs (OpenAI\'s method '
+        'type "dpo"); the reference model is the base with the adapter disabled')
+    dpo_beta: float | None = Field(None, gt=0, le=10, description="DPO: how far the policy may move from the "
+                                   "reference (OpenAI's beta); None: 0.1")
     label_set_losses: bool = Field(False, description="T-Few's unlikelihood and length-normalised losses (Liu et al. "
                                    "2022) over the other labels, for data whose answers come from a small label set")
 
@@ -154,6 +159,16 @@ class FineTuneConfig(BaseModel):
                 lr = AUTO_BASE_LEARNING_RATE[method] * AUTO_MAX_LR_SCALE * self.learning_rate_multiplier
                 if lr > 1:
                     raise _field_error("learning_rate_multiplier", f"can give a learning rate of {lr:g}, above 1")
+        if self.objective == "dpo":
+            if method == "vanilla":
+                raise _field_error("objective", "dpo needs an adapter method (tfew, lora, qlora): its reference "
+                                   "model is the base with the adapter disabled, and vanilla has no adapter")
+            if self.task_type != "CHAT_COMPLETION" or self.label_set_losses:
+                raise _field_error("objective", "dpo trains chat preference pairs (task_type CHAT_COMPLETION, "
+                                   "no label_set_losses)")
+            self.dpo_beta = 0.1 if self.dpo_beta is None else self.dpo_beta
+        elif self.dpo_beta is not None:
+            raise _field_error("dpo_beta", 'applies to objective "dpo" only')
         if self.label_set_losses and self.task_type != "CHAT_COMPLETION":
             raise _field_error("label_set_losses", "needs task_type CHAT_COMPLETION (answers from a label set)")
         m = get_method(method)

@@ -44,7 +44,7 @@ from graftlm.train import checkpoint as ckpt
 from graftlm.train import losses
 from graftlm.train.batching import IGNORE_INDEX, micro_batches, step_examples, steps_per_epoch, target_count
 from graftlm.train.config import FineTuneConfig, check_runtime, parse_config
-from graftlm.train.methods import count_parameters, get_method
+from graftlm.train.methods import count_parameters, dpo, get_method
 
 MAX_GRAD_NORM = 1.0
 EXACT_MATCH_MAX_TARGETS = 48  # validation completions up to this many target tokens get valid_exact_match
@@ -67,6 +67,8 @@ class TrainResult:
 
 def encode_examples(tokenizer, examples, cfg: FineTuneConfig) -> list[dict]:
     """Token ids and labels; continued pretraining learns every token, in context-length windows."""
+    if cfg.objective == "dpo":  # preference pairs: {"chosen", "rejected"} (graftlm.train.methods.dpo)
+        return dpo.encode_pairs(tokenizer, examples, cfg)
     out = []
     for ex in examples:
         if "input_ids" in ex:  # already tokenized
@@ -129,7 +131,9 @@ def reports_exact_match(examples: list[dict], cfg: FineTuneConfig) -> bool:
 
 @torch.no_grad()
 def evaluate(model, examples: list[dict], cfg: FineTuneConfig, device, dtype, exact_match: bool = False) -> dict:
-    """Validation loss and token accuracy (OCI's), and valid_exact_match when asked for."""
+    """Validation loss and token accuracy (OCI's), and valid_exact_match when asked for (DPO: its own)."""
+    if cfg.objective == "dpo":
+        return dpo.evaluate(model, examples, cfg, device, dtype, target_logits)
     model.eval()
     loss_sum = correct = exact = 0.0
     n = sum(target_count(e) for e in examples)
@@ -284,8 +288,13 @@ def prepare(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[di
     if "device_map" not in extra:
         model.to(device)
     model = method.prepare(model, cfg)
+    sft_view = train_set
+    if cfg.objective == "dpo":  # the reference log-probs, once per example (adapter disabled; cached on disk)
+        for name, pairs in (("train", train_set), ("valid", valid_set)):
+            dpo.attach_reference(model, pairs, cfg, device, dtype, target_logits, Path(out_dir), name)
+        sft_view = [p["chosen"] for p in train_set]
     # auto: epochs, batch size, learning rate from the data and the model (deterministic, so a resumed run agrees)
-    cfg, auto = auto_hp.resolve(cfg, auto_hp.dataset_stats(train_set), model.config.hidden_size)
+    cfg, auto = auto_hp.resolve(cfg, auto_hp.dataset_stats(sft_view), model.config.hidden_size)
     per_epoch = steps_per_epoch(len(train_set), cfg.training_batch_size)
     if cfg.gradient_checkpointing:
         causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -302,7 +311,7 @@ def prepare(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[di
     return Run(cfg=cfg, method=method, tokenizer=tokenizer, model=model, optimizer=optimizer,
                params=[p for _, p in params], train_set=train_set, valid_set=valid_set, device=device, dtype=dtype,
                total_steps=cfg.max_steps or cfg.total_training_epochs * per_epoch, per_epoch=per_epoch,
-               exact_match=reports_exact_match(valid_set, cfg),
+               exact_match=cfg.objective != "dpo" and reports_exact_match(valid_set, cfg),
                label_set=losses.label_set(train_set) if cfg.label_set_losses else None,
                out_dir=Path(out_dir), info=info, auto=auto,
                trainable=trainable, total=total, emit=emit, started=started)
@@ -346,6 +355,14 @@ def train_step(run: Run, state: TrainState) -> dict:
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     examples = [run.train_set[i] for i in indices]
+    if cfg.objective == "dpo":
+        metrics, tokens = dpo.backward_step(run.model, examples, cfg, run.device, run.dtype, target_logits)
+        state.trained_tokens += tokens
+        torch.nn.utils.clip_grad_norm_(run.params, MAX_GRAD_NORM)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        state.step, state.epoch = step, epoch
+        return {"step": step, **metrics}
     n_targets = sum(target_count(e) for e in examples)
     loss_sum = correct = 0.0
     extra = {}

@@ -11,7 +11,8 @@ Every method module declares
 and the hooks ``fill_defaults(cfg)`` (derived defaults once the values are known), ``check_runtime()``
 (refuse what this machine cannot run), ``load_kwargs(cfg) -> dict`` (extra ``from_pretrained`` arguments),
 ``prepare(model, cfg) -> model`` and ``save(model, out_dir, tokenizer=None)``. Adding a method is adding a
-module here and its name to ``METHODS``.
+module here and its name to ``METHODS``. ``dpo.py`` is not a method but an objective (``objective: "dpo"``) that
+trains any adapter method's weights on preference pairs in the same loop.
 """
 
 from __future__ import annotations

@@ -1,0 +1,156 @@
+"""DPO as a fine-tuning objective in the same loop: OpenAI's DPO JSONL validated with line/field errors, held-out
+reward accuracy rising from 0.5 on a tiny model, an exact resume after a kill, and a DPO job through the SDK."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+
+from graftlm.data.formats import normalize
+from graftlm.data.validate import validate_file
+from graftlm.testing.models import build_learnable_llama
+from graftlm.train import checkpoint as ckpt
+from graftlm.train.loop import train
+
+torch.set_num_threads(1)
+
+TOPICS = ["the weather", "my balance", "a flight", "the news", "a recipe", "my card", "the bus", "a song",
+          "the rent", "a movie", "my order", "the park", "a hotel", "the bank", "my phone", "a train",
+          "the gym", "a book", "my car", "the shop", "a taxi", "the school", "my loan", "a doctor"]
+
+
+def line(topic: str) -> dict:
+    return {"input": {"messages": [{"role": "user", "content": f"tell me about {topic}"}]},
+            "preferred_output": [{"role": "assistant", "content": "gladly"}],
+            "non_preferred_output": [{"role": "assistant", "content": "no"}]}
+
+
+PAIRS = [normalize(line(t), "preference") for t in TOPICS]
+TRAIN, HELD_OUT = PAIRS[:16], PAIRS[16:]
+HP = {"objective": "dpo", "training_method": "lora", "learning_rate": 1e-2, "lora_dropout": 0.0, "seed": 3,
+      "warmup_ratio": 0.0, "batch_size": 4, "dpo_beta": 0.1, "early_stopping_patience": 0}
+
+
+@pytest.fixture(autouse=True)
+def fp32(monkeypatch):
+    monkeypatch.setenv("GRAFT_DTYPE", "float32")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return build_learnable_llama(tmp_path_factory.mktemp("base"))
+
+
+def metrics_events(events):
+    return [e["data"] for e in events if e["type"] == "metrics"]
+
+
+def test_held_out_reward_accuracy_rises_from_a_half(tmp_path, base):
+    events = []
+    result = train({**HP, "max_steps": 12, "eval_interval_steps": 4}, base, TRAIN, HELD_OUT, tmp_path / "out",
+                   on_event=events.append)
+    assert result.status == "succeeded"
+    ref = torch.load(tmp_path / "out" / "valid_dpo_reference.pt")  # the reference, computed once, cached
+    start_margin = (ref[:, 0] - ref[:, 1]).mean().item()  # the policy starts as the reference: accuracy 0.5
+    evals = [m for m in metrics_events(events) if "valid_reward_accuracy" in m]
+    assert [m["step"] for m in evals] == [4, 8, 12]
+    assert evals[-1]["valid_reward_accuracy"] == 1.0
+    assert evals[-1]["valid_logps_margin"] > start_margin + 1.0  # chosen - rejected log-prob grows
+    assert evals[0]["valid_reward_margin"] < evals[-1]["valid_reward_margin"]
+    assert evals[-1]["valid_loss"] < 0.6931 < 0.7  # below -log sigmoid(0), where it starts
+    first = metrics_events(events)[0]
+    assert {"train_loss", "train_reward_accuracy", "train_reward_margin", "train_logps_margin",
+            "train_mean_token_accuracy"} <= set(first)
+    assert first["train_loss"] == pytest.approx(0.6931, abs=1e-3)  # step 1's forward is the reference itself
+
+
+def test_kill_and_resume_gives_the_same_curve(tmp_path, base):
+    hp = {**HP, "max_steps": 8, "checkpoint_interval_steps": 3}
+    full = []
+    train(hp, base, TRAIN, HELD_OUT, tmp_path / "a", on_event=full.append)
+
+    class Killed(Exception):
+        pass
+
+    first = []
+
+    def die_after_step_5(event):
+        first.append(event)
+        if event["type"] == "metrics" and event["data"]["step"] == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(hp, base, TRAIN, HELD_OUT, tmp_path / "b", on_event=die_after_step_5)
+    latest = ckpt.latest_checkpoint(tmp_path / "b")
+    resumed = []
+    train(hp, base, TRAIN, HELD_OUT, tmp_path / "b", on_event=resumed.append, resume_from=latest)
+    step = int(latest.name.split("-")[-1])
+    got = {m["step"]: m["train_loss"] for m in metrics_events(first) if m["step"] <= step}
+    got |= {m["step"]: m["train_loss"] for m in metrics_events(resumed)}
+    ref = {m["step"]: m["train_loss"] for m in metrics_events(full)}
+    assert sorted(got) == sorted(ref) == list(range(1, 9))
+    for s in ref:
+        assert got[s] == pytest.approx(ref[s], rel=1e-5, abs=1e-6), s
+
+
+def test_dpo_refuses_what_it_cannot_train(base, tmp_path):
+    from graftlm.errors import GraftError
+    from graftlm.train.config import parse_config
+
+    with pytest.raises(GraftError) as e:
+        parse_config({"objective": "dpo", "training_method": "vanilla"})
+    assert e.value.param == "objective"
+    with pytest.raises(GraftError) as e:
+        parse_config({"dpo_beta": 0.2})
+    assert e.value.param == "dpo_beta"
+    sft = [{"messages": [{"role": "user", "content": "q", "weight": 0}, {"role": "assistant", "content": "a"}]}]
+    with pytest.raises(GraftError) as e:
+        train({**HP, "max_steps": 1}, base, sft, None, tmp_path / "x")
+    assert e.value.param == "training_file"
+
+
+def test_validator_names_line_and_field(tmp_path):
+    good = json.dumps(line("x"))
+    bad_role = json.dumps({**line("y"), "preferred_output": [{"role": "user", "content": "hi"}]})
+    two = json.dumps({**line("z"), "non_preferred_output": [{"role": "assistant", "content": "a"}] * 2})
+    ends_with_assistant = json.dumps({**line("w"), "input": {"messages": [
+        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}})
+    same = json.dumps({**line("v"), "non_preferred_output": [{"role": "assistant", "content": "gladly"}]})
+    path = tmp_path / "dpo.jsonl"
+    path.write_text("\n".join([good, bad_role, two, ends_with_assistant, same, '{"messages": []}']) + "\n")
+    report = validate_file(path)
+    assert report["format"] == "preference" and not report["valid"]
+    got = {(e["line"], e["field"]) for e in report["errors"]}
+    assert got == {(2, "preferred_output[0].role"), (3, "non_preferred_output"), (4, "input.messages[1].role"),
+                   (5, "non_preferred_output[0].content"), (6, "messages")}
+    path.write_text(good + "\n" + json.dumps(line("u")) + "\n")
+    assert validate_file(path)["valid"]
+
+
+def test_the_openai_sdk_creates_a_dpo_job_and_lists_its_events(client, tiny_model):
+    data = "".join(json.dumps(line(t)) + "\n" for t in TOPICS[:8]).encode()
+    f = client.files.create(file=("prefs.jsonl", io.BytesIO(data)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=f.id, method={
+        "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1, "training_method": "lora"}}})
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.2
+    again = client.fine_tuning.jobs.retrieve(job.id)
+    assert again.method.type == "dpo"
+    events = client.fine_tuning.jobs.list_events(job.id)
+    assert any("job created" in e.message for e in events.data)
+    client.fine_tuning.jobs.cancel(job.id)
+    sft = client.files.create(file=("sft.jsonl", io.BytesIO(b'{"prompt": "a", "completion": "b"}\n')),
+                              purpose="fine-tune")
+    import time
+
+    for _ in range(100):  # the server validates uploads in the background; the format is known once processed
+        if client.files.retrieve(sft.id).status == "processed":
+            break
+        time.sleep(0.1)
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as e:
+        client.fine_tuning.jobs.create(model="tiny", training_file=sft.id, method={"type": "dpo"})
+    assert e.value.body["param"] == "training_file"
