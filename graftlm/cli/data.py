@@ -83,3 +83,45 @@ def stat_rows(stats: dict, prefix: str = "") -> list[tuple[str, str]]:
         else:
             rows.append((name, f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"))
     return rows
+
+
+@app.command("from-logs")
+@friendly_errors
+def from_logs(endpoint: str = typer.Option(..., "--endpoint", help="endpoint name or id (with log_requests on)"),
+              out: str = typer.Option(..., "--out", help="directory for sft.jsonl and preference.jsonl"),
+              since: Optional[str] = typer.Option(None, "--since", help="ISO date/time, or an age like 7d"),
+              min_rating: float = typer.Option(4.0, "--min-rating", help="good: score >= this (1-5; thumbs up = 5)"),
+              max_bad_rating: float = typer.Option(2.0, "--max-bad-rating",
+                                                   help="bad: score <= this (thumbs down = 1)"),
+              judge: Optional[str] = typer.Option(None, "--judge", help="judge:<model>: keep good answers it grades "
+                                                  ">= --judge-min"),
+              judge_min: int = typer.Option(4, "--judge-min"),
+              upload: bool = typer.Option(False, "--upload", help="also upload them as fine-tune files"),
+              json: bool = typer.Option(False, "--json")):
+    """Training data from an endpoint's rated logs: SFT (corrections, good answers) and preference pairs."""
+    from graftlm.cli.common import parse_since
+    from graftlm.clusters.endpoints import find_endpoint
+    from graftlm.errors import NotFound
+    from graftlm.observe import from_logs as build_data
+
+    e = find_endpoint(endpoint)
+    if e is None:
+        raise NotFound(f"no endpoint with id or name {endpoint!r}", param="endpoint")
+    result = build_data.build(e["id"], since=parse_since(since), min_rating=min_rating,
+                              max_bad_rating=max_bad_rating, judge=judge, judge_min=judge_min)
+    written = build_data.write(result, out)
+    if upload:
+        from graftlm.files.service import upload_local
+
+        for entry in written.values():
+            entry["file_id"] = upload_local(entry["path"])
+    if json:
+        return print_json({"stats": result["stats"], "files": written})
+    s = result["stats"]
+    console.print(f"{s['logged']} logged, {s['rated']} rated ({s['skipped_text']} text completions skipped), "
+                  f"{s['prompts']} prompts: {s['good']} good and {s['bad']} bad answers")
+    for name, entry in written.items():
+        console.print(f"{name}: {entry['examples']} examples → {entry['path']} (valid {entry['format']})"
+                      + (f", uploaded as {entry['file_id']}" if "file_id" in entry else ""))
+    if not written:
+        console.print("nothing to write: no rated answer qualifies (rate completions with POST /v1/feedback)")
