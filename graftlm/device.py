@@ -60,3 +60,12 @@ def training_dtype(dev: torch.device | None = None) -> torch.dtype:
     needs loss scaling, which the training loop does not do; bf16 does not)."""
     dtype = default_dtype(dev)
     return torch.float32 if dtype == torch.float16 else dtype
+
+
+def rank_devices() -> tuple[int, str]:
+    """(how many ranks this machine can give their own device, what they are): GPUs with CUDA, else CPU cores
+    (one rank a core at least)."""
+    import os
+    if device().type == "cuda":
+        return torch.cuda.device_count(), "GPUs"
+    return os.cpu_count() or 1, "CPU cores"

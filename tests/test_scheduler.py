@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from graftlm.store.models import File, FineTuningJob, JobEvent
 def fake_workers(monkeypatch):
     procs = []
 
-    def spawn(job_id):
+    def spawn(job_id, world=1):
         p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         procs.append(p)
         return p
@@ -31,10 +32,11 @@ def fake_workers(monkeypatch):
         p.wait()
 
 
-def add_job(job_id, cluster_id, status="queued", files=("file-t",)):
+def add_job(job_id, cluster_id, status="queued", files=("file-t",), world_size=None):
+    config = {"training_method": "tfew"} | ({"distributed": {"world_size": world_size}} if world_size else {})
     with session() as s:
         s.add(FineTuningJob(id=job_id, model="tiny", training_file=files[0], status=status,
-                            config={"training_method": "tfew"}, dedicated_ai_cluster_id=cluster_id))
+                            config=config, dedicated_ai_cluster_id=cluster_id))
 
 
 def statuses():
@@ -53,6 +55,18 @@ def test_cluster_units_bound_running_jobs(tiny_model, fake_workers):
     assert sum(st[f"ftjob-a{i}"] == "running" for i in range(3)) == 1
     assert sum(st[f"ftjob-b{i}"] == "running" for i in range(3)) == 2
     assert len(fake_workers) == 3
+
+
+def test_a_job_holds_one_unit_per_rank(tiny_model, fake_workers):
+    two = clusters.create_cluster("FINE_TUNING", unit_count=2)["id"]
+    add_job("ftjob-a2", two, world_size=2)
+    add_job("ftjob-b1", two, world_size=1)
+    sched.Scheduler(concurrency=10).tick()
+    assert statuses() == {"ftjob-a2": "running", "ftjob-b1": "queued"}  # the 2-rank job holds both units
+    cmd, env = sched.worker_command("ftjob-a2", 2)
+    assert cmd[1:3] == ["-m", "torch.distributed.run"] and "--nproc-per-node" in cmd and cmd[-1] == "ftjob-a2"
+    assert env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))  # cores / units threads a rank
+    assert sched.worker_command("ftjob-b1", 1)[0][1:] == ["-m", "graftlm.jobs.worker", "ftjob-b1"]
 
 
 def test_global_concurrency(tiny_model, fake_workers):

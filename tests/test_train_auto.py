@@ -124,7 +124,7 @@ def test_exact_match_picks_the_kept_checkpoint_and_stops_early(tmp_path, base, m
     import graftlm.train.loop as loop
     script = iter([(0.5, 0.25), (0.4, 0.75), (0.3, 0.5), (0.2, 0.5), (0.1, 0.5)])  # (loss, exact match)
 
-    def scripted(model, examples, cfg, device, dtype, exact_match=False):
+    def scripted(model, examples, cfg, device, dtype, exact_match=False, **over_ranks):
         loss, em = next(script)
         return {"valid_loss": loss, "valid_mean_token_accuracy": 0.5, "valid_exact_match": em}
 

@@ -44,12 +44,33 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
-def spawn_worker(job_id: str) -> subprocess.Popen:
+def world_size(config: dict | None) -> int:
+    """The ranks a job runs (and units of its cluster it holds): resolved when it was created; 1 before."""
+    return int(((config or {}).get("distributed") or {}).get("world_size") or 1)
+
+
+def worker_command(job_id: str, world: int) -> tuple[list[str], dict]:
+    """One rank: the worker itself. More: torchrun starts ``world`` ranks of the same worker on this machine
+    (gloo on CPU with cores / world threads each, NCCL on CUDA), or with GRAFT_RAY_ADDRESS set, Ray Train
+    places them on the Ray cluster. A dead rank ends the group (``--max-restarts 0``); the scheduler then
+    requeues the job, which resumes from its last checkpoint."""
+    env = {"GRAFT_HOME": str(get_settings().home)}
+    worker = ["-m", "graftlm.jobs.worker", job_id]
+    if world == 1:
+        return [sys.executable, *worker], env
+    if os.environ.get("GRAFT_RAY_ADDRESS"):
+        return [sys.executable, "-m", "graftlm.jobs.ray_ranks", job_id, str(world)], env
+    env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // world))
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world),
+            "--max-restarts", "0", *worker], env
+
+
+def spawn_worker(job_id: str, world: int = 1) -> subprocess.Popen:
     log_path = get_settings().jobs_dir / f"{job_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "graftlm.jobs.worker", job_id], stdout=out, stderr=out,
-                            env={**os.environ, "GRAFT_HOME": str(get_settings().home)}, start_new_session=True)
+    cmd, env = worker_command(job_id, world)
+    return subprocess.Popen(cmd, stdout=out, stderr=out, env={**os.environ, **env}, start_new_session=True)
 
 
 class Scheduler:
@@ -100,23 +121,25 @@ class Scheduler:
         with session() as s:
             queued = list(s.scalars(select(FineTuningJob).where(FineTuningJob.status == "queued")
                                     .order_by(FineTuningJob.created_at, FineTuningJob.id)))
-            running = dict(s.execute(select(FineTuningJob.dedicated_ai_cluster_id, func.count())
-                                     .where(FineTuningJob.status == "running")
-                                     .group_by(FineTuningJob.dedicated_ai_cluster_id)).all())
+            running: dict[str, int] = {}  # units held by running jobs, per cluster (a job holds its ranks)
+            for cluster, config in s.execute(select(FineTuningJob.dedicated_ai_cluster_id, FineTuningJob.config)
+                                             .where(FineTuningJob.status == "running")):
+                running[cluster] = running.get(cluster, 0) + world_size(config)
             units = {c.id: c.unit_count for c in s.scalars(select(Cluster))}
-            total = sum(running.values())
+            total = s.scalar(select(func.count()).select_from(FineTuningJob)
+                             .where(FineTuningJob.status == "running"))
             to_start = []
             for job in queued:
-                cluster = job.dedicated_ai_cluster_id
-                if total >= self.concurrency or running.get(cluster, 0) >= units.get(cluster, 1):
-                    continue  # a cluster's units bound how many of its jobs run at once
+                cluster, world = job.dedicated_ai_cluster_id, world_size(job.config)
+                if total >= self.concurrency or running.get(cluster, 0) + world > units.get(cluster, 1):
+                    continue  # a cluster's units bound the ranks of its jobs that run at once
                 if not claim_job(s, job.id):
                     continue  # another scheduler started it first
-                running[cluster] = running.get(cluster, 0) + 1
+                running[cluster] = running.get(cluster, 0) + world
                 total += 1
-                to_start.append(job.id)
-        for job_id in to_start:
-            proc = spawn_worker(job_id)
+                to_start.append((job.id, world))
+        for job_id, world in to_start:
+            proc = spawn_worker(job_id, world)
             self.procs[job_id] = proc
             with session() as s:
                 s.get(FineTuningJob, job_id).worker_pid = proc.pid

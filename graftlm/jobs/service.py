@@ -12,7 +12,7 @@ from graftlm.models.catalog import get_model
 from graftlm.store.db import session
 from graftlm.store.ids import resolve_prefix
 from graftlm.store.paging import check_limit, newest_first_page
-from graftlm.store.models import FineTuningJob, JobCheckpoint, JobEvent, Model, new_id, now
+from graftlm.store.models import Cluster, FineTuningJob, JobCheckpoint, JobEvent, Model, new_id, now
 from graftlm.train.config import METHOD_FIELDS, check_runtime, parse_config
 
 ACTIVE = ("validating_files", "queued", "running", "paused")
@@ -124,6 +124,7 @@ def submit_job(spec: JobSpec) -> dict:
                                  param="dedicated_ai_cluster_id")
     else:
         dedicated_ai_cluster_id = ensure_default_fine_tuning_cluster()
+    cfg = resolve_world_size(cfg, dedicated_ai_cluster_id, named=spec.dedicated_ai_cluster_id is not None)
     status = "validating_files" if "uploaded" in statuses else "queued"
     with session() as s:
         job = FineTuningJob(id=new_id("ftjob"), model=model, training_file=training_file,
@@ -134,6 +135,35 @@ def submit_job(spec: JobSpec) -> dict:
         s.flush()
         add_event(s, job.id, f"job created: {cfg.training_method} on {model}")
         return job_to_dict(job)
+
+
+def resolve_world_size(cfg, cluster_id: str, named: bool):
+    """A job on a FINE_TUNING cluster of U units runs U ranks (``distributed.world_size`` may ask for fewer);
+    without a named cluster, one process. Refused (400) when the ranks do not fit the cluster or this
+    machine's devices (with GRAFT_RAY_ADDRESS, Ray places them), or the strategy does not fit the ranks."""
+    import os
+
+    from graftlm.device import rank_devices
+
+    with session() as s:
+        units = s.get(Cluster, cluster_id).unit_count if named else 1
+    asked = cfg.distributed.world_size
+    world = asked or units
+    if world > units:
+        where = f"cluster {cluster_id} has {units} unit{'s' if units > 1 else ''}" if named else \
+            "a job without dedicated_ai_cluster_id runs one process"
+        raise GraftError(f"invalid hyperparameter distributed.world_size: {world} ranks, but {where}",
+                         param="distributed.world_size", code="invalid_hyperparameter")
+    if world > 1 and not os.environ.get("GRAFT_RAY_ADDRESS"):
+        have, kind = rank_devices()
+        if world > have:
+            param = "distributed.world_size" if asked else "dedicated_ai_cluster_id"
+            raise GraftError(f"{world} ranks (one per unit of cluster {cluster_id}) need {world} {kind}, and this "
+                             f"machine has {have}; use a cluster of at most {have} units, set "
+                             f"distributed.world_size, or place the job on a Ray cluster (GRAFT_RAY_ADDRESS)",
+                             param=param, code="invalid_hyperparameter")
+    cfg.strategy_for(world)
+    return cfg.model_copy(update={"distributed": cfg.distributed.model_copy(update={"world_size": world})})
 
 
 def add_event(s, job_id: str, message: str, *, level: str = "info", type: str = "message",

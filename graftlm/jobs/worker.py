@@ -223,10 +223,69 @@ def classify_error(exc: BaseException) -> dict:
     return {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}", "param": None}
 
 
+def rank_env() -> tuple[int, int]:
+    """(rank, world size) of this process: torchrun and Ray Train set RANK and WORLD_SIZE."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def deterministic(exc: BaseException) -> bool:
+    """An error every restart would repeat (bad input, out of memory): the job fails instead of retrying."""
+    return isinstance(exc, GraftError) or is_out_of_memory(exc)
+
+
+def rank_failed(job_id: str, rank: int, world: int, exc: BaseException) -> str:
+    """A rank of a multi-rank job failed. Bad input or OOM: the job fails, naming the rank (and for OOM the
+    knobs). Anything else (a peer died, a collective timed out): say so and exit non-zero, so the group ends
+    and the scheduler restarts it from the last checkpoint."""
+    traceback.print_exc()
+    where = f"rank {rank} of {world}"
+    if deterministic(exc):
+        error = classify_error(exc)
+        if is_out_of_memory(exc):
+            error["message"] = (f"{where} ran out of memory: {exc}; turn on distributed.cpu_offload, use "
+                                "distributed.strategy fsdp with sharding full, or lower training_batch_size or "
+                                "max_tokens_per_micro_batch")
+        else:
+            error["message"] = f"{where}: {error['message']}"
+        with session() as s:  # the first failing rank records it (ranks failing alike would repeat it)
+            job = s.get(FineTuningJob, job_id)
+            if job.status != "failed":
+                job.status, job.error, job.finished_at, job.requested_action = "failed", error, now(), None
+                add_event(s, job_id, f"job failed: {error['message']}", level="error", data=error)
+        return "failed"
+    timed_out = "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower()
+    why = ("a collective timed out (distributed.timeout_seconds): a rank hung or died" if timed_out
+           else "the rank group broke (a rank died?)")
+    with session() as s:
+        add_event(s, job_id, f"{where} stopped: {why}: {type(exc).__name__}: {str(exc)[:300]}", level="warn",
+                  data={"rank": rank, "world_size": world})
+    return "restart"
+
+
+def run_rank(job_id: str, rank: int, world: int) -> str:
+    """Ranks other than 0 train the same job silently: rank 0 writes the job's state and events."""
+    from graftlm.train.checkpoint import latest_checkpoint
+    from graftlm.train.loop import train
+
+    with session() as s:
+        job = s.get(FineTuningJob, job_id)
+    out = job_dir(job_id)
+    try:
+        base = get_model(job.model)
+        train_set, valid_set, _ = load_datasets(job, job.config.get("task_type", "CHAT_COMPLETION"))
+        result = train(job.config, base["path"], train_set, valid_set, out, resume_from=latest_checkpoint(out))
+        return result.status
+    except BaseException as exc:
+        return rank_failed(job_id, rank, world, exc)
+
+
 def run_job(job_id: str) -> str:
     from graftlm.train.checkpoint import latest_checkpoint
     from graftlm.train.loop import train
 
+    rank, world = rank_env()
+    if rank != 0:
+        return run_rank(job_id, rank, world)
     with session() as s:
         job = s.get(FineTuningJob, job_id)
         resumed = job.started_at is not None
@@ -262,6 +321,8 @@ def run_job(job_id: str) -> str:
                                                             if result.status == "succeeded" else ""))
         return result.status
     except BaseException as exc:  # the job fails with a reason; the process exits cleanly
+        if world > 1:
+            return rank_failed(job_id, rank, world, exc)
         error = classify_error(exc)
         traceback.print_exc()
         _update(job_id, status="failed", error=error, finished_at=now(), requested_action=None)
@@ -275,7 +336,10 @@ def run_job(job_id: str) -> str:
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     status = run_job(sys.argv[1])
-    sys.exit(0 if status in ("succeeded", "paused", "cancelled") else 3)
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and status != "restart":
+        dist.destroy_process_group()
+    sys.exit(0 if status in ("succeeded", "paused", "cancelled") else 1 if status == "restart" else 3)
 
 
 if __name__ == "__main__":

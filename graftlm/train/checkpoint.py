@@ -1,11 +1,15 @@
 """Checkpoints that resume exactly: trainable weights, optimizer, RNG states and the training state.
 
 Layout of ``out_dir/checkpoints/step-000040/``: ``trainable.safetensors`` (only the weights that
-train), ``optimizer.pt``, ``rng.pt`` (python, numpy, torch, cuda), ``state.json`` (step, epoch,
-early-stopping state, metrics, resolved config) and ``run_info.json``. The learning-rate schedule
-is a pure function of the step and the data order a pure function of (seed, epoch, step), so
-neither needs more state. Each checkpoint is written to a temporary directory and renamed into
-place, so a kill -9 leaves either the whole checkpoint or none.
+train, whole, written by rank 0), ``dcp/`` (a ``torch.distributed.checkpoint`` of the trainable weights
+and the AdamW state keyed by parameter name, each rank writing its own shards), ``rng.pt`` (python,
+numpy, torch, cuda), ``state.json`` (step, epoch, early-stopping state, metrics, resolved config) and
+``run_info.json``. DCP reshards on load, so a checkpoint written by 2 FSDP2 ranks resumes on 1 process
+or on DDP ranks and the other way round. (Checkpoints from before DCP hold ``optimizer.pt`` instead; they
+resume in one process.) The learning-rate schedule is a pure function of the step and the data order a
+pure function of (seed, epoch, step), so neither needs more state. Each checkpoint is written to a
+temporary directory and renamed into place by rank 0 once every rank has written its shards, so a
+kill -9 (of any rank) leaves either the whole checkpoint or none.
 """
 
 from __future__ import annotations
@@ -75,30 +79,86 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _dcp_options(strict: bool = True):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(ignore_frozen_params=True, strict=strict)  # set_*: the frozen base is not in it
+
+
 ADAPTER_DIR = "adapter"  # a checkpoint's servable adapter (PEFT format), when the method has one
 
 
-def save_checkpoint(root: Path, model, optimizer, state: dict, run_info: dict, export=None) -> Path:
-    """Write one checkpoint atomically; ``export(dir)``, if given, also saves the servable adapter into
-    ``dir`` (``<checkpoint>/adapter``) so the checkpoint can be registered as a model."""
+def save_checkpoint(root: Path, model, optimizer, state: dict, run_info: dict, export=None, ranks=None) -> Path:
+    """Every rank calls it (DCP is a collective); rank 0 writes the metadata and renames it into place.
+    ``export(dir, weights)``, if given, also saves the servable adapter into ``dir`` (``<checkpoint>/adapter``)
+    from the gathered trainable ``weights``, so the checkpoint can be registered as a model."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from graftlm.train.distributed import Ranks, full_state
+
+    ranks = ranks or Ranks()
     path = Path(root) / f"{PREFIX}{state['step']:06d}"
-    with atomic_dir(path) as tmp:
-        if export is not None:
-            export(tmp / ADAPTER_DIR)
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))
-        (tmp / "run_info.json").write_text(json.dumps(run_info, indent=1))
+    tmp = path.parent / f".tmp-{path.name}"
+    if ranks.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    ranks.barrier()
+    try:
+        weights = full_state(model, {n for n, p in model.named_parameters() if p.requires_grad})
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=_dcp_options())
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
+        if ranks.main:
+            if export is not None:
+                export(tmp / ADAPTER_DIR, weights)
+            save_file(weights, str(tmp / "trainable.safetensors"))
+            torch.save(rng_state(), tmp / "rng.pt")
+            (tmp / "state.json").write_text(json.dumps(state, indent=1))
+            (tmp / "run_info.json").write_text(json.dumps(run_info, indent=1))
+            old = path.parent / f".old-{path.name}"
+            if path.exists():
+                os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        if ranks.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    ranks.barrier()
     return path
 
 
 def load_checkpoint(path: Path) -> dict:
+    """The whole trainable weights, RNG states and TrainState (and a pre-DCP checkpoint's optimizer)."""
     path = Path(path)
+    legacy = path / "optimizer.pt"
     return {"weights": load_file(str(path / "trainable.safetensors")),
-            "optimizer": torch.load(path / "optimizer.pt", weights_only=False),
+            "optimizer": torch.load(legacy, weights_only=False) if legacy.exists() else None,
             "rng": torch.load(path / "rng.pt", weights_only=False),
             "state": json.loads((path / "state.json").read_text())}
+
+
+def load_sharded(path: Path, model, optimizer=None) -> None:
+    """Trainable weights (and the optimizer's state) from a checkpoint's DCP into this run's sharding: the
+    world size and strategy that wrote it do not matter. Every rank calls it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict,
+                                                           set_model_state_dict, set_state_dict)
+
+    where = str(Path(path) / "dcp")
+    if optimizer is None:
+        model_sd = get_model_state_dict(model, options=_dcp_options())
+        dcp.load({"model": model_sd}, checkpoint_id=where)
+        set_model_state_dict(model, model_sd, options=_dcp_options(strict=False))
+        return
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_dcp_options())
+    loaded = {"model": model_sd, "optim": optim_sd}
+    dcp.load(loaded, checkpoint_id=where)
+    set_state_dict(model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"],
+                   options=_dcp_options(strict=False))
+
+
+def has_sharded(path: Path) -> bool:
+    return (Path(path) / "dcp" / ".metadata").exists()
 
 
 def list_checkpoints(root: Path) -> list[Path]:

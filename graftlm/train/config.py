@@ -46,6 +46,74 @@ ALL_LINEAR = "all-linear"  # PEFT's shorthand: every linear layer of the decoder
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ep|ba)\s*$")
 
+Strategy = Literal["auto", "none", "ddp", "fsdp"]
+Sharding = Literal["full", "grad_op", "none"]
+ZERO_STAGES = {"ddp": "ZeRO-0 (replicated weights, gradients and optimizer state; gradients all-reduced)",
+               "grad_op": "ZeRO-2 (gradients and optimizer state sharded; weights gathered for the step)",
+               "full": "ZeRO-3 (weights, gradients and optimizer state sharded; weights gathered per layer)",
+               "cpu_offload": "ZeRO-Offload / ZeRO-Infinity's CPU offload (sharded weights, gradients and "
+                              "optimizer state live in CPU memory)"}
+
+
+class DistributedConfig(BaseModel):
+    """How one job spreads over its ranks (the units of its FINE_TUNING cluster). DeepSpeed's words:
+    ``ddp`` = ZeRO-0, ``fsdp`` + ``sharding: grad_op`` = ZeRO-2, ``fsdp`` + ``sharding: full`` = ZeRO-3,
+    ``cpu_offload`` = ZeRO-Offload."""
+    model_config = ConfigDict(extra="forbid")
+
+    world_size: int | None = Field(None, ge=1, description="ranks (processes) of the job; None: the cluster's "
+                                   "unit_count (1 without a named cluster)")
+    strategy: Strategy = Field("auto", description="auto: none at 1 rank, else ddp for adapters (lora, tfew) "
+                               "and fsdp for vanilla; none: one process; ddp: replicated (ZeRO-0); fsdp: FSDP2 "
+                               "fully_shard per decoder layer and the root")
+    sharding: Sharding = Field("full", description="fsdp: full (ZeRO-3, reshard after forward) or grad_op "
+                               "(ZeRO-2, weights stay gathered from forward to backward); none = replicate, "
+                               "i.e. strategy ddp")
+    cpu_offload: bool = Field(False, description="fsdp: keep sharded weights, gradients and optimizer state "
+                              "in CPU memory (FSDP2 CPUOffloadPolicy, ZeRO-Offload)")
+    mixed_precision: bool = Field(False, description="fsdp: bf16 weights and compute, fp32 gradient reduction "
+                                  "(FSDP2 MixedPrecisionPolicy)")
+    timeout_seconds: int = Field(600, ge=10, le=86400, description="a collective that waits longer fails the "
+                                 "job naming the rank (a hung or dead rank)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.strategy == "fsdp" and self.sharding == "none":
+            raise _field_error("sharding", "none with strategy fsdp: replicated weights are strategy "
+                               "ddp (ZeRO-0); use full (ZeRO-3) or grad_op (ZeRO-2)")
+        if self.strategy == "none" and (self.world_size or 1) > 1:
+            raise _field_error("strategy", f"none runs one process, but world_size is {self.world_size}")
+        for name in ("cpu_offload", "mixed_precision"):
+            if getattr(self, name) and self.strategy in ("none", "ddp"):
+                raise _field_error(name, f"applies to strategy fsdp, not {self.strategy}")
+        return self
+
+    def resolve(self, method: str, world_size: int) -> str:
+        """The strategy a run of ``world_size`` ranks uses (auto resolved); GraftError naming the field."""
+        strategy = self.strategy
+        if strategy == "auto":
+            strategy = ("none" if world_size == 1 else "fsdp" if method == "vanilla" and self.sharding != "none"
+                        else "ddp")
+        where = f"world size {world_size}"
+        if strategy == "fsdp" and world_size == 1:
+            raise GraftError(f"invalid hyperparameter distributed.strategy: fsdp shards over ranks and this job "
+                             f"has one ({where}); run it on a FINE_TUNING cluster of 2 or more units or set "
+                             "distributed.world_size", param="distributed.strategy", code="invalid_hyperparameter")
+        if strategy == "none" and world_size > 1:
+            raise GraftError(f"invalid hyperparameter distributed.strategy: none runs one process, but the job "
+                             f"has {where}", param="distributed.strategy", code="invalid_hyperparameter")
+        if strategy == "fsdp" and method == "qlora":
+            raise GraftError("invalid hyperparameter distributed.strategy: qlora with fsdp (4-bit base weights "
+                             "sharded, the fsdp_qlora route) is not supported yet; use strategy ddp",
+                             param="distributed.strategy", code="invalid_hyperparameter")
+        if strategy != "fsdp":
+            for name in ("cpu_offload", "mixed_precision"):
+                if getattr(self, name):
+                    raise GraftError(f"invalid hyperparameter distributed.{name}: it applies to strategy fsdp, "
+                                     f"and this job runs {strategy} ({where})", param=f"distributed.{name}",
+                                     code="invalid_hyperparameter")
+        return strategy
+
 
 class FineTuneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True)
@@ -83,6 +151,8 @@ class FineTuneConfig(BaseModel):
                                    "reference (OpenAI's beta); None: 0.1")
     label_set_losses: bool = Field(False, description="T-Few's unlikelihood and length-normalised losses (Liu et al. "
                                    "2022) over the other labels, for data whose answers come from a small label set")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig,
+                                           description="ranks, DDP / FSDP2 (ZeRO stages), CPU offload")
 
     # aliases from other APIs, mapped onto the fields above
     n_epochs: int | Literal["auto"] | None = Field(None, description="OpenAI alias of total_training_epochs")
@@ -188,6 +258,17 @@ class FineTuneConfig(BaseModel):
         return self
 
 
+    def strategy_for(self, world_size: int) -> str:
+        """The distributed strategy at ``world_size`` ranks (auto resolved); GraftError naming the field."""
+        if world_size > 1 and self.label_set_losses:
+            raise GraftError("invalid hyperparameter label_set_losses: it trains in one process; over ranks "
+                             "use distributed.world_size 1", param="label_set_losses", code="invalid_hyperparameter")
+        if world_size > 1 and self.objective == "dpo":
+            raise GraftError(f"invalid hyperparameter objective: dpo trains in one process, and this job has "
+                             f"{world_size} ranks; set distributed.world_size 1", param="objective",
+                             code="invalid_hyperparameter")
+        return self.distributed.resolve(self.training_method, world_size)
+
     @property
     def resolved(self) -> bool:
         """Whether epochs, batch size and learning rate are all known (auto resolves them at training time)."""
@@ -225,8 +306,11 @@ def graft_error(exc: ValidationError) -> GraftError:
     field = ".".join(str(p) for p in err["loc"]) or None
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden" and field:
-        close = difflib.get_close_matches(field, FineTuneConfig.model_fields, n=1, cutoff=0.6)
-        msg = "unknown hyperparameter" + (f"; did you mean {close[0]}?" if close else "")
+        nested = len(err["loc"]) == 2 and err["loc"][0] == "distributed"
+        names = DistributedConfig.model_fields if nested else FineTuneConfig.model_fields
+        close = difflib.get_close_matches(str(err["loc"][-1]), names, n=1, cutoff=0.6)
+        msg = "unknown hyperparameter" + (f"; did you mean {'distributed.' if nested else ''}{close[0]}?"
+                                          if close else "")
     return GraftError(f"invalid hyperparameter {field}: {msg}", param=field, code="invalid_hyperparameter")
 
 

@@ -42,6 +42,7 @@ from graftlm.errors import GraftError
 from graftlm.train import auto as auto_hp
 from graftlm.train import checkpoint as ckpt
 from graftlm.train import losses
+from graftlm.train import distributed as dist_
 from graftlm.train.batching import IGNORE_INDEX, micro_batches, step_examples, steps_per_epoch, target_count
 from graftlm.train.config import FineTuneConfig, check_runtime, parse_config
 from graftlm.train.methods import count_parameters, dpo, get_method
@@ -89,6 +90,36 @@ def causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+class TargetLogits(torch.nn.Module):
+    """The model as one module whose forward gives ``target_logits``: what DDP and FSDP2 wrap (their hooks
+    run on a module's forward, and the loop calls the decoder and the LM head separately)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, position_ids, targets):
+        return target_logits(self.model, {"input_ids": input_ids, "position_ids": position_ids,
+                                          "targets": targets}, input_ids.device)
+
+
+def net_logits(net, batch: dict, device):
+    return net(batch["input_ids"].to(device), batch["position_ids"].to(device), batch["targets"].to(device))
+
+
+def lockstep_micro_batches(examples: list[dict], cfg: FineTuneConfig, ranks) -> list[tuple[dict, bool]]:
+    """This rank's micro-batches of a step (or an evaluation), as many as the busiest rank's: (batch, real).
+    Padding micro-batches repeat a real example and count for nothing."""
+    def of(rank_examples):
+        return micro_batches(rank_examples, cfg.max_tokens_per_micro_batch, cfg.micro_batch_size)
+    mine = of(dist_.shard(examples, ranks))
+    if not ranks.distributed:
+        return [(b, True) for b in mine]
+    most = max(len(of(examples[r::ranks.world_size])) for r in range(ranks.world_size))
+    filler = mine[0] if mine else of(examples[:1])[0]
+    return [(b, True) for b in mine] + [(filler, False)] * (most - len(mine))
+
+
 def target_logits(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits, labels, row of each) at target positions only.
 
@@ -130,16 +161,22 @@ def reports_exact_match(examples: list[dict], cfg: FineTuneConfig) -> bool:
 
 
 @torch.no_grad()
-def evaluate(model, examples: list[dict], cfg: FineTuneConfig, device, dtype, exact_match: bool = False) -> dict:
-    """Validation loss and token accuracy (OCI's), and valid_exact_match when asked for (DPO: its own)."""
-    if cfg.objective == "dpo":
+def evaluate(model, examples: list[dict], cfg: FineTuneConfig, device, dtype, exact_match: bool = False,
+             net=None, ranks=None) -> dict:
+    """Validation loss and token accuracy (OCI's), and valid_exact_match when asked for; over ranks, each
+    evaluates its share and the sums are all-reduced."""
+    ranks = ranks or dist_.Ranks()
+    net = dist_.unwrap(net) if net is not None else TargetLogits(model)
+    if cfg.objective == "dpo":  # one process (refused over ranks)
         return dpo.evaluate(model, examples, cfg, device, dtype, target_logits)
     model.eval()
     loss_sum = correct = exact = 0.0
     n = sum(target_count(e) for e in examples)
-    for batch in micro_batches(examples, cfg.max_tokens_per_micro_batch, cfg.micro_batch_size):
+    for batch, real in lockstep_micro_batches(examples, cfg, ranks):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            logits, labels, rows = target_logits(model, batch, device)
+            logits, labels, rows = net_logits(net, batch, device)
+        if not real:
+            continue
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         hits = logits.argmax(-1) == labels
         correct += hits.sum().item()
@@ -148,6 +185,7 @@ def evaluate(model, examples: list[dict], cfg: FineTuneConfig, device, dtype, ex
         misses.index_add_(0, rows, (~hits).long())
         has_targets = torch.zeros_like(misses).index_add_(0, rows, torch.ones_like(rows))
         exact += ((misses == 0) & (has_targets > 0)).sum().item()
+    loss_sum, correct, exact = ranks.sum([loss_sum, correct, exact])
     out = {"valid_loss": loss_sum / max(n, 1), "valid_mean_token_accuracy": correct / max(n, 1)}
     if exact_match:
         out["valid_exact_match"] = exact / max(len(examples), 1)
@@ -166,7 +204,7 @@ def improves(metrics: dict, best: dict | None, threshold: float) -> bool:
     return loss_better
 
 
-def run_info(cfg: FineTuneConfig, device, dtype, base_model_path) -> dict:
+def run_info(cfg: FineTuneConfig, device, dtype, base_model_path, ranks=None) -> dict:
     import peft
     import transformers
 
@@ -175,7 +213,8 @@ def run_info(cfg: FineTuneConfig, device, dtype, base_model_path) -> dict:
             "graftlm": getattr(graftlm, "__version__", "unknown"), "python": platform.python_version(),
             "device": str(device), "autocast_dtype": str(dtype).removeprefix("torch."),
             "torch_threads": torch.get_num_threads(), "seed": cfg.seed,
-            "base_model_path": str(base_model_path), "config": cfg.model_dump(mode="json")}
+            "base_model_path": str(base_model_path), "config": cfg.model_dump(mode="json"),
+            "distributed": (ranks or dist_.Ranks()).describe()}
 
 
 @dataclass
@@ -221,6 +260,8 @@ class Run:
     trainable: int
     total: int
     emit: Callable[[dict], None]
+    ranks: dist_.Ranks = field(default_factory=dist_.Ranks)
+    net: torch.nn.Module | None = None  # the model's TargetLogits, wrapped by DDP or FSDP2 over ranks
     started: float = field(default_factory=time.time)
     throughput_since: tuple[float, int] = (0.0, 0)  # (perf_counter, trained tokens) at the last metrics event
 
@@ -247,7 +288,8 @@ def train(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict
         at_eval = is_eval_step(run, state.step)
         stop_early = False
         if at_eval and run.valid_set:
-            metrics.update(evaluate(run.model, run.valid_set, run.cfg, run.device, run.dtype, run.exact_match))
+            metrics.update(evaluate(run.model, run.valid_set, run.cfg, run.device, run.dtype, run.exact_match,
+                                    net=run.net, ranks=run.ranks))
             stop_early = track_best(run, state, metrics)
         state.metrics = metrics
         log_metrics(run, state, at_eval)
@@ -255,7 +297,7 @@ def train(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict
         if stop_early:
             announce_early_stop(run, state)
             break
-        request = should_stop() if should_stop else None
+        request = run.ranks.agree(should_stop() if should_stop and run.ranks.main else None)
         if request in ("pause", "cancel"):
             return interrupt(run, state, request)
     return finish(run, state)
@@ -268,10 +310,12 @@ def prepare(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[di
 
     cfg = cfg if isinstance(cfg, FineTuneConfig) else parse_config(cfg)
     check_runtime(cfg)
-    device = default_device()
+    ranks, device = dist_.setup(cfg, default_device())
+    if not ranks.main:
+        emit = lambda event: None  # noqa: E731 - rank 0 alone writes events, metrics and checkpoint metadata
     started = time.time()
     dtype = training_dtype(device)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same on every rank: identical adapter initialisation
 
     # data
     tokenizer = AutoTokenizer.from_pretrained(str(base_model_path))
@@ -299,13 +343,14 @@ def prepare(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[di
     if cfg.gradient_checkpointing:
         causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    net = dist_.wrap(TargetLogits(model), causal_lm(model).model.layers, ranks, cfg, device)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # FSDP2: this rank's shards
     decay = [p for n, p in params if p.ndim >= 2]
     no_decay = [p for n, p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8)
-    info = run_info(cfg, device, dtype, base_model_path)
+    info = run_info(cfg, device, dtype, base_model_path, ranks)
     if auto:
         info["auto"] = auto
     return Run(cfg=cfg, method=method, tokenizer=tokenizer, model=model, optimizer=optimizer,
@@ -314,7 +359,7 @@ def prepare(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[di
                exact_match=cfg.objective != "dpo" and reports_exact_match(valid_set, cfg),
                label_set=losses.label_set(train_set) if cfg.label_set_losses else None,
                out_dir=Path(out_dir), info=info, auto=auto,
-               trainable=trainable, total=total, emit=emit, started=started)
+               trainable=trainable, total=total, emit=emit, ranks=ranks, net=net, started=started)
 
 
 def start(run: Run) -> TrainState:
@@ -329,17 +374,50 @@ def start(run: Run) -> TrainState:
     run.say(f"training started: {run.cfg.training_method}, {len(run.train_set)} examples, {run.total_steps} steps",
             train_examples=len(run.train_set), valid_examples=len(run.valid_set), total_steps=run.total_steps,
             steps_per_epoch=run.per_epoch, device=str(run.device), dtype=run.info["autocast_dtype"])
+    say_ranks(run)
     return TrainState()
+
+
+def say_ranks(run: Run) -> None:
+    """World size, strategy and each rank's share of the weights and its peak memory (gathered to rank 0)."""
+    if not run.ranks.distributed:
+        return
+    local = sum(dist_.local_numel(p) for p in run.model.parameters())
+    peak = (torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else _peak_rss())
+    shares = run.ranks.gather([local, peak])
+    d = run.cfg.distributed
+    run.say(f"distributed: {run.ranks.world_size} ranks ({run.ranks.launcher}), strategy {run.ranks.strategy}"
+            + (f", sharding {d.sharding}" + (", cpu_offload" if d.cpu_offload else "")
+               + (", mixed_precision" if d.mixed_precision else "") if run.ranks.strategy == "fsdp" else ""),
+            **run.ranks.describe(), sharding=d.sharding if run.ranks.strategy == "fsdp" else None,
+            cpu_offload=d.cpu_offload, mixed_precision=d.mixed_precision,
+            rank_parameters=[int(a) for a, _ in shares], rank_peak_memory_bytes=[int(b) for _, b in shares],
+            total_params=run.total)
+
+
+def _peak_rss() -> int:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def resume(run: Run, path) -> TrainState:
     """Continue from a checkpoint: trainable weights, optimizer, RNG states and the TrainState it stored."""
     saved = ckpt.load_checkpoint(path)
-    ckpt.load_trainable_state(run.model, saved["weights"])
-    run.optimizer.load_state_dict(saved["optimizer"])
+    if ckpt.has_sharded(path):  # any world size and strategy wrote it: DCP reshards
+        ckpt.load_sharded(path, run.model, run.optimizer)
+    elif run.ranks.distributed:
+        raise GraftError(f"checkpoint {path} predates sharded checkpoints; resume it with world size 1",
+                         param="distributed.world_size")
+    else:
+        ckpt.load_trainable_state(run.model, saved["weights"])
+        run.optimizer.load_state_dict(saved["optimizer"])
     state = TrainState.from_dict(saved["state"])
     ckpt.set_rng_state(saved["rng"])
-    run.say(f"resumed from step {state.step}", step=state.step, path=str(path), total_steps=run.total_steps)
+    written_by = json.loads((Path(path) / "run_info.json").read_text()).get("distributed", {}) \
+        if (Path(path) / "run_info.json").exists() else {}
+    run.say(f"resumed from step {state.step}", step=state.step, path=str(path), total_steps=run.total_steps,
+            checkpoint_world_size=written_by.get("world_size", 1), world_size=run.ranks.world_size)
+    say_ranks(run)
     return state
 
 
@@ -363,19 +441,26 @@ def train_step(run: Run, state: TrainState) -> dict:
         run.optimizer.zero_grad(set_to_none=True)
         state.step, state.epoch = step, epoch
         return {"step": step, **metrics}
-    n_targets = sum(target_count(e) for e in examples)
-    loss_sum = correct = 0.0
+    n_targets = sum(target_count(e) for e in examples)  # global: every rank knows the whole step
     extra = {}
-    if run.label_set is not None:
+    if run.label_set is not None:  # one process (refused over ranks)
         loss_sum, correct, extra = label_set_backward(run, state, step, examples, n_targets)
     else:
-        for batch in micro_batches(examples, cfg.max_tokens_per_micro_batch, cfg.micro_batch_size):
-            with torch.autocast(run.device.type, dtype=run.dtype, enabled=run.dtype != torch.float32):
-                s, c = target_loss(run.model, batch, run.device)
-            (s / n_targets).backward()
-            loss_sum += s.item()
-            correct += c.item()
-            state.trained_tokens += batch["n_tokens"]
+        # DDP and FSDP2 average gradients over ranks: x world size makes it the mean over the global targets
+        loss_sum = correct = tokens = 0.0
+        batches = lockstep_micro_batches(examples, cfg, run.ranks)
+        for i, (batch, real) in enumerate(batches):
+            with no_sync(run, last=i == len(batches) - 1):
+                with torch.autocast(run.device.type, dtype=run.dtype, enabled=run.dtype != torch.float32):
+                    logits, labels, _ = net_logits(run.net, batch, run.device)
+                    s = F.cross_entropy(logits, labels, reduction="sum")
+                (s * run.ranks.world_size / n_targets if real else s * 0.0).backward()
+            if real:
+                loss_sum += s.item()
+                correct += (logits.detach().argmax(-1) == labels).sum().item()
+                tokens += batch["n_tokens"]
+        loss_sum, correct, tokens = run.ranks.sum([loss_sum, correct, tokens])
+        state.trained_tokens += int(tokens)
     torch.nn.utils.clip_grad_norm_(run.params, MAX_GRAD_NORM)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -403,6 +488,14 @@ def label_set_backward(run: Run, state: TrainState, step: int, examples: list[di
         state.trained_tokens += sum(len(examples[j]["input_ids"]) for j in group)  # billed: the examples
     return loss_sum, correct, {"train_unlikelihood_loss": ul_total / n_candidate,
                                "train_length_normalized_loss": ln_total / len(examples)}
+
+
+def no_sync(run: Run, last: bool):
+    """DDP reduces gradients in the last micro-batch's backward only (FSDP2 reduce-scatters in each)."""
+    from contextlib import nullcontext
+    if last or run.ranks.strategy != "ddp":
+        return nullcontext()
+    return run.net.no_sync()
 
 
 def is_eval_step(run: Run, step: int) -> bool:
@@ -448,11 +541,14 @@ def checkpoint(run: Run, state: TrainState) -> Path:
     """Save the step (keeping only it and the best one) and announce it."""
     # an adapter method's checkpoints carry their adapter, so each can be served as a model (full weights: not)
     export = None if run.method.ADAPTER_TYPE == "full" else (
-        lambda d: run.method.save(run.model, d, tokenizer=run.tokenizer))
+        lambda d, weights: run.method.save(run.model, d, tokenizer=run.tokenizer,
+                                           state_dict=weights if run.ranks.distributed else None))
     path = ckpt.save_checkpoint(run.checkpoints, run.model, run.optimizer,
-                                {**asdict(state), "last_saved_step": state.step}, run.info, export=export)
+                                {**asdict(state), "last_saved_step": state.step}, run.info, export=export,
+                                ranks=run.ranks)
     state.last_saved_step = state.step
-    ckpt.prune(run.checkpoints, {state.step, state.best_step})
+    if run.ranks.main:
+        ckpt.prune(run.checkpoints, {state.step, state.best_step})
     run.emit({"type": "checkpoint", "data": {"step": state.step, "path": str(path), "metrics": state.metrics}})
     return path
 
@@ -469,7 +565,7 @@ def announce_early_stop(run: Run, state: TrainState) -> None:
 def interrupt(run: Run, state: TrainState, request: str) -> TrainResult:
     """Pause (checkpoint this step unless it just was) or cancel (keep the latest checkpoint)."""
     if request == "pause" and state.last_saved_step != state.step:
-        path = checkpoint(run, state)
+        path = checkpoint(run, state)  # every rank: the request was agreed on
     else:
         path = ckpt.latest_checkpoint(run.out_dir)
     status = "paused" if request == "pause" else "cancelled"
@@ -481,11 +577,23 @@ def finish(run: Run, state: TrainState) -> TrainResult:
     """The result: the best evaluated weights when validated, else the last ones, saved by the method."""
     if state.best_step is not None and state.best_step != state.step:
         best_dir = run.checkpoints / f"{ckpt.PREFIX}{state.best_step:06d}"
-        ckpt.load_trainable_state(run.model, ckpt.load_checkpoint(best_dir)["weights"])
+        if run.ranks.distributed:
+            ckpt.load_sharded(best_dir, run.model)
+        else:
+            ckpt.load_trainable_state(run.model, ckpt.load_checkpoint(best_dir)["weights"])
     model_dir = run.out_dir / "model"
-    with ckpt.atomic_dir(model_dir) as tmp:
-        run.method.save(run.model, tmp, tokenizer=run.tokenizer)
-        (tmp / "run_info.json").write_text(json.dumps(run.info, indent=1))
+    if run.ranks.distributed:  # gathered on every rank (a collective), saved by rank 0 in today's format
+        whole = (dist_.full_model_state_dict(run.model) if run.cfg.training_method == "vanilla"
+                 else dist_.full_state(run.model, {n for n, p in run.model.named_parameters() if p.requires_grad}))
+        if run.ranks.main:
+            with ckpt.atomic_dir(model_dir) as tmp:
+                run.method.save(run.model, tmp, tokenizer=run.tokenizer, state_dict=whole)
+                (tmp / "run_info.json").write_text(json.dumps(run.info, indent=1))
+        run.ranks.barrier()
+    else:
+        with ckpt.atomic_dir(model_dir) as tmp:
+            run.method.save(run.model, tmp, tokenizer=run.tokenizer)
+            (tmp / "run_info.json").write_text(json.dumps(run.info, indent=1))
     run.say(f"training finished in {time.time() - run.started:.1f}s", steps=state.step, best_step=state.best_step,
             trained_tokens=state.trained_tokens, model_dir=str(model_dir))
     return result(run, state, "succeeded", model_dir, ckpt.latest_checkpoint(run.out_dir),

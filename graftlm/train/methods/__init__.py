@@ -60,6 +60,10 @@ def no_load_kwargs(cfg) -> dict:
     return {}
 
 
-def save_adapter(model, out_dir, tokenizer=None) -> None:
-    """PEFT format (adapter_config.json + adapter_model.safetensors), loadable by PeftModel.from_pretrained."""
-    model.save_pretrained(str(out_dir), safe_serialization=True)
+def save_adapter(model, out_dir, tokenizer=None, state_dict=None) -> None:
+    """PEFT format (adapter_config.json + adapter_model.safetensors), loadable by PeftModel.from_pretrained;
+    ``state_dict``: the weights gathered from sharded ranks."""
+    if state_dict is None:
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+    else:
+        model.save_pretrained(str(out_dir), safe_serialization=True, state_dict=state_dict)

@@ -38,7 +38,10 @@ def prepare(model, cfg):
     return model
 
 
-def save(model, out_dir, tokenizer=None) -> None:
-    model.save_pretrained(str(out_dir), safe_serialization=True)
+def save(model, out_dir, tokenizer=None, state_dict=None) -> None:
+    if state_dict is None:
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+    else:  # gathered from sharded ranks
+        model.save_pretrained(str(out_dir), safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out_dir))

@@ -1,0 +1,54 @@
+"""Run ``train()`` from a JSON spec in every rank: ``torchrun --nproc-per-node 2 -m graftlm.train.launch SPEC``.
+
+The spec: ``{"config": {...}, "base_model_path", "train_examples", "valid_examples", "out_dir",
+"events": "events.jsonl", "resume_from": null, "stop_after_step": null}``. Rank 0 appends the loop's events
+to ``events`` (one JSON object a line) and writes ``result.json`` into ``out_dir``. ``stop_after_step`` pauses
+the run after that step (a checkpoint every rank writes), for resume tests. Jobs launch the same loop through
+``graftlm.jobs.worker``; this entry point is for tests, benchmarks and hand-made runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+
+def run_spec(spec: dict) -> dict:
+    import torch
+
+    from graftlm.train.loop import train
+
+    events_path = Path(spec["events"]) if spec.get("events") else None
+
+    def on_event(event: dict) -> None:
+        if events_path is not None:
+            with events_path.open("a") as f:
+                f.write(json.dumps(event, default=str) + "\n")
+
+    stop_after = spec.get("stop_after_step")
+    steps = [0]
+
+    def should_stop():
+        steps[0] += 1
+        return "pause" if stop_after is not None and steps[0] >= stop_after else None
+
+    torch.set_num_threads(int(spec.get("threads", torch.get_num_threads())))
+    result = train(spec["config"], spec["base_model_path"], spec["train_examples"], spec.get("valid_examples"),
+                   spec["out_dir"], on_event=on_event, should_stop=should_stop, resume_from=spec.get("resume_from"))
+    out = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
+    import torch.distributed as dist
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        (Path(spec["out_dir"]) / "result.json").write_text(json.dumps(out, default=str, indent=1))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return out
+
+
+def main() -> None:
+    run_spec(json.loads(Path(sys.argv[1]).read_text()))
+
+
+if __name__ == "__main__":
+    main()

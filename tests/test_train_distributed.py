@@ -1,0 +1,163 @@
+"""The one training loop on 2 gloo ranks (torchrun, 1 thread each): DDP and FSDP2 give the 1-process loss curve
+and weights, FSDP2 holds half the weights per rank, checkpoints resume at another world size.
+
+Cost: each torchrun launch is ~15-25 s on 2 CPU cores (two interpreters importing torch and transformers);
+this file launches 5 of them (~2 min)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from graftlm.testing.models import build_learnable_llama
+from graftlm.train.launch import run_spec
+
+torch.set_num_threads(1)
+
+PAIRS = [("hello", "fine"), ("book a flight", "paris"), ("what is my balance", "100"), ("check the weather", "lazy dog")]
+TOY = [{"messages": [{"role": "user", "content": q, "weight": 0}, {"role": "assistant", "content": a, "weight": 1}]}
+       for q, a in PAIRS * 4]
+# batch 5 over 16 examples: steps of 5, 5, 5 and 1 examples (the 1-example step leaves rank 1 without any:
+# it runs a padding micro-batch); micro-batches of 2 make ranks run different numbers of real ones
+LORA = {"training_method": "lora", "seed": 3, "warmup_ratio": 0.0, "learning_rate": 1e-2, "lora_dropout": 0.0,
+        "max_steps": 5, "batch_size": 5, "eval_interval_steps": 4, "micro_batch_size": 2}
+VANILLA = {**{k: v for k, v in LORA.items() if not k.startswith("lora")}, "training_method": "vanilla",
+           "learning_rate": 3e-3}
+
+
+@pytest.fixture(autouse=True)
+def fp32(monkeypatch):
+    monkeypatch.setenv("GRAFT_DTYPE", "float32")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return build_learnable_llama(tmp_path_factory.mktemp("base"))
+
+
+def spec(base, out, config, **extra):
+    return {"config": config, "base_model_path": str(base), "train_examples": TOY, "valid_examples": TOY[:5],
+            "out_dir": str(out), "events": str(out) + ".jsonl", "threads": 1, **extra}
+
+
+def one_rank(base, out, config, **extra):
+    run_spec(spec(base, out, config, **extra))
+    return read_events(out)
+
+
+def two_ranks(base, out, config, tmp_path, **extra):
+    path = tmp_path / f"{out.name}.json"
+    path.write_text(json.dumps(spec(base, out, config, **extra)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--standalone", "-m", "graftlm.train.launch", str(path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return read_events(out)
+
+
+def read_events(out):
+    return [json.loads(line) for line in open(str(out) + ".jsonl")]
+
+
+def curve(events):
+    return {e["data"]["step"]: e["data"]["train_loss"] for e in events if e["type"] == "metrics"}
+
+
+def valid(events):
+    return {e["data"]["step"]: e["data"]["valid_loss"] for e in events if "valid_loss" in e.get("data", {})}
+
+
+def ranks_message(events):
+    return next(e["data"] for e in events if e.get("message", "").startswith("distributed:"))
+
+
+def assert_close(a: dict, b: dict, rel: float):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert abs(a[k] - b[k]) <= rel * abs(b[k]), (k, a[k], b[k])
+
+
+def weights_close(dir_a, dir_b, name, rel):
+    a, b = load_file(str(dir_a / name)), load_file(str(dir_b / name))
+    assert a.keys() == b.keys()
+    for k in a:  # relative to the tensor's norm (Adam's sign-like steps amplify fp32 reduction order elementwise)
+        diff = ((a[k] - b[k]).norm() / b[k].norm().clamp_min(1e-12)).item()
+        assert diff <= rel, (k, diff)
+
+
+@pytest.fixture(scope="module")
+def lora_one_rank(base, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "lora"
+    return out, one_rank(base, out, LORA)
+
+
+def test_ddp_two_ranks_equal_one_rank(base, tmp_path, lora_one_rank):
+    one_out, one = lora_one_rank
+    two = two_ranks(base, tmp_path / "ddp", LORA, tmp_path)
+    assert ranks_message(two)["strategy"] == "ddp" and ranks_message(two)["world_size"] == 2  # auto: adapters
+    assert_close(curve(two), curve(one), 1e-5)
+    assert_close(valid(two), valid(one), 1e-5)
+    weights_close(tmp_path / "ddp" / "model", one_out / "model", "adapter_model.safetensors", 1e-5)
+    configs = [json.loads((d / "model" / "adapter_config.json").read_text()) for d in (tmp_path / "ddp", one_out)]
+    for c in configs:
+        c["target_modules"] = sorted(c["target_modules"])  # PEFT writes a set
+    assert configs[0] == configs[1]
+    # only rank 0 writes events: one "training started", one per step
+    assert sum(e["message"].startswith("training started") for e in two if e["type"] == "message") == 1
+    assert sorted(curve(two)) == [1, 2, 3, 4, 5]
+
+
+def test_fsdp_lora_shards_the_base_and_equals_one_rank(base, tmp_path, lora_one_rank):
+    one_out, one = lora_one_rank
+    two = two_ranks(base, tmp_path / "fsdp", {**LORA, "distributed": {"strategy": "fsdp"}}, tmp_path)
+    info = ranks_message(two)
+    assert info["strategy"] == "fsdp" and info["sharding"] == "full"
+    assert all(abs(n - info["total_params"] / 2) <= 0.01 * info["total_params"] for n in info["rank_parameters"])
+    assert_close(curve(two), curve(one), 1e-4)
+    weights_close(tmp_path / "fsdp" / "model", one_out / "model", "adapter_model.safetensors", 1e-4)
+
+
+def test_fsdp_vanilla_full_shard_equals_one_rank(base, tmp_path):
+    one = one_rank(base, tmp_path / "one", VANILLA)
+    two = two_ranks(base, tmp_path / "two", VANILLA, tmp_path)
+    info = ranks_message(two)
+    assert info["strategy"] == "fsdp"  # auto: vanilla at 2 ranks shards
+    assert all(abs(n - info["total_params"] / 2) <= 0.01 * info["total_params"] for n in info["rank_parameters"])
+    assert_close(curve(two), curve(one), 1e-4)
+    weights_close(tmp_path / "two" / "model", tmp_path / "one" / "model", "model.safetensors", 1e-3)
+
+
+def test_fsdp_cpu_offload_zero2_and_mixed_precision_run(base, tmp_path, lora_one_rank):
+    _, one = lora_one_rank
+    hp = {**LORA, "distributed": {"strategy": "fsdp", "sharding": "grad_op", "cpu_offload": True,
+                                  "mixed_precision": True}}
+    two = two_ranks(base, tmp_path / "offload", hp, tmp_path)
+    info = ranks_message(two)
+    assert info["cpu_offload"] and info["mixed_precision"] and info["sharding"] == "grad_op"
+    assert_close(curve(two), curve(one), 2e-2)  # bf16 weights and compute: close, not equal
+    assert curve(two)[4] < 0.7 * curve(two)[1]
+
+
+def test_resume_at_another_world_size(base, tmp_path, lora_one_rank):
+    """2 FSDP ranks pause after step 3 -> 1 process resumes; 1 process paused -> 2 DDP ranks resume: the
+    next steps' losses are the uninterrupted run's."""
+    _, one = lora_one_rank
+    fsdp = {**LORA, "distributed": {"strategy": "fsdp"}}
+    two_ranks(base, tmp_path / "a", fsdp, tmp_path, stop_after_step=3)
+    ckpt = tmp_path / "a" / "checkpoints" / "step-000003"
+    assert len(list((ckpt / "dcp").glob("*.distcp"))) == 2  # each rank wrote its shards
+    resumed = one_rank(base, tmp_path / "a", LORA, resume_from=str(ckpt))
+    assert any(e.get("message") == "resumed from step 3" and e["data"]["checkpoint_world_size"] == 2 for e in resumed)
+    assert_close({s: v for s, v in curve(resumed).items() if s > 3}, {4: curve(one)[4], 5: curve(one)[5]}, 1e-4)
+
+    one_rank(base, tmp_path / "b", LORA, stop_after_step=3)
+    ckpt = tmp_path / "b" / "checkpoints" / "step-000003"
+    resumed = two_ranks(base, tmp_path / "b", LORA, tmp_path, resume_from=str(ckpt))
+    assert_close({s: v for s, v in curve(resumed).items() if s > 3}, {4: curve(one)[4], 5: curve(one)[5]}, 1e-5)
