@@ -161,3 +161,21 @@ def test_resume_at_another_world_size(base, tmp_path, lora_one_rank):
     ckpt = tmp_path / "b" / "checkpoints" / "step-000003"
     resumed = two_ranks(base, tmp_path / "b", LORA, tmp_path, resume_from=str(ckpt))
     assert_close({s: v for s, v in curve(resumed).items() if s > 3}, {4: curve(one)[4], 5: curve(one)[5]}, 1e-5)
+
+
+@pytest.mark.slow  # ~3 min on 2 CPU cores (most of it starting a local Ray and its 2 Ray Train workers)
+def test_ray_train_two_workers_give_the_same_curve(base, tmp_path, lora_one_rank):
+    ray = pytest.importorskip("ray")
+    from graftlm.train.ray_ranks import run_on_ray
+
+    _, one = lora_one_rank
+    out = tmp_path / "ray"
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        run_on_ray(lambda cfg: run_spec(cfg["spec"]), 2, address=None, storage=tmp_path / "ray-store", name="t",
+                   config={"spec": spec(base, out, LORA), "env": {"OMP_NUM_THREADS": "1", "GRAFT_DTYPE": "float32"}})
+    finally:
+        ray.shutdown()
+    two = read_events(out)
+    assert ranks_message(two)["launcher"] == "ray" and ranks_message(two)["world_size"] == 2
+    assert_close(curve(two), curve(one), 1e-5)

@@ -10,6 +10,7 @@ the run after that step (a checkpoint every rank writes), for resume tests. Jobs
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -41,7 +42,7 @@ def run_spec(spec: dict) -> dict:
     import torch.distributed as dist
     if not dist.is_initialized() or dist.get_rank() == 0:
         (Path(spec["out_dir"]) / "result.json").write_text(json.dumps(out, default=str, indent=1))
-    if dist.is_initialized():
+    if dist.is_initialized() and os.environ.get("GRAFT_RANK_LAUNCHER") != "ray":  # Ray Train tears its own down
         dist.destroy_process_group()
     return out
 
