@@ -7,6 +7,13 @@ gradients; frozen weights get no weight gradients), the same formula for every c
 
     python bench/train.py                                   # random SmolLM2-135M-shaped Llama
     python bench/train.py --model-path ~/.graft/models/smollm2-135m-instruct --steps 6
+    python bench/train.py --ranks 2 --layers 4 --steps 8   # graftlm on 2 gloo ranks (1 thread each) / 1 rank
+
+``--ranks N`` compares the same graftlm LoRA run on 1 process with N threads against N torchrun ranks (DDP, gloo)
+with 1 thread each, the machine's cores split either way: tokens/s from the second step's metrics event to the
+last (start-up and the first step excluded), and the ratio. On one CPU this measures the price of distribution
+(gradient all-reduce, lockstep padding, duplicated data work), not a speed-up: ranks pay off when each has its
+own device, or when a model does not fit one.
 """
 
 from __future__ import annotations
@@ -97,6 +104,44 @@ def bench_hf_trainer(model_path, examples, args, out) -> tuple[float, int]:
     return time.perf_counter() - t, tokens
 
 
+def launch_ranks(model_path, examples, args, out: Path, ranks: int) -> tuple[float, int]:
+    """tokens/s of graftlm LoRA on ``ranks`` processes (1: plain process with args.threads threads)."""
+    import json
+    import subprocess
+    import sys
+    spec = {"config": {"training_method": "lora", "max_steps": args.steps, "batch_size": args.batch,
+                       "log_model_metrics_interval_in_steps": 1, "warmup_ratio": 0.0, "lora_dropout": 0.0,
+                       "seed": 1},
+            "base_model_path": str(model_path), "train_examples": examples, "out_dir": str(out),
+            "events": str(out) + ".jsonl", "threads": max(1, args.threads // ranks)}
+    path = out.parent / f"{out.name}.json"
+    path.write_text(json.dumps(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "GRAFT_DTYPE": os.environ.get("GRAFT_DTYPE", "float32")}
+    cmd = ([sys.executable, "-m", "graftlm.train.launch", str(path)] if ranks == 1 else
+           [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
+            "-m", "graftlm.train.launch", str(path)])
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = [json.loads(line) for line in open(str(out) + ".jsonl")]
+    metrics = [e for e in metrics if e["type"] == "metrics"]
+    first, last = metrics[0], metrics[-1]
+    losses = [round(e["data"]["train_loss"], 5) for e in metrics]
+    print(f"  {ranks} rank(s): losses {losses}")
+    return last["time"] - first["time"], last["data"]["trained_tokens"] - first["data"]["trained_tokens"]
+
+
+def bench_ranks(model_path, args, work: Path) -> None:
+    examples = chat_examples(args.steps * args.batch)
+    cpu = (Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t")
+           if Path("/proc/cpuinfo").exists() else "unknown CPU")
+    print(f"{cpu}, {os.cpu_count()} cores; LoRA, {args.steps} steps of {args.batch} examples")
+    one = launch_ranks(model_path, examples, args, work / "one", 1)
+    many = launch_ranks(model_path, examples, args, work / "many", args.ranks)
+    t1, tn = one[1] / one[0], many[1] / many[0]
+    print(f"1 rank x {args.threads} threads: {t1:7.1f} tokens/s")
+    print(f"{args.ranks} ranks x {max(1, args.threads // args.ranks)} thread(s) (DDP, gloo): {tn:7.1f} tokens/s")
+    print(f"ratio {args.ranks} ranks / 1 rank = {tn / t1:.2f}x")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-path", default=None)
@@ -105,11 +150,14 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
     ap.add_argument("--only", default="graftlm,hf_trainer,trl")
+    ap.add_argument("--ranks", type=int, default=0, help="compare graftlm on N torchrun ranks with 1 process")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     model_path = (Path(args.model_path).expanduser() if args.model_path else
                   build_smollm_shaped_llama(work / "model", layers=args.layers, vocab_size=49152))
+    if args.ranks:
+        return bench_ranks(model_path, args, work)
     from transformers import AutoConfig
     c = AutoConfig.from_pretrained(model_path)
     h, kv_dim = c.hidden_size, c.hidden_size * c.num_key_value_heads // c.num_attention_heads

@@ -57,7 +57,7 @@ def test_cluster_units_bound_running_jobs(tiny_model, fake_workers):
     assert len(fake_workers) == 3
 
 
-def test_a_job_holds_one_unit_per_rank(tiny_model, fake_workers):
+def test_a_job_holds_one_unit_per_rank(tiny_model, fake_workers, monkeypatch):
     two = clusters.create_cluster("FINE_TUNING", unit_count=2)["id"]
     add_job("ftjob-a2", two, world_size=2)
     add_job("ftjob-b1", two, world_size=1)
@@ -67,6 +67,8 @@ def test_a_job_holds_one_unit_per_rank(tiny_model, fake_workers):
     assert cmd[1:3] == ["-m", "torch.distributed.run"] and "--nproc-per-node" in cmd and cmd[-1] == "ftjob-a2"
     assert env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))  # cores / units threads a rank
     assert sched.worker_command("ftjob-b1", 1)[0][1:] == ["-m", "graftlm.jobs.worker", "ftjob-b1"]
+    monkeypatch.setenv("GRAFT_RAY_ADDRESS", "ray://head:10001")  # ranks placed by Ray Train instead
+    assert sched.worker_command("ftjob-a2", 2)[0][1:] == ["-m", "graftlm.jobs.ray_ranks", "ftjob-a2", "2"]
 
 
 def test_global_concurrency(tiny_model, fake_workers):

@@ -2,7 +2,7 @@
 and weights, FSDP2 holds half the weights per rank, checkpoints resume at another world size.
 
 Cost: each torchrun launch is ~15-25 s on 2 CPU cores (two interpreters importing torch and transformers);
-this file launches 5 of them (~2 min)."""
+this file launches 7 of them (~3 min; the Ray test is marked slow)."""
 
 from __future__ import annotations
 
@@ -51,13 +51,17 @@ def one_rank(base, out, config, **extra):
     return read_events(out)
 
 
-def two_ranks(base, out, config, tmp_path, **extra):
+def launch_two(base, out, config, tmp_path, **extra) -> subprocess.CompletedProcess:
     path = tmp_path / f"{out.name}.json"
     path.write_text(json.dumps(spec(base, out, config, **extra)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                            "--standalone", "-m", "graftlm.train.launch", str(path)],
                           capture_output=True, text=True, env=env, timeout=300)
+
+
+def two_ranks(base, out, config, tmp_path, **extra):
+    proc = launch_two(base, out, config, tmp_path, **extra)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return read_events(out)
 
@@ -161,6 +165,19 @@ def test_resume_at_another_world_size(base, tmp_path, lora_one_rank):
     ckpt = tmp_path / "b" / "checkpoints" / "step-000003"
     resumed = two_ranks(base, tmp_path / "b", LORA, tmp_path, resume_from=str(ckpt))
     assert_close({s: v for s, v in curve(resumed).items() if s > 3}, {4: curve(one)[4], 5: curve(one)[5]}, 1e-5)
+
+
+def test_a_hung_rank_is_caught_by_the_collective_timeout(base, tmp_path):
+    """Rank 1 stops responding in step 2: rank 0's all-reduce times out (timeout_seconds 10), it names itself
+    and exits, and torchrun ends the group instead of waiting forever."""
+    import time
+    started = time.monotonic()
+    proc = launch_two(base, tmp_path / "hung", {**LORA, "distributed": {"timeout_seconds": 10}}, tmp_path,
+                      hang={"rank": 1, "step": 2})
+    assert proc.returncode != 0
+    assert time.monotonic() - started < 240  # not the 3,600 s rank 1 sleeps
+    assert "graftlm: rank 0 of 2:" in proc.stderr, proc.stderr[-3000:]
+    assert sorted(curve(read_events(tmp_path / "hung"))) == [1]  # step 1 ran; step 2 never finished
 
 
 @pytest.mark.slow  # ~3 min on 2 CPU cores (most of it starting a local Ray and its 2 Ray Train workers)
