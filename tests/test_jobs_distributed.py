@@ -39,6 +39,7 @@ def test_distributed_settings_that_cannot_run_are_400_naming_the_field(client, t
     assert refused(client, fid, cluster=two, distributed={"cpu_offload": True}) == "distributed.cpu_offload"
     assert refused(client, fid, cluster=two, distributed={"world_size": 3}) == "distributed.world_size"
     assert refused(client, fid, distributed={"world_size": 2}) == "distributed.world_size"  # no cluster: 1
+    assert refused(client, fid, cluster=two, label_set_losses=True) == "label_set_losses"  # one process only
     assert refused(client, fid, distributed={"sharding": "fast"}) == "distributed.sharding"
     assert refused(client, fid, distributed={"stratgy": "ddp"}) == "distributed.stratgy"
     big = create_cluster("FINE_TUNING", unit_count=(os.cpu_count() or 1) + 1)["id"]

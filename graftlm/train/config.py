@@ -261,8 +261,9 @@ class FineTuneConfig(BaseModel):
     def strategy_for(self, world_size: int) -> str:
         """The distributed strategy at ``world_size`` ranks (auto resolved); GraftError naming the field."""
         if world_size > 1 and self.label_set_losses:
-            raise GraftError("invalid hyperparameter label_set_losses: it trains in one process; over ranks "
-                             "use distributed.world_size 1", param="label_set_losses", code="invalid_hyperparameter")
+            raise GraftError(f"invalid hyperparameter label_set_losses: it trains in one process, and this job "
+                             f"has {world_size} ranks; set distributed.world_size 1 or leave label_set_losses out",
+                             param="label_set_losses", code="invalid_hyperparameter")
         if world_size > 1 and self.objective == "dpo":
             raise GraftError(f"invalid hyperparameter objective: dpo trains in one process, and this job has "
                              f"{world_size} ranks; set distributed.world_size 1", param="objective",
