@@ -11,6 +11,7 @@ resumed run continues exactly; ``Run`` holds what does not change (data, model, 
 Events (``on_event`` receives plain dicts):
     {"type": "message", "level": "info", "message": str, "data": {...}}
     {"type": "metrics", "data": {"step", "train_loss", "train_mean_token_accuracy",
+                                 ["train_unlikelihood_loss", "train_length_normalized_loss"],  # label_set_losses
                                  ["valid_loss", "valid_mean_token_accuracy", ["valid_exact_match"]]}}
     {"type": "checkpoint", "data": {"step", "path", "metrics"}}
 
