@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     warm_endpoints: bool = True  # load an endpoint's engine and adapter in the background when it is activated
     log_sweep_interval_s: float = Field(3600.0, gt=0)  # how often expired request logs are deleted
     direct_model_calls: bool = True  # custom model ids callable directly; off: only through endpoints
+    prefix_cache: bool = True  # automatic prefix caching in the paged KV cache (GRAFT_PREFIX_CACHE=false: off)
     paged_kernel: bool = True  # CPU decode attention reads the paged KV cache in place (C++ kernel, built once)
     threads_per_unit: int | None = Field(None, ge=1)  # CPU threads a hosting unit buys; unset: every core
 

@@ -96,7 +96,7 @@ def engine_metrics():
         queue.add_metric([key], engine.num_waiting)
         running.add_metric([key], engine.num_running)
         cache = engine.cache
-        used.add_metric([key], cache.num_blocks - len(cache.free_blocks))
+        used.add_metric([key], cache.num_blocks - cache.available_blocks)
         total.add_metric([key], cache.num_blocks)
         adapters.add_metric([key], len(engine.adapters.resident))
         loads.add_metric([key], engine.adapters.loads)

@@ -78,7 +78,8 @@ class Engine:
                  device: torch.device | str | None = None, max_batch_size: int = 32, max_seq_len: int = 2048,
                  max_queue: int = 64, max_adapters: int = 8, max_lora_rank: int = 64,
                  max_cpu_adapters: int | None = None, max_prefill_tokens: int = 4096,
-                 kv_cache_bytes: int | None = None, threads: int | None = None):
+                 kv_cache_bytes: int | None = None, threads: int | None = None,
+                 prefix_cache: bool | None = None):
         self.model_path = Path(model_path)
         self.threads = threads  # CPU threads for this engine's steps (its cluster's units); None: torch's default
         self.device = torch.device(device) if device is not None else default_device()
@@ -94,7 +95,12 @@ class Engine:
         if kv_cache_bytes is None:
             full = max_batch_size * max_seq_len * kv_bytes_per_token(s.layers, s.kv_heads, s.head_dim, self.dtype)
             kv_cache_bytes = default_kv_cache_bytes(self.device, full)
-        self.cache = KVCache(s.layers, s.kv_heads, s.head_dim, self.dtype, self.device, kv_cache_bytes)
+        if prefix_cache is None:
+            from graftlm.config import get_settings
+
+            prefix_cache = get_settings().prefix_cache
+        self.cache = KVCache(s.layers, s.kv_heads, s.head_dim, self.dtype, self.device, kv_cache_bytes,
+                             prefix_caching=prefix_cache)
         self._wake = threading.Event()
         self.adapters = AdapterCache(self.pool, max_cpu_adapters or 4 * max_adapters, on_loaded=self._wake.set)
         self.scheduler = Scheduler(self.cache, self.adapters, max_batch_size, max_queue, max_prefill_tokens)
@@ -174,6 +180,8 @@ class Engine:
             generator = torch.Generator(device=self.device).manual_seed(params.seed)
         seq = Sequence(prompt_ids, params, adapter, self.tokenizer, generator)
         seq.kv_tokens = min(seq.kv_tokens, self.max_seq_len)  # generation stops at max_seq_len anyway
+        if self.cache.prefix_caching:
+            seq.prefix_hashes = self.cache.prefix_hashes(seq.prompt_ids, self._adapter_key(adapter))
         self._check_kv_fits(seq)
         seq.handle = RequestHandle(seq.request_id, functools.partial(self._cancel, seq))
         self.scheduler.add(seq, bounded=_bounded)
@@ -181,6 +189,12 @@ class Engine:
             self._fail_pending()
         self._wake.set()
         return seq.handle
+
+    def _adapter_key(self, adapter: str | None):
+        """What a cached block's keys and values depend on besides its tokens: the adapter (by name and files).
+        Any adapter counts, not only one on k_proj/v_proj: a change anywhere in layer i (q, o, the MLP) changes
+        the hidden state that layer i + 1 computes its keys and values from."""
+        return None if adapter is None else (adapter, str(self.adapters.paths.get(adapter)))
 
     def _check_kv_fits(self, seq: Sequence) -> None:
         """Refuse a request that could never be admitted: its KV alone exceeds the whole cache."""
@@ -313,12 +327,18 @@ class Engine:
         self._run_rows(seqs, self._decode_logits)
 
     def _prefill_logits(self, seqs: list[Sequence]) -> torch.Tensor:
-        lengths = [len(s.prompt_ids) for s in seqs]
+        """Prefill each prompt from the end of its cached prefix; its full blocks are cached afterwards."""
+        starts = [s.cached_tokens for s in seqs]
+        lengths = [len(s.prompt_ids) - c for s, c in zip(seqs, starts)]
         tokens = torch.zeros(len(seqs), max(lengths), dtype=torch.long)
         for i, s in enumerate(seqs):
-            tokens[i, :lengths[i]] = torch.tensor(s.prompt_ids)
-        return self.model.prefill(tokens.to(self.device), torch.tensor(lengths, device=self.device),
-                                  self.pool.rows([s.slot for s in seqs]), self.cache, self._block_table(seqs))
+            tokens[i, :lengths[i]] = torch.tensor(s.prompt_ids[starts[i]:])
+        logits = self.model.prefill(tokens.to(self.device), torch.tensor(lengths, device=self.device),
+                                    self.pool.rows([s.slot for s in seqs]), self.cache, self._block_table(seqs),
+                                    starts=starts)
+        for s in seqs:
+            self.cache.register(s.blocks, s.prefix_hashes)
+        return logits
 
     def _decode_logits(self, seqs: list[Sequence]) -> torch.Tensor:
         tokens = torch.tensor([s.last_token for s in seqs], device=self.device)

@@ -155,9 +155,14 @@ class Llama:
 
     @torch.inference_mode()
     def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, adapters=None, cache=None,
-                table: torch.Tensor | None = None) -> torch.Tensor:
+                table: torch.Tensor | None = None, starts: list[int] | None = None) -> torch.Tensor:
         """Run right-padded prompts [B, T]; write their KV into the cache blocks of ``table`` (one row per
-        prompt, padding not written); next-token logits [B, V]."""
+        prompt, padding not written); next-token logits [B, V].
+
+        With ``starts`` (a cached prefix per row, > 0 somewhere), ``tokens`` are each prompt's tokens from
+        its start on (``lengths`` counts them) and attend to the prefix's keys and values in the cache."""
+        if starts is not None and any(starts):
+            return self._prefill_after_prefix(tokens, lengths, adapters, cache, table, starts)
         b, t = tokens.shape
         positions = torch.arange(t, device=self.device).expand(b, t)
         if cache is not None:
@@ -169,6 +174,32 @@ class Llama:
                 cache.k[i].index_copy_(0, slots, k.transpose(1, 2)[real])
                 cache.v[i].index_copy_(0, slots, v.transpose(1, 2)[real])
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+        x = self._layers(self.embed[tokens], positions, adapters, attend)
+        last = x[torch.arange(b, device=self.device), lengths - 1]
+        return self._logits(last)
+
+    def _prefill_after_prefix(self, tokens, lengths, adapters, cache, table, starts):
+        b, t = tokens.shape
+        start = torch.tensor(starts, device=self.device)
+        offsets = torch.arange(t, device=self.device).expand(b, t)
+        real = offsets < lengths[:, None]
+        positions = torch.where(real, start[:, None] + offsets, 0)  # padding: position 0, never written
+        write = cache.slots(table, positions)[real]
+        total = start + lengths
+        span = int(total.max())
+        context = torch.arange(span, device=self.device)
+        read = cache.slots(table, context.clamp(max=table.shape[1] * cache.block_size - 1).expand(b, span)).flatten()
+        # query at position p sees context positions <= p; padded queries see position 0 only
+        mask = (context[None, None, :] <= positions[:, :, None])[:, None]
+        heads, dim = self.shape.kv_heads, self.shape.head_dim
+
+        def attend(i, q, k, v):
+            cache.k[i].index_copy_(0, write, k.transpose(1, 2)[real])
+            cache.v[i].index_copy_(0, write, v.transpose(1, 2)[real])
+            ck = cache.k[i].index_select(0, read).view(b, span, heads, dim).transpose(1, 2)
+            cv = cache.v[i].index_select(0, read).view(b, span, heads, dim).transpose(1, 2)
+            return F.scaled_dot_product_attention(q, ck, cv, attn_mask=mask, enable_gqa=True)
 
         x = self._layers(self.embed[tokens], positions, adapters, attend)
         last = x[torch.arange(b, device=self.device), lengths - 1]

@@ -34,6 +34,7 @@ class Output:
     logprobs: list[TokenLogprob | None]
     arrival_s: float = 0.0
     token_times_s: list[float] = field(default_factory=list)  # wall clock at each emitted token
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
 
     @property
     def prompt_tokens(self) -> int:

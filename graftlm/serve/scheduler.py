@@ -63,13 +63,13 @@ class Scheduler:
                 if seq.cancelled:
                     keep.append(seq)
                     continue
-                kv_full = kv_full or not self.cache.can_allocate(seq.kv_tokens)
+                kv_full = kv_full or not self.cache.can_allocate(seq.kv_tokens, seq.prefix_hashes)
                 rows_full = len(self.running) + len(new) >= self.max_batch
                 if kv_full or rows_full or (new and len(seq.prompt_ids) > budget) or not self._take_adapter(seq):
                     (failed if seq.ended else keep).append(seq)  # (failed: its adapter's load error)
                     continue
-                seq.blocks = self.cache.allocate(seq.kv_tokens)
-                budget -= len(seq.prompt_ids)
+                seq.blocks, seq.cached_tokens = self.cache.allocate(seq.kv_tokens, seq.prefix_hashes)
+                budget -= len(seq.prompt_ids) - seq.cached_tokens
                 new.append(seq)
             self.waiting = keep
         self.running.extend(new)

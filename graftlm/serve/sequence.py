@@ -29,6 +29,8 @@ class Sequence:
         self.slot = 0  # adapter slot while running
         self.kv_tokens = len(self.prompt_ids) + params.max_tokens  # KV slots reserved; the engine caps it
         self.blocks: list[int] = []  # KV cache blocks while running
+        self.prefix_hashes: list[int] = []  # of the prompt's reusable full blocks (prefix caching on)
+        self.cached_tokens = 0  # leading prompt tokens whose K/V came from the prefix cache
         self.finish_reason: str | None = None
         self.cancelled = False
         self.arrival_s = time.perf_counter()
@@ -97,4 +99,5 @@ class Sequence:
 
     def output(self) -> Output:
         return Output(self.request_id, self.adapter, self.prompt_ids, list(self.output_ids), self.text,
-                      self.finish_reason, list(self.logprobs), self.arrival_s, list(self.token_times_s))
+                      self.finish_reason, list(self.logprobs), self.arrival_s, list(self.token_times_s),
+                      self.cached_tokens)

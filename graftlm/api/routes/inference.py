@@ -237,9 +237,11 @@ def chat_logprobs(tokenizer, items) -> dict | None:
                         for i in items if i is not None]}
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    """OpenAI's usage; ``prompt_tokens_details.cached_tokens``: prompt tokens served from the prefix cache."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 def finish(reason: str | None) -> str:
@@ -329,7 +331,8 @@ def stream_response(request: Request, target, handles, prompt_tokens: int, make_
                 yield sse(e.to_dict())
                 return
             if include_usage:
-                yield sse(make_chunk(None, 0, usage=usage(prompt_tokens, completion)))
+                cached = handles[0].result().cached_tokens if handles[0].done else 0
+                yield sse(make_chunk(None, 0, usage=usage(prompt_tokens, completion, cached)))
             yield b"data: [DONE]\n\n"
             status = 200
         finally:  # a client that disconnects frees its batch rows at once
@@ -363,7 +366,7 @@ async def collect(target, handles, obs=None) -> list:
 
 def total_usage(outs) -> dict:
     """The prompt counted once (the choices share it), the completions of every choice."""
-    return usage(outs[0].prompt_tokens, sum(o.completion_tokens for o in outs))
+    return usage(outs[0].prompt_tokens, sum(o.completion_tokens for o in outs), outs[0].cached_tokens)
 
 
 def chat_messages(req: ChatRequest) -> list[dict]:
@@ -630,7 +633,7 @@ async def rag_chat_completion(req: ChatRequest, request: Request):
                        "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
                                     "logprobs": chat_logprobs(tokenizer, out.logprobs),
                                     "finish_reason": finish(out.finish_reason)}],
-                       "usage": usage(out.prompt_tokens, out.completion_tokens),
+                       "usage": usage(out.prompt_tokens, out.completion_tokens, out.cached_tokens),
                        "citations": mark_cited(citations, out.text, info), "rag": info}
 
     ans, cited = await run_in_threadpool(lambda: run_mode(target, messages, passages, rag_mode=opts.rag_mode,
