@@ -45,7 +45,7 @@ def run(engine, handles):
 def assert_clean(engine, handles):
     """One retirement per request, nothing held: every KV block free, no adapter reference, no row."""
     assert sorted(engine.retired) == sorted(h.request_id for h in handles)
-    assert len(engine.cache.free_blocks) == engine.cache.num_blocks
+    assert engine.cache.available_blocks == engine.cache.num_blocks
     assert not any(engine.adapters.refs.values())
     assert engine.scheduler.live() == []
     for h in handles:  # exactly one last item, and it is the last one

@@ -83,8 +83,12 @@ class KVCache:
         idle_shared = sum(1 for b in shared if b in self.idle)
         return math.ceil(tokens / self.block_size) - len(shared) <= self.available_blocks - idle_shared
 
-    def allocate(self, tokens: int, hashes: list[int] = ()) -> tuple[list[int], int]:
-        """Blocks for ``tokens`` and how many leading tokens they already hold (a cached prefix)."""
+    def allocate(self, tokens: int) -> list[int]:
+        return self.allocate_prefix(tokens, [])[0]
+
+    def allocate_prefix(self, tokens: int, hashes: list[int]) -> tuple[list[int], int]:
+        """Blocks for ``tokens`` and how many leading tokens they already hold (the cached prefix of a prompt
+        whose reusable blocks have ``hashes``)."""
         shared = self._matched(hashes) if self.prefix_caching else []
         for b in shared:
             self.refs[b] += 1

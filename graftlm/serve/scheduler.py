@@ -68,7 +68,7 @@ class Scheduler:
                 if kv_full or rows_full or (new and len(seq.prompt_ids) > budget) or not self._take_adapter(seq):
                     (failed if seq.ended else keep).append(seq)  # (failed: its adapter's load error)
                     continue
-                seq.blocks, seq.cached_tokens = self.cache.allocate(seq.kv_tokens, seq.prefix_hashes)
+                seq.blocks, seq.cached_tokens = self.cache.allocate_prefix(seq.kv_tokens, seq.prefix_hashes)
                 budget -= len(seq.prompt_ids) - seq.cached_tokens
                 new.append(seq)
             self.waiting = keep
