@@ -124,3 +124,9 @@ def test_graft_prefix_cache_false_turns_it_off(client, tiny_served, monkeypatch)
     monkeypatch.setenv("GRAFT_PREFIX_CACHE", "false")
     reset_settings()
     assert cached(client, "hello") == cached(client, "how are you") == 0
+
+
+def test_a_burst_with_one_prefix_computes_it_once(setup):
+    e = make_engine(setup, True)
+    outs = e.generate([(PROMPTS[i % 3], greedy(4), None) for i in range(6)])
+    assert [o.cached_tokens for o in outs] == [0] + [32] * 5  # the first prefills, the rest wait a step

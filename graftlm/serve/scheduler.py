@@ -57,11 +57,16 @@ class Scheduler:
         Returns (admitted, failed): a sequence whose adapter could not be loaded has failed and leaves the
         queue; the engine retires it. A cancelled one stays until the engine retires it at the next step."""
         new, failed, budget, keep, kv_full = [], [], self.max_prefill_tokens, deque(), False
+        prefilling: set[int] = set()  # first block hashes of the prompts admitted in this step
         with self._lock:
             while self.waiting:
                 seq = self.waiting.popleft()
                 if seq.cancelled:
                     keep.append(seq)
+                    continue
+                if seq.prefix_hashes and seq.prefix_hashes[0] in prefilling and \
+                        seq.prefix_hashes[0] not in self.cache.cached:
+                    keep.append(seq)  # its prefix is being prefilled this step: next step it is cached
                     continue
                 kv_full = kv_full or not self.cache.can_allocate(seq.kv_tokens, seq.prefix_hashes)
                 rows_full = len(self.running) + len(new) >= self.max_batch
@@ -71,6 +76,8 @@ class Scheduler:
                 seq.blocks, seq.cached_tokens = self.cache.allocate_prefix(seq.kv_tokens, seq.prefix_hashes)
                 budget -= len(seq.prompt_ids) - seq.cached_tokens
                 new.append(seq)
+                if seq.prefix_hashes:
+                    prefilling.add(seq.prefix_hashes[0])
             self.waiting = keep
         self.running.extend(new)
         return new, failed
