@@ -2,8 +2,9 @@
 
 ``step()`` is the whole loop: retire cancelled requests, admit waiting ones (prefill), decode one token for
 every running row, publish each row's new text to its handle, retire the ended. ``_retire`` is the one place a
-request ends, however it ends (finished, cancelled, failed, its adapter evicted, the engine stopping). ``start()`` runs it on a background thread; ``submit()`` returns
-a handle to stream from; ``generate()`` is the synchronous form.
+request ends, however it ends (finished, cancelled, failed, its adapter evicted, the engine stopping).
+``start()`` runs it on a background thread; ``submit()`` returns a handle to stream from; ``generate()`` is the
+synchronous form.
 """
 
 from __future__ import annotations
