@@ -10,8 +10,8 @@ gradients; frozen weights get no weight gradients), the same formula for every c
     python bench/train.py --ranks 2 --layers 4 --steps 8   # graftlm on 2 gloo ranks (1 thread each) / 1 rank
 
 ``--ranks N`` compares the same graftlm LoRA run on 1 process with N threads against N torchrun ranks (DDP, gloo)
-with 1 thread each, the machine's cores split either way: tokens/s from the second step's metrics event to the
-last (start-up and the first step excluded), and the ratio. On one CPU this measures the price of distribution
+with 1 thread each, the machine's cores split either way: tokens/s between the first and the last metrics event
+(steps 2 to the last: start-up and the first step excluded), and the ratio. On one CPU this measures the price of distribution
 (gradient all-reduce, lockstep padding, duplicated data work), not a speed-up: ranks pay off when each has its
 own device, or when a model does not fit one.
 """
@@ -134,8 +134,12 @@ def bench_ranks(model_path, args, work: Path) -> None:
     cpu = (Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t")
            if Path("/proc/cpuinfo").exists() else "unknown CPU")
     print(f"{cpu}, {os.cpu_count()} cores; LoRA, {args.steps} steps of {args.batch} examples")
-    one = launch_ranks(model_path, examples, args, work / "one", 1)
-    many = launch_ranks(model_path, examples, args, work / "many", args.ranks)
+    if args.ranks_first:  # the shared machine's load drifts: run the other order too
+        many = launch_ranks(model_path, examples, args, work / "many", args.ranks)
+        one = launch_ranks(model_path, examples, args, work / "one", 1)
+    else:
+        one = launch_ranks(model_path, examples, args, work / "one", 1)
+        many = launch_ranks(model_path, examples, args, work / "many", args.ranks)
     t1, tn = one[1] / one[0], many[1] / many[0]
     print(f"1 rank x {args.threads} threads: {t1:7.1f} tokens/s")
     print(f"{args.ranks} ranks x {max(1, args.threads // args.ranks)} thread(s) (DDP, gloo): {tn:7.1f} tokens/s")
@@ -151,6 +155,7 @@ def main():
     ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
     ap.add_argument("--only", default="graftlm,hf_trainer,trl")
     ap.add_argument("--ranks", type=int, default=0, help="compare graftlm on N torchrun ranks with 1 process")
+    ap.add_argument("--ranks-first", action="store_true", help="with --ranks: run the N ranks before 1 process")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
