@@ -178,3 +178,21 @@ def test_a_bad_response_format_is_a_400_naming_where(http, tiny_served):
     assert r.status_code == 400 and r.json()["error"]["param"] == "response_format.json_schema"
     r = post({"type": "json_schema", "json_schema": {"name": "has space", "schema": {}}})
     assert r.status_code == 400 and r.json()["error"]["param"].startswith("response_format.json_schema.name")
+
+
+def test_hostile_schemas_are_400s_not_500s(http, tiny_served):
+    deep: dict = {"type": "integer"}
+    for _ in range(300):
+        deep = {"type": "array", "items": deep}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"$ref": "#/$defs/missing"}}}]
+    for body in ({"response_format": {"type": "json_schema", "json_schema": {"name": "d", "schema": deep}}},
+                 {"response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": {
+                     "$ref": "#/$defs/nowhere"}}}},
+                 {"tools": tools, "tool_choice": "required"},
+                 {"response_format": {"type": "json_schema", "json_schema": {"name": "m", "schema": {
+                     "type": "object", "properties": {}, "required": ["a"], "minItems": 5}}}}):
+        r = http.post("/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "x"}],
+                                                    "max_tokens": 4} | body)
+        assert r.status_code in (200, 400), (body, r.text[:300])
+        if r.status_code == 400:
+            assert r.json()["error"]["param"].startswith(("response_format", "tools")), r.text

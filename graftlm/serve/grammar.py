@@ -37,8 +37,14 @@ FORMATS = {"date", "time", "date-time", "email", "uuid", "ipv4"}
 TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
 
 
-def check_schema(schema, where: str) -> None:
+MAX_SCHEMA_DEPTH = 64
+
+
+def check_schema(schema, where: str, depth: int = 0) -> None:
     """A 400 naming the first keyword the grammar would not enforce (path in ``param``)."""
+    if depth > MAX_SCHEMA_DEPTH:
+        raise GraftError(f"{where}: the schema nests deeper than {MAX_SCHEMA_DEPTH} levels", param=where,
+                         code="unsupported_schema")
     if isinstance(schema, bool):
         return
     if not isinstance(schema, dict):
@@ -66,14 +72,14 @@ def check_schema(schema, where: str) -> None:
             if not isinstance(value, dict):
                 raise GraftError(f"{at}: must be an object of schemas", param=at)
             for name, sub in value.items():
-                check_schema(sub, f"{at}.{name}")
+                check_schema(sub, f"{at}.{name}", depth + 1)
         elif key in ("items", "additionalProperties"):
-            check_schema(value, at)
+            check_schema(value, at, depth + 1)
         elif key in ("anyOf", "prefixItems"):
             if not isinstance(value, list) or not value:
                 raise GraftError(f"{at}: must be a non-empty list of schemas", param=at)
             for i, sub in enumerate(value):
-                check_schema(sub, f"{at}.{i}")
+                check_schema(sub, f"{at}.{i}", depth + 1)
 
 
 def _second_byte_range(lead: int) -> tuple[int, int]:
