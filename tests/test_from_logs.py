@@ -60,5 +60,12 @@ def test_rated_logs_become_sft_and_preference_data(tiny_model, tmp_path):
     judged = from_logs.build(ep["id"], judge=judge)
     assert [r["messages"][1]["content"] for r in judged["sft"]] == ["card frozen"]
     assert len(judged["preference"]) == 1
+    # query variants of the SFT prompts (the synth code; a fake paraphraser here) keep the good answers
+    paraphrase = lambda prompts: [p[0]["content"].split("Request: ")[-1] + " (reworded)" for p in prompts]  # noqa: E731
+    written = from_logs.write(from_logs.build(ep["id"]), tmp_path / "v", variants=1, generator=paraphrase)
+    varied = [json.loads(x) for x in (tmp_path / "v" / "sft_variants.jsonl").read_text().splitlines()]
+    assert sorted((r["messages"][0]["content"], r["messages"][1]["content"]) for r in varied) == [
+        ("balance? (reworded)", "you have 100"), ("freeze my card (reworded)", "card frozen")]
+    assert written["sft_variants"]["examples"] == 2 and not list((tmp_path / "v").glob(".*"))
     out = CliRunner().invoke(app, ["data", "from-logs", "--endpoint", "nope", "--out", str(tmp_path / "x")])
     assert out.exit_code == 2 and "endpoint" in out.output

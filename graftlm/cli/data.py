@@ -96,6 +96,9 @@ def from_logs(endpoint: str = typer.Option(..., "--endpoint", help="endpoint nam
               judge: Optional[str] = typer.Option(None, "--judge", help="judge:<model>: keep good answers it grades "
                                                   ">= --judge-min"),
               judge_min: int = typer.Option(4, "--judge-min"),
+              variants: int = typer.Option(0, "--variants", help="paraphrases per SFT prompt (synth), with "
+                                           "--variants-model"),
+              variants_model: Optional[str] = typer.Option(None, "--variants-model"),
               upload: bool = typer.Option(False, "--upload", help="also upload them as fine-tune files"),
               json: bool = typer.Option(False, "--json")):
     """Training data from an endpoint's rated logs: SFT (corrections, good answers) and preference pairs."""
@@ -109,7 +112,7 @@ def from_logs(endpoint: str = typer.Option(..., "--endpoint", help="endpoint nam
         raise NotFound(f"no endpoint with id or name {endpoint!r}", param="endpoint")
     result = build_data.build(e["id"], since=parse_since(since), min_rating=min_rating,
                               max_bad_rating=max_bad_rating, judge=judge, judge_min=judge_min)
-    written = build_data.write(result, out)
+    written = build_data.write(result, out, variants=variants, variants_model=variants_model)
     if upload:
         from graftlm.files.service import upload_local
 

@@ -9,7 +9,9 @@ down is 1) and an answer that received a correction. Out come
 - preference pairs (OpenAI's DPO JSONL): each good answer preferred over each bad answer of the same prompt;
 
 deduplicated, optionally filtered by an LLM judge (the ``judge:<model>`` scorer's pointwise 1-5 grade of the good
-answer, kept at ``judge_min`` or above), and validated by the same validator as uploads.
+answer, kept at ``judge_min`` or above), and validated by the same validator as uploads. ``variants`` > 0 also
+writes ``sft_variants.jsonl``: paraphrases of the SFT prompts with the same good answers, from the synth code
+(``graftlm.evals.synth.from_queries``: a model rewrites each query; duplicates and odd lengths are dropped).
 """
 
 from __future__ import annotations
@@ -87,12 +89,27 @@ def judged(messages: list[dict], answers: list[str], judge, judge_min: int) -> l
     return [a for a, g in zip(answers, grades) if g["score"] is not None and g["score"] >= judge_min]
 
 
-def write(result: dict, out_dir: str | Path) -> dict:
-    """Write ``sft.jsonl`` and ``preference.jsonl`` (each only when it has lines) and validate them."""
+def write(result: dict, out_dir: str | Path, *, variants: int = 0, variants_model: str | None = None,
+          generator=None) -> dict:
+    """Write ``sft.jsonl`` and ``preference.jsonl`` (each only when it has lines), and with ``variants``
+    ``sft_variants.jsonl``; validate them."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
-    for name, rows, fmt in (("sft", result["sft"], "chat"), ("preference", result["preference"], "preference")):
+    sets = [("sft", result["sft"], "chat"), ("preference", result["preference"], "preference")]
+    (out / "sft_variants.jsonl").unlink(missing_ok=True)
+    if variants and result["sft"]:
+        from graftlm.evals.synth import from_queries
+
+        queries = out / ".queries.jsonl"
+        queries.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result["sft"]))
+        raw = out / ".variants.jsonl"
+        from_queries(queries, raw, model=variants_model, generator=generator, variants=variants)
+        lines = [json.loads(x) for x in raw.read_text().splitlines() if x.strip()]
+        queries.unlink()
+        raw.unlink()
+        sets.append(("sft_variants", [{"messages": r["messages"]} for r in lines if "messages" in r], "chat"))
+    for name, rows, fmt in sets:
         path = out / f"{name}.jsonl"
         path.unlink(missing_ok=True)
         if not rows:
