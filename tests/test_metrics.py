@@ -88,6 +88,7 @@ def test_counters_move_by_exactly_the_requests_sent(http, served):
     engine = f"cluster:{served['id']}"
     assert value(after, "graftlm_kv_cache_blocks", engine=engine) > 0
     assert value(after, "graftlm_kv_cache_blocks_used", engine=engine) == 0  # nothing runs between requests
+    assert ("graftlm_prefix_cache_query_tokens_total", frozenset({("engine", engine)})) in after
     assert value(after, "graftlm_engine_queue_depth", engine=engine) == 0
     assert value(after, "graftlm_adapter_loads_total", engine=engine) == 1
     assert value(after, "graftlm_cluster_units", cluster="prod", type="HOSTING") == 1

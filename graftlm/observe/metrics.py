@@ -91,17 +91,26 @@ def engine_metrics():
     loads = CounterMetricFamily("graftlm_adapter_loads", "Adapter reads from disk", labels=["engine"])
     evictions = CounterMetricFamily("graftlm_adapter_evictions",
                                     "Adapters evicted from a device slot for another (LRU)", labels=["engine"])
+    cached = GaugeMetricFamily("graftlm_kv_cache_blocks_cached", "Prefix-cache blocks no row uses (kept until "
+                               "their memory is needed)", labels=["engine"])
+    hit = CounterMetricFamily("graftlm_prefix_cache_hit_tokens", "Prompt tokens whose K/V came from the prefix "
+                              "cache", labels=["engine"])
+    queried = CounterMetricFamily("graftlm_prefix_cache_query_tokens", "Prompt tokens in full blocks looked up in "
+                                  "the prefix cache", labels=["engine"])
     runtime = current_runtime()
     for key, engine in sorted((runtime.engines if runtime else {}).items()):
         queue.add_metric([key], engine.num_waiting)
         running.add_metric([key], engine.num_running)
         cache = engine.cache
         used.add_metric([key], cache.num_blocks - cache.available_blocks)
+        cached.add_metric([key], len(getattr(cache, "idle", ())))
+        hit.add_metric([key], getattr(cache, "hit_tokens", 0))
+        queried.add_metric([key], getattr(cache, "query_tokens", 0))
         total.add_metric([key], cache.num_blocks)
         adapters.add_metric([key], len(engine.adapters.resident))
         loads.add_metric([key], engine.adapters.loads)
         evictions.add_metric([key], getattr(engine.adapters, "evictions", 0))
-    yield from (queue, running, used, total, adapters, loads, evictions)
+    yield from (queue, running, used, total, cached, hit, queried, adapters, loads, evictions)
 
 
 def store_metrics():
