@@ -1,12 +1,16 @@
-"""Knowledge bases in one SQLite file: FTS5 (porter) for BM25 and sqlite-vec's vec0 for cosine KNN.
+"""Knowledge bases in one SQLite file, BM25 from bm25s (see bm25_index) and sqlite-vec's vec0 for cosine KNN.
 
-Each knowledge base gets its own FTS5 and vec0 table, so BM25 statistics are per knowledge base.
+Each knowledge base gets its own BM25 index and vec0 table, so BM25 statistics are per knowledge base. Chunk
+tokens live in ``rag_tokens`` (same transaction as the chunk); the scored BM25 index is rebuilt from them on the
+first search after a write and saved next to the database (``<db dir>/bm25/<kb id>/``). Knowledge bases made
+before that keep their old FTS5 table unused; their tokens are filled in on first search.
 Opened through sqlean.py because the standard library's sqlite3 may not load extensions.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -15,7 +19,7 @@ import numpy as np
 from graftlm.config import private_file
 from graftlm.errors import Conflict, GraftError
 from graftlm.rag.backend import DocumentRows, KnowledgeBase
-from graftlm.rag.text import fts_or_query
+from graftlm.rag.bm25_index import ScoredIndex, tokenize
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rag_kbs (
@@ -28,6 +32,8 @@ CREATE TABLE IF NOT EXISTS rag_chunks (
   id INTEGER PRIMARY KEY, kb_id TEXT NOT NULL, doc_id TEXT NOT NULL, n INTEGER NOT NULL, text TEXT NOT NULL,
   start INTEGER NOT NULL, "end" INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS rag_chunks_doc ON rag_chunks (kb_id, doc_id);
+CREATE TABLE IF NOT EXISTS rag_tokens (id INTEGER PRIMARY KEY, tokens TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rag_bm25_generation (kb_id TEXT PRIMARY KEY, generation INTEGER NOT NULL);
 """
 _KNN_MAX = 4096  # sqlite-vec's largest k
 
@@ -55,6 +61,8 @@ class SQLiteBackend:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(_SCHEMA)
+        self._bm25: dict[str, ScoredIndex] = {}
+        self._bm25_root = None if self.path == ":memory:" else Path(self.path).parent / "bm25"
 
     def close(self) -> None:
         self.conn.close()
@@ -79,8 +87,7 @@ class SQLiteBackend:
             self.conn.execute("INSERT INTO rag_kbs VALUES (?, ?, ?, ?, ?, ?, ?)",
                               (kb.id, kb.name, kb.chunk_size, kb.chunk_overlap, kb.embedding_model,
                                kb.dimension, kb.created_at))
-            self.conn.execute(f"CREATE VIRTUAL TABLE {self._fts(kb)} USING fts5(text, content='', "
-                              "contentless_delete=1, tokenize='porter unicode61 remove_diacritics 2')")
+            self._bump(kb)
             self.conn.execute(f"CREATE VIRTUAL TABLE {self._vec(kb)} USING vec0("
                               f"embedding float[{kb.dimension}] distance_metric=cosine)")
 
@@ -98,11 +105,17 @@ class SQLiteBackend:
     def drop_kb(self, kb: KnowledgeBase) -> None:
         with self.lock, self.conn:
             self.conn.execute("BEGIN")
+            self.conn.execute("DELETE FROM rag_tokens WHERE id IN (SELECT id FROM rag_chunks WHERE kb_id = ?)",
+                              (kb.id,))
             self.conn.execute("DELETE FROM rag_chunks WHERE kb_id = ?", (kb.id,))
             self.conn.execute("DELETE FROM rag_documents WHERE kb_id = ?", (kb.id,))
+            self.conn.execute("DELETE FROM rag_bm25_generation WHERE kb_id = ?", (kb.id,))
             self.conn.execute("DELETE FROM rag_kbs WHERE id = ?", (kb.id,))
             self.conn.execute(f"DROP TABLE IF EXISTS {self._fts(kb)}")
             self.conn.execute(f"DROP TABLE IF EXISTS {self._vec(kb)}")
+            self._bm25.pop(kb.id, None)
+        if self._bm25_root is not None:
+            shutil.rmtree(self._bm25_root / kb.id, ignore_errors=True)
 
     # documents
 
@@ -110,11 +123,22 @@ class SQLiteBackend:
         ids = [(r[0],) for r in self.conn.execute(
             "SELECT id FROM rag_chunks WHERE kb_id = ? AND doc_id = ?", (kb.id, doc_id))]
         if ids:
-            self.conn.executemany(f"DELETE FROM {self._fts(kb)} WHERE rowid = ?", ids)
+            self.conn.executemany("DELETE FROM rag_tokens WHERE id = ?", ids)
+            if self._has_fts(kb):  # a knowledge base made before BM25 moved to bm25s
+                self.conn.executemany(f"DELETE FROM {self._fts(kb)} WHERE rowid = ?", ids)
             self.conn.executemany(f"DELETE FROM {self._vec(kb)} WHERE rowid = ?", ids)
             self.conn.execute("DELETE FROM rag_chunks WHERE kb_id = ? AND doc_id = ?", (kb.id, doc_id))
 
+    def _has_fts(self, kb: KnowledgeBase) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (self._fts(kb),)).fetchone() is not None
+
+    def _bump(self, kb: KnowledgeBase) -> None:
+        """A write happened: the scored BM25 index is stale (called inside the write's transaction)."""
+        self.conn.execute("INSERT INTO rag_bm25_generation VALUES (?, 1) ON CONFLICT (kb_id) DO UPDATE "
+                          "SET generation = generation + 1", (kb.id,))
+
     def replace_documents(self, kb: KnowledgeBase, docs: list[DocumentRows]) -> None:
+        tokens = tokenize([c.text for doc in docs for c in doc.chunks])  # outside the write lock
         with self.lock, self.conn:
             self.conn.execute("BEGIN IMMEDIATE")  # row ids come from max(id): hold the write lock
             next_id = (self.conn.execute("SELECT max(id) FROM rag_chunks").fetchone()[0] or 0) + 1
@@ -126,17 +150,19 @@ class SQLiteBackend:
                 vectors = np.ascontiguousarray(doc.vectors, dtype=np.float32)
                 for c, v in zip(doc.chunks, vectors, strict=True):
                     chunk_rows.append((next_id, kb.id, doc.doc_id, c.index, c.text, c.start, c.end))
-                    fts_rows.append((next_id, c.text))
+                    fts_rows.append((next_id, json.dumps(tokens[len(fts_rows)])))
                     vec_rows.append((next_id, v.tobytes()))
                     next_id += 1
             self.conn.executemany("INSERT INTO rag_chunks VALUES (?, ?, ?, ?, ?, ?, ?)", chunk_rows)
-            self.conn.executemany(f"INSERT INTO {self._fts(kb)} (rowid, text) VALUES (?, ?)", fts_rows)
+            self.conn.executemany("INSERT INTO rag_tokens (id, tokens) VALUES (?, ?)", fts_rows)
             self.conn.executemany(f"INSERT INTO {self._vec(kb)} (rowid, embedding) VALUES (?, ?)", vec_rows)
+            self._bump(kb)
 
     def delete_document(self, kb: KnowledgeBase, doc_id: str) -> bool:
         with self.lock, self.conn:
             self.conn.execute("BEGIN")
             self._delete_chunks(kb, doc_id)
+            self._bump(kb)
             return self.conn.execute("DELETE FROM rag_documents WHERE kb_id = ? AND doc_id = ?",
                                      (kb.id, doc_id)).rowcount > 0
 
@@ -159,7 +185,9 @@ class SQLiteBackend:
             return {"documents_chunks": q("SELECT coalesce(sum(n_chunks), 0) FROM rag_documents WHERE kb_id = ?",
                                           kb.id),
                     "chunks": q("SELECT count(*) FROM rag_chunks WHERE kb_id = ?", kb.id),
-                    "fts": q(f"SELECT count(*) FROM {self._fts(kb)}"),
+                    "keyword": q("SELECT count(*) FROM rag_tokens t JOIN rag_chunks c ON c.id = t.id "
+                                 "WHERE c.kb_id = ?", kb.id),
+                    "bm25": len(self._bm25_index(kb)),
                     "vectors": q(f"SELECT count(*) FROM {self._vec(kb)}")}
 
     # search
@@ -178,18 +206,44 @@ class SQLiteBackend:
         return ("SELECT c.id FROM rag_chunks c JOIN rag_documents d ON d.kb_id = c.kb_id AND d.doc_id = c.doc_id "
                 "WHERE " + " AND ".join(where)), args
 
+    def _bm25_index(self, kb: KnowledgeBase) -> ScoredIndex:
+        """The scored BM25 index of the knowledge base's current generation: cached, loaded or rebuilt."""
+        with self.lock:
+            row = self.conn.execute("SELECT generation FROM rag_bm25_generation WHERE kb_id = ?", (kb.id,)).fetchone()
+            generation = row[0] if row else 0
+            index = self._bm25.get(kb.id)
+            if index is not None and index.generation == generation:
+                return index
+            root = None if self._bm25_root is None else self._bm25_root / kb.id
+            index = ScoredIndex.load(root, generation) if root is not None else None
+            if index is None:
+                missing = self.conn.execute(
+                    "SELECT c.id, c.text FROM rag_chunks c LEFT JOIN rag_tokens t ON t.id = c.id "
+                    "WHERE c.kb_id = ? AND t.id IS NULL", (kb.id,)).fetchall()
+                if missing:  # chunks stored before rag_tokens existed
+                    with self.conn:
+                        self.conn.execute("BEGIN")
+                        self.conn.executemany("INSERT INTO rag_tokens (id, tokens) VALUES (?, ?)",
+                                              [(i, json.dumps(t)) for (i, _), t in
+                                               zip(missing, tokenize([m[1] for m in missing]), strict=True)])
+                rows = self.conn.execute("SELECT c.id, t.tokens FROM rag_chunks c JOIN rag_tokens t ON t.id = c.id "
+                                         "WHERE c.kb_id = ? ORDER BY c.id", (kb.id,)).fetchall()
+                index = ScoredIndex.build([r[0] for r in rows], [json.loads(r[1]) for r in rows], generation)
+                if root is not None:
+                    index.save(root)
+            self._bm25[kb.id] = index
+            return index
+
     def keyword(self, kb: KnowledgeBase, terms: list[str], limit: int, filters: dict) -> list[tuple[int, float]]:
         if not terms:
             return []
-        fts = self._fts(kb)
-        sql, args = f"SELECT rowid, bm25({fts}) AS s FROM {fts} WHERE {fts} MATCH ?", [fts_or_query(terms)]
+        index = self._bm25_index(kb)
+        allowed = None
         if filters:
             fsql, fargs = self._filter_sql(kb, filters)
-            sql += f" AND rowid IN ({fsql})"
-            args += fargs
-        with self.lock:
-            rows = self.conn.execute(sql + " ORDER BY s LIMIT ?", (*args, limit)).fetchall()
-        return [(r[0], -r[1]) for r in rows]
+            with self.lock:
+                allowed = {r[0] for r in self.conn.execute(fsql, fargs)}
+        return index.search(" ".join(terms), limit, allowed)
 
     def dense(self, kb: KnowledgeBase, vector: np.ndarray, limit: int, filters: dict) -> list[tuple[int, float]]:
         blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()

@@ -1,0 +1,127 @@
+"""SQLite keyword search = Lucene BM25 (bm25s): hand-computed scores, filters, and an index that follows writes."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from graftlm.rag.backend import DocumentRows, KnowledgeBase
+from graftlm.rag.bm25_index import B, K1, tokenize
+from graftlm.rag.chunking import Chunk
+from graftlm.rag.sqlite_store import SQLiteBackend
+
+TOY = {"a": "The cat sat on the mat.", "b": "Dogs and cats.", "c": "A dog barked loudly at the cat; the cat ran."}
+# after tokenization (stop words out, Snowball stems):
+#   a: cat sat mat (3)   b: dog cat (2)   c: dog bark loud cat cat ran (6)     N = 3, avgdl = 11/3
+TOY_TOKENS = {"a": ["cat", "sat", "mat"], "b": ["dog", "cat"], "c": ["dog", "bark", "loud", "cat", "cat", "ran"]}
+
+
+def lucene_bm25(query_terms, docs_tokens):
+    """Lucene (>= 8) BM25 written out: sum over query terms of IDF * tf / (tf + k1 (1 - b + b dl / avgdl))."""
+    n = len(docs_tokens)
+    avgdl = sum(map(len, docs_tokens.values())) / n
+    out = {}
+    for doc, toks in docs_tokens.items():
+        s = 0.0
+        for t in query_terms:
+            df = sum(t in d for d in docs_tokens.values())
+            tf = toks.count(t)
+            if tf:
+                s += math.log(1 + (n - df + 0.5) / (df + 0.5)) * tf / (tf + K1 * (1 - B + B * len(toks) / avgdl))
+        out[doc] = s
+    return out
+
+
+def kb_(dim=4):
+    return KnowledgeBase(id="kbtest1", name="t", chunk_size=500, chunk_overlap=0, embedding_model="x",
+                         dimension=dim, created_at=0.0)
+
+
+def rows(doc_id, text, meta=None, dim=4):
+    return DocumentRows(doc_id=doc_id, metadata=meta or {}, n_chars=len(text),
+                        chunks=[Chunk(index=0, text=text, start=0, end=len(text), n_tokens=len(text.split()))],
+                        vectors=np.ones((1, dim), dtype=np.float32) / 2)
+
+
+def by_doc(store, kb, query, limit=10, filters=None):
+    hits = store.keyword(kb, query.split(), limit, filters or {})
+    docs = store.fetch(kb, [r for r, _ in hits])
+    return {docs[r]["document_id"]: s for r, s in hits}
+
+
+def test_tokenizer_matches_the_hand_checked_tokens():
+    assert dict(zip(TOY, tokenize(list(TOY.values())), strict=True)) == TOY_TOKENS
+
+
+def test_scores_equal_lucene_bm25_by_hand(tmp_path):
+    store, kb = SQLiteBackend(tmp_path / "rag.db"), kb_()
+    store.insert_kb(kb)
+    store.replace_documents(kb, [rows(d, t) for d, t in TOY.items()])
+    # "cat": df = 3, idf = ln(1 + 0.5/3.5); doc c: tf 2, dl 6 -> 0.13353 * 2 / (2 + 1.5 (0.25 + 0.75 * 6 / (11/3)))
+    got = by_doc(store, kb, "cats")
+    assert got["c"] == pytest.approx(math.log(1 + 0.5 / 3.5) * 2 / (2 + 1.5 * (0.25 + 0.75 * 6 / (11 / 3))), rel=1e-5)
+    for query in ("cats", "dog barking", "mat dog", "loud cats running"):
+        ref = lucene_bm25(tokenize([query])[0], TOY_TOKENS)
+        got = by_doc(store, kb, query)
+        assert got == pytest.approx({d: s for d, s in ref.items() if s > 0}, rel=1e-5), query
+        assert list(got) == sorted(got, key=lambda d: -got[d])  # best first
+    assert by_doc(store, kb, "zebra") == {}
+    ref = lucene_bm25(["cat"], TOY_TOKENS)
+    assert list(by_doc(store, kb, "cat", limit=1)) == [max(ref, key=ref.get)] == ["b"]  # short b beats tf-2 c
+
+
+def test_filters_restrict_without_changing_scores(tmp_path):
+    store, kb = SQLiteBackend(tmp_path / "rag.db"), kb_()
+    store.insert_kb(kb)
+    store.replace_documents(kb, [rows(d, t, {"g": "x" if d != "c" else "y"}) for d, t in TOY.items()])
+    everything = by_doc(store, kb, "cat dog")
+    only_x = by_doc(store, kb, "cat dog", filters={"g": "x"})
+    assert set(only_x) == {"a", "b"} and only_x == pytest.approx({d: everything[d] for d in ("a", "b")})
+    assert by_doc(store, kb, "cat", filters={"g": "none"}) == {}
+
+
+def test_index_persists_and_reloads_without_rebuilding(tmp_path, monkeypatch):
+    path = tmp_path / "rag.db"
+    store, kb = SQLiteBackend(path), kb_()
+    store.insert_kb(kb)
+    store.replace_documents(kb, [rows(d, t) for d, t in TOY.items()])
+    first = by_doc(store, kb, "dog cat")
+    store.close()
+    assert any((tmp_path / "bm25" / kb.id).glob("*/complete"))
+    from graftlm.rag import bm25_index
+
+    monkeypatch.setattr(bm25_index.ScoredIndex, "build", lambda *a, **k: pytest.fail("rebuilt instead of loading"))
+    again = SQLiteBackend(path)
+    assert by_doc(again, kb, "dog cat") == pytest.approx(first)
+    again.close()
+
+
+def test_random_ingest_replace_delete_keep_bm25_equal_to_a_fresh_index(tmp_path):
+    """Property: after any sequence of writes, scores equal BM25 over exactly the documents table's chunks."""
+    rng = random.Random(7)
+    words = ["apple", "banana", "cherry", "grape", "lemon", "mango", "olive", "peach", "plum", "melon"]
+    store, kb = SQLiteBackend(tmp_path / "rag.db"), kb_()
+    store.insert_kb(kb)
+    live: dict[str, str] = {}
+    for step in range(40):
+        op, doc = rng.random(), f"d{rng.randrange(8)}"
+        if op < 0.65:
+            text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 12)))
+            store.replace_documents(kb, [rows(doc, text)])
+            live[doc] = text
+        else:
+            assert store.delete_document(kb, doc) == (doc in live)
+            live.pop(doc, None)
+        if step % 3 == 0 or step == 39:  # search between writes too, so cached generations are exercised
+            counts = store.consistency(kb)
+            assert set(counts.values()) == {len(live)}, counts
+            query = " ".join(rng.sample(words, 3))
+            ref = lucene_bm25(tokenize([query])[0], dict(zip(live, tokenize(list(live.values())), strict=True))) \
+                if live else {}
+            assert by_doc(store, kb, query, limit=20) == pytest.approx({d: s for d, s in ref.items() if s > 0},
+                                                                      rel=1e-5), (step, query)
+    store.drop_kb(kb)
+    assert not (tmp_path / "bm25" / kb.id).exists()
