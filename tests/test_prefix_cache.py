@@ -130,3 +130,13 @@ def test_a_burst_with_one_prefix_computes_it_once(setup):
     e = make_engine(setup, True)
     outs = e.generate([(PROMPTS[i % 3], greedy(4), None) for i in range(6)])
     assert [o.cached_tokens for o in outs] == [0] + [32] * 5  # the first prefills, the rest wait a step
+
+
+def test_the_prefill_budget_counts_only_the_tokens_to_compute(setup, monkeypatch):
+    e = make_engine(setup, True)
+    e.scheduler.max_prefill_tokens = 60  # one 44-token prompt per step without the cache
+    e.generate([(PROMPTS[0], greedy(1), None)])
+    batches, prefill = [], e._prefill
+    monkeypatch.setattr(e, "_prefill", lambda seqs: (batches.append(len(seqs)), prefill(seqs)))
+    outs = e.generate([(PROMPTS[i % 3], greedy(1), None) for i in range(5)])
+    assert batches == [5] and all(o.cached_tokens == 32 for o in outs)  # 12 tokens each to compute

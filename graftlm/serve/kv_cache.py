@@ -69,6 +69,10 @@ class KVCache:
             hashes.append(parent)
         return hashes
 
+    def cached_prefix_tokens(self, hashes: list[int]) -> int:
+        """How many leading tokens of a prompt with these block hashes the cache holds now."""
+        return len(self._matched(hashes)) * self.block_size if self.prefix_caching else 0
+
     def _matched(self, hashes: list[int]) -> list[int]:
         blocks = []
         for h in hashes:

@@ -70,7 +70,8 @@ class Scheduler:
                     continue
                 kv_full = kv_full or not self.cache.can_allocate(seq.kv_tokens, seq.prefix_hashes)
                 rows_full = len(self.running) + len(new) >= self.max_batch
-                if kv_full or rows_full or (new and len(seq.prompt_ids) > budget) or not self._take_adapter(seq):
+                to_compute = len(seq.prompt_ids) - self.cache.cached_prefix_tokens(seq.prefix_hashes)
+                if kv_full or rows_full or (new and to_compute > budget) or not self._take_adapter(seq):
                     (failed if seq.ended else keep).append(seq)  # (failed: its adapter's load error)
                     continue
                 seq.blocks, seq.cached_tokens = self.cache.allocate_prefix(seq.kv_tokens, seq.prefix_hashes)
