@@ -69,7 +69,10 @@ def test_length_stop_and_eos_retire_once(engine):
 def test_cancel_running_and_waiting(engine):
     running = engine.submit([1, 20, 31, 45], greedy(40), "lora")
     other = engine.submit([1, 5, 6, 7], greedy(40), None)
-    engine.step()
+    for _ in range(500):  # until both run (the adapter loads in the background)
+        if running.tokens_streamed and other.tokens_streamed:
+            break
+        engine.step()
     waiting = engine.submit([1, 42], greedy(5), None)  # both rows are taken: it waits
     engine.step()
     assert engine.num_waiting == 1 and running.tokens_streamed >= 2
