@@ -38,6 +38,37 @@ def test_migration_schema_matches_models():
     assert diff == []
 
 
+def test_a_database_with_referenced_rows_upgrades_from_the_first_revision(tmp_path):
+    """Every later migration runs over a first-revision database holding a model, a cluster and an endpoint
+    that references both: SQLite's batch rebuild of a referenced table (copy, drop, rename) must not fail on
+    the foreign key (it did: FOREIGN KEY constraint failed on DROP TABLE dedicated_ai_clusters), and no row
+    is lost; foreign keys are back on afterwards."""
+    from alembic import command
+
+    from graftlm.store.db import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    cfg = alembic_config(url)
+    with get_engine(url).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    with get_engine(url).begin() as conn:
+        conn.execute(text("insert into models (id, kind, family, path, parameter_count, context_length, created_at)"
+                          " values ('base1', 'base', 'llama', '/m', 1, 2048, 1)"))
+        conn.execute(text("insert into dedicated_ai_clusters (id, name, type, unit_count, base_model,"
+                          " lifecycle_state, created_at) values ('cl1', 'prod', 'HOSTING', 1, 'base1', 'ACTIVE', 1)"))
+        conn.execute(text("insert into endpoints (id, name, model, dedicated_ai_cluster_id, lifecycle_state,"
+                          " created_at, updated_at) values ('ep1', 'bot', 'base1', 'cl1', 'ACTIVE', 1, 1)"))
+    upgrade(url)
+    with get_engine(url).connect() as conn:
+        assert conn.execute(text("select version_num from alembic_version")).scalar() != "0001"
+        assert conn.execute(text("select name from dedicated_ai_clusters")).scalars().all() == ["prod"]
+        assert conn.execute(text("select name, dedicated_ai_cluster_id from endpoints")).all() == [("bot", "cl1")]
+        assert conn.execute(text("PRAGMA foreign_key_check")).all() == []
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    assert not any(t.startswith("_alembic_tmp") for t in inspect(get_engine(url)).get_table_names())
+
+
 def test_sqlite_runs_in_wal_mode_with_foreign_keys():
     with session() as s:
         assert s.execute(text("PRAGMA journal_mode")).scalar() == "wal"

@@ -71,13 +71,27 @@ def upgrade(url: str | None = None) -> None:
             return
         engine = get_engine(url)
         cfg = alembic_config(url)
-        with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":  # serialize concurrent processes upgrading one server
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242)")
-            elif conn.dialect.name == "sqlite":
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        with engine.connect() as conn:
+            sqlite = conn.dialect.name == "sqlite"
+            if sqlite:  # a batch migration rebuilds a table (copy, drop, rename): a drop of a table that
+                # other rows reference fails with foreign keys on, so they are off while migrating (SQLite's
+                # own 12-step ALTER procedure) and checked before the commit
+                conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                conn.commit()  # end SQLAlchemy's autobegun transaction (a PRAGMA inside one is a no-op)
+            try:
+                with conn.begin():
+                    if sqlite:
+                        conn.exec_driver_sql("BEGIN IMMEDIATE")
+                    else:  # serialize concurrent processes upgrading one PostgreSQL server
+                        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242)")
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
+                    if sqlite and (broken := conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()):
+                        raise RuntimeError(f"schema upgrade left rows whose references are missing: {broken[:5]}")
+            finally:
+                if sqlite:
+                    conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                    conn.commit()
         _upgraded.add(url)
 
 
