@@ -3,7 +3,8 @@
 Scoring is bm25s's: method "lucene", k1 = 1.5, b = 0.75, IDF = ln(1 + (N - df + 0.5) / (df + 0.5)), document
 length = number of indexed tokens. Tokenization is bm25s's too: lowercase, words of two or more characters
 (``(?u)\\b\\w\\w+\\b``), bm25s's English stop words removed, Snowball English stems (PyStemmer). Queries go through
-the same steps, so a query's terms are the document terms they must match.
+the same steps, so a query's terms are the document terms they must match; a term the query repeats counts
+once per occurrence (as bm25s and a Lucene BooleanQuery of the words do).
 
 Incremental on ingest and delete: each chunk's tokens are computed once, at ingest, and stored in SQLite next to
 the chunk (table ``rag_tokens``, written in the same transaction). Every write bumps the knowledge base's
@@ -103,7 +104,7 @@ class ScoredIndex:
         """(row id, BM25) best first among chunks sharing a term with the query (and in `allowed` if given)."""
         if self.model is None or limit <= 0:
             return []
-        terms = [t for t in dict.fromkeys(tokenize([query])[0]) if t in self.model.vocab_dict]
+        terms = [t for t in tokenize([query])[0] if t in self.model.vocab_dict]  # repeats count, as in bm25s
         if not terms:
             return []
         mask = None

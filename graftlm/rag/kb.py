@@ -19,7 +19,7 @@ from graftlm.rag.backend import Backend, DocumentRows, KnowledgeBase, check_filt
 from graftlm.rag.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, chunk_text
 from graftlm.rag.fusion import check_fusion, rrf
 from graftlm.rag.loaders import load_file
-from graftlm.rag.text import query_terms
+from graftlm.rag.text import query_words
 
 MODES = ("keyword", "dense", "hybrid")
 Progress = Callable[[int, int], None]
@@ -223,11 +223,11 @@ def search(kb: KnowledgeBase | str, query: str, *, top_k: int = 10, mode: str = 
     if mode != "keyword":
         query_vector = embeddings.embed([query], kb.embedding_model)[0]
     if mode == "keyword":
-        hits = store.keyword(kb, query_terms(query), needed, filters)
+        hits = store.keyword(kb, query_words(query), needed, filters)
     elif mode == "dense":
         hits = store.dense(kb, query_vector, needed, filters)
     else:
-        keyword = store.keyword(kb, query_terms(query), depth, filters)
+        keyword = store.keyword(kb, query_words(query), depth, filters)
         dense = store.dense(kb, query_vector, depth, filters)
         hits = rrf({"keyword": [h[0] for h in keyword], "dense": [h[0] for h in dense]},
                    k=rrf_k, weights=weights)[:needed]

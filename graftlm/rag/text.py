@@ -26,6 +26,12 @@ def query_terms(query: str) -> list[str]:
     return list(seen)
 
 
+def query_words(query: str) -> list[str]:
+    """Lowercased words of the query without stop words, repeats kept: BM25 (Lucene, bm25s) counts a word the
+    query says twice twice, and on CISI's long queries dropping repeats costs 0.07 nDCG@10."""
+    return [w for w in _WORD.findall(query.lower()) if w not in STOP_WORDS]
+
+
 def fts_or_query(terms: list[str]) -> str:
     """An FTS5 MATCH expression: every term quoted (no syntax from user input) and OR'ed."""
     return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
