@@ -115,7 +115,7 @@ def test_random_ingest_replace_delete_keep_bm25_equal_to_a_fresh_index(tmp_path)
         else:
             assert store.delete_document(kb, doc) == (doc in live)
             live.pop(doc, None)
-        if step % 3 == 0 or step == 39:  # search between writes too, so cached generations are exercised
+        if step % 4 != 3:  # mostly after every write; sometimes two writes in a row between searches
             counts = store.consistency(kb)
             assert set(counts.values()) == {len(live)}, counts
             query = " ".join(rng.sample(words, 3))

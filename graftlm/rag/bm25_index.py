@@ -17,6 +17,7 @@ stale or partial directory that is ignored (a generation is only used once its `
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -69,7 +70,7 @@ class ScoredIndex:
         final = root / str(self.generation)
         if (final / "complete").exists():
             return
-        tmp = root / f".{self.generation}.tmp"
+        tmp = root / f".{self.generation}.{os.getpid()}.{threading.get_ident()}.tmp"  # processes may race here
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         if self.model is not None:
@@ -77,9 +78,13 @@ class ScoredIndex:
         np.save(tmp / "rowids.npy", self.rowids)
         (tmp / "complete").write_text(json.dumps({"generation": self.generation, "n": len(self.rowids)}))
         shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        try:
+            tmp.rename(final)
+        except OSError:  # another process saved this generation first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         for old in root.iterdir():  # older generations are no longer needed
-            if old.name != str(self.generation):
+            if old.name != str(self.generation) and not old.name.endswith(".tmp"):
                 shutil.rmtree(old, ignore_errors=True)
 
     @classmethod
