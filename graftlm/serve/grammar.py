@@ -12,6 +12,7 @@ naming it and where it is, rather than a constraint silently dropped and an outp
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections import OrderedDict
@@ -225,16 +226,33 @@ class Grammars:
         has no whitespace but spaces, so no grammar row needs one). Cached per ``pending``."""
         banned = self._banned.get(pending)
         if banned is None:
-            ids = []
-            for i, b in enumerate(self.decoded_vocab[:self.vocab_size]):
-                if i in self.special_ids:
-                    continue
-                if any(c < 0x20 for c in b):
-                    ids.append(i)
-                elif (pending or any(c >= 0x80 for c in b)) and utf8_tail(pending + b) is None:
-                    ids.append(i)
+            if pending:  # after an incomplete character xgrammar admits only continuation bytes: check those
+                ids = [i for i in self._continuations if utf8_tail(pending + self.decoded_vocab[i]) is None]
+                ids += self._always_banned
+            else:  # nothing may start with a continuation byte
+                ids = self._always_banned + self._continuations
             banned = self._banned[pending] = torch.tensor(ids, dtype=torch.long)
         return banned
+
+    @functools.cached_property
+    def _always_banned(self) -> list[int]:
+        """Tokens with a raw control character or invalid UTF-8 inside them, whatever comes before."""
+        out = []
+        for i, b in enumerate(self.decoded_vocab[:self.vocab_size]):
+            if i in self.special_ids or not b:
+                continue
+            if any(c < 0x20 for c in b):
+                out.append(i)
+            elif (b[0] < 0x80 and any(c >= 0x80 for c in b)) or b[0] >= 0xC0:
+                if utf8_tail(b) is None:
+                    out.append(i)
+        return out
+
+    @functools.cached_property
+    def _continuations(self) -> list[int]:
+        """Tokens that start with a UTF-8 continuation byte (0x80-0xBF)."""
+        return [i for i, b in enumerate(self.decoded_vocab[:self.vocab_size])
+                if b and 0x80 <= b[0] <= 0xBF and i not in self.special_ids]
 
     def apply_masks(self, logits: torch.Tensor, rows_state: list[RowGrammar], rows: list[int]) -> None:
         """Mask, in place, every token of ``logits`` [B, V] that row ``rows[i]``'s grammar does not allow next."""
