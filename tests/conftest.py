@@ -99,6 +99,21 @@ def http(live_server):
         yield c
 
 
+@pytest.fixture
+def fp32(monkeypatch):
+    """Training tests run in fp32: bf16 rounding makes a 64-wide random model's toy curve erratic (the bf16
+    path has its own test). Modules opt in with pytestmark = pytest.mark.usefixtures("fp32")."""
+    monkeypatch.setenv("GRAFT_DTYPE", "float32")
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory):
+    """The tiny learnable Llama the training tests fine-tune (built once per session, read only)."""
+    from graftlm.testing.models import build_learnable_llama
+
+    return build_learnable_llama(tmp_path_factory.mktemp("learnable-llama"))
+
+
 @pytest.fixture(scope="session")
 def varied_model_dir(tmp_path_factory):
     """The tiny Llama with weights scaled so greedy outputs differ token to token (serving tests)."""

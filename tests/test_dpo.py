@@ -11,7 +11,6 @@ import torch
 
 from graftlm.data.formats import normalize
 from graftlm.data.validate import validate_file
-from graftlm.testing.models import build_learnable_llama
 from graftlm.train import checkpoint as ckpt
 from graftlm.train.loop import train
 
@@ -34,14 +33,7 @@ HP = {"objective": "dpo", "training_method": "lora", "learning_rate": 1e-2, "lor
       "warmup_ratio": 0.0, "batch_size": 4, "dpo_beta": 0.1, "early_stopping_patience": 0}
 
 
-@pytest.fixture(autouse=True)
-def fp32(monkeypatch):
-    monkeypatch.setenv("GRAFT_DTYPE", "float32")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return build_learnable_llama(tmp_path_factory.mktemp("base"))
+pytestmark = pytest.mark.usefixtures("fp32")
 
 
 def metrics_events(events):

@@ -5,7 +5,6 @@ import random
 import pytest
 import torch
 
-from graftlm.testing import build_learnable_llama
 from graftlm.train import auto
 from graftlm.train.config import parse_config
 from graftlm.train.loop import train
@@ -33,14 +32,7 @@ def intent_set(n_per_label: int, seed: int) -> list[dict]:
     return out
 
 
-@pytest.fixture(autouse=True)
-def fp32(monkeypatch):
-    monkeypatch.setenv("GRAFT_DTYPE", "float32")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return build_learnable_llama(tmp_path_factory.mktemp("base"))
+pytestmark = pytest.mark.usefixtures("fp32")
 
 
 def test_auto_rule_is_deterministic_and_explicit_values_win():

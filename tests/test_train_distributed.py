@@ -15,7 +15,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from graftlm.testing.models import build_learnable_llama
 from graftlm.train.launch import run_spec
 
 torch.set_num_threads(1)
@@ -31,14 +30,7 @@ VANILLA = {**{k: v for k, v in LORA.items() if not k.startswith("lora")}, "train
            "learning_rate": 3e-3}
 
 
-@pytest.fixture(autouse=True)
-def fp32(monkeypatch):
-    monkeypatch.setenv("GRAFT_DTYPE", "float32")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return build_learnable_llama(tmp_path_factory.mktemp("base"))
+pytestmark = pytest.mark.usefixtures("fp32")
 
 
 def spec(base, out, config, **extra):

@@ -18,15 +18,7 @@ TOY = [{"messages": [{"role": "user", "content": q, "weight": 0}, {"role": "assi
        for q, a in PAIRS * 4]
 
 
-@pytest.fixture(autouse=True)
-def fp32(monkeypatch):
-    # bf16 rounding makes a 64-wide random model's toy-task curve erratic; the bf16 path has its own test
-    monkeypatch.setenv("GRAFT_DTYPE", "float32")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return build_learnable_llama(tmp_path_factory.mktemp("base"))
+pytestmark = pytest.mark.usefixtures("fp32")
 
 
 def losses(events):

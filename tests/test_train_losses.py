@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from graftlm.errors import GraftError
-from graftlm.testing import build_learnable_llama
 from graftlm.train import losses
 from graftlm.train.config import parse_config
 from graftlm.train.loop import encode_examples, target_logits, train
@@ -26,14 +25,7 @@ def labelled(n: int) -> list[dict]:
     return [chat(f"what about the {words[i % 4]} today", LABELS[i % 4]) for i in range(n)]
 
 
-@pytest.fixture(autouse=True)
-def fp32(monkeypatch):
-    monkeypatch.setenv("GRAFT_DTYPE", "float32")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return build_learnable_llama(tmp_path_factory.mktemp("base"))
+pytestmark = pytest.mark.usefixtures("fp32")
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,7 @@ DATA = [{"messages": [{"role": "user", "content": q, "weight": 0}, {"role": "ass
         for q, a in [("hello", "fine"), ("book a flight", "paris")] * 4]
 
 
-@pytest.fixture(autouse=True)
-def fp32(monkeypatch):
-    monkeypatch.setenv("GRAFT_DTYPE", "float32")
+pytestmark = pytest.mark.usefixtures("fp32")
 
 
 def test_checkpoint_state_is_the_train_state_and_resume_restores_it(tmp_path):
