@@ -227,7 +227,7 @@ def test_tfew_job_live_curve_host_chat_and_deactivate(console, tiny_model):
     console.shot("job-succeeded")
 
     console.go("Models")
-    page.get_by_role("link", name=custom).click()
+    page.get_by_role("link", name=custom, exact=True).click()
     detail = page.locator("#model-detail")
     expect(detail.get_by_role("heading", name="Lineage")).to_be_visible()
     expect(detail).to_contain_text("tfew")

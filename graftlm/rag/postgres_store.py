@@ -6,8 +6,11 @@ The scale-out twin of sqlite_store.SQLiteBackend, behind the same interface (gra
   on ``embedding::vector(dimension)`` (cosine), so knowledge bases may use models of different sizes.
 * Keyword search: ``tsv`` is ``to_tsvector('english', text)`` (Snowball stemming, stop words dropped) with a
   GIN index. The query's terms are stemmed by the same configuration and OR'ed into a tsquery built from
-  the quoted lexemes (never parsed from user text), and matches are scored with Okapi BM25 (k1 = 1.2,
-  b = 0.75, the IDF of SQLite FTS5) over the whole knowledge base, so scores read like the SQLite backend's.
+  the quoted lexemes (never parsed from user text), and matches are scored with Lucene's BM25 (k1 = 1.5,
+  b = 0.75, IDF ln(1 + (N - df + 0.5) / (df + 0.5)), tf / (tf + k1 (1 - b + b dl / avgdl)), no (k1 + 1) factor)
+  over the whole knowledge base: the formula bm25s uses for the SQLite backend, so scores read alike (the
+  tokenizers differ a little: PostgreSQL's english configuration vs bm25s's stop words, and a term the query
+  repeats counts once here).
 * Filters: equality on document metadata (jsonb), ``metadata @> {key: value}``; a null value matches a
   missing key or a JSON null, as in SQLite. Dense search with filters scores the filtered chunks exactly
   (an HNSW scan filters after the fact and can come back short).
@@ -26,7 +29,7 @@ import numpy as np
 from graftlm.errors import Conflict, GraftError, NotFound
 from graftlm.rag.backend import DocumentRows, KnowledgeBase
 
-K1, B = 1.2, 0.75
+K1, B = 1.5, 0.75  # Lucene's BM25 as bm25s scores it (the SQLite backend)
 _EF_SEARCH_MAX = 1000  # pgvector's largest hnsw.ef_search: deeper searches scan exactly
 
 _SCHEMA = """
@@ -267,8 +270,8 @@ class PostgresBackend:
                     s AS (SELECT greatest(n_chunks, 1)::float8 AS n,
                                  greatest(n_tokens::float8 / greatest(n_chunks, 1), 1) AS avgdl
                           FROM rag_kbs WHERE id = {kb_lit})
-                SELECT t.id, sum(greatest(ln((s.n - df.df + 0.5) / (df.df + 0.5)), 1e-6)
-                                 * t.tf * {K1 + 1} / (t.tf + {K1} * (1 - {B} + {B} * t.n_tokens / s.avgdl))) AS score
+                SELECT t.id, sum(ln(1 + (s.n - df.df + 0.5) / (df.df + 0.5))
+                                 * t.tf / (t.tf + {K1} * (1 - {B} + {B} * t.n_tokens / s.avgdl))) AS score
                 FROM t JOIN df USING (lexeme) CROSS JOIN s
                 WHERE t.id IN (SELECT c.id FROM rag_chunks c WHERE c.id IN (SELECT id FROM m){fsql})
                 GROUP BY t.id ORDER BY score DESC, t.id LIMIT %s""",
