@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from graftlm.testing.models import build_smollm_shaped_llama
-from workloads import chat_examples
+from workloads import chat_examples, cpu_name
 
 
 def matmul_peak(dtype, n=1024, reps=10) -> float:
@@ -131,8 +131,7 @@ def launch_ranks(model_path, examples, args, out: Path, ranks: int) -> tuple[flo
 
 def bench_ranks(model_path, args, work: Path) -> None:
     examples = chat_examples(args.steps * args.batch)
-    cpu = (Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t")
-           if Path("/proc/cpuinfo").exists() else "unknown CPU")
+    cpu = cpu_name()
     print(f"{cpu}, {os.cpu_count()} cores; LoRA, {args.steps} steps of {args.batch} examples")
     if args.ranks_first:  # the shared machine's load drifts: run the other order too
         many = launch_ranks(model_path, examples, args, work / "many", args.ranks)

@@ -36,7 +36,7 @@ import time
 from io import BytesIO
 from pathlib import Path
 
-from workloads import chat_examples
+from workloads import chat_examples, cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REV = "07fc72b"  # "tidy: paged attention build logging ...": main before the issue 15 redesign
@@ -198,8 +198,7 @@ def main():
     this = extract(args.this_rev, args.work / "this") if args.this_rev else ROOT
     trees = {f"baseline {rev}": extract(args.rev, args.work / "baseline"), "this tree": this}
     model = build_smollm_shaped_llama(args.work / "model", layers=args.layers)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")
+    cpu = cpu_name()
     print(f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads, fp32; "
           f"model: {args.layers} layers of SmolLM2-135M's shape; {args.rounds} rounds, alternating")
     summary = {}

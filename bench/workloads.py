@@ -3,6 +3,9 @@ other trees)."""
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 
 def chat_examples(n: int) -> list[dict]:
     questions = ["what is my account balance please", "book a flight to paris and a hotel in london",
@@ -13,3 +16,14 @@ def chat_examples(n: int) -> list[dict]:
     return [{"messages": [{"role": "system", "content": "you are a helpful bank assistant", "weight": 0},
                           {"role": "user", "content": questions[i % 5] + f" {i}", "weight": 0},
                           {"role": "assistant", "content": answers[(i * 3) % 5], "weight": 1}]} for i in range(n)]
+
+
+def cpu_name() -> str:
+    """The CPU's model name, printed and stored beside every figure (CPUs here differ: AVX-512/AMX or not)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
