@@ -100,6 +100,25 @@ def http(live_server):
 
 
 @pytest.fixture
+def lora_hosting_cluster(varied_model_dir, graft_home, tmp_path, monkeypatch):
+    """Base model `tiny` (fp32), custom model `ft:tiny:lora:1` (a random LoRA r=4) and a HOSTING cluster `prod`
+    of it, no endpoints yet; returns the cluster."""
+    from graftlm.clusters import clusters
+    from graftlm.models.catalog import import_model
+    from graftlm.store.db import session
+    from graftlm.store.models import Model
+    from graftlm.testing.adapters import make_peft_adapter
+
+    tiny = import_model(varied_model_dir, "tiny")
+    monkeypatch.setenv("GRAFT_DTYPE", "float32")
+    lora = make_peft_adapter(tiny["path"], tmp_path / "lora", kind="lora", r=4, seed=1)
+    with session() as s:
+        s.add(Model(id="ft:tiny:lora:1", kind="custom", parent="tiny", path=str(lora), adapter_type="lora",
+                    context_length=512))
+    return clusters.create_cluster("HOSTING", base_model="tiny", name="prod")
+
+
+@pytest.fixture
 def fp32(monkeypatch):
     """Training tests run in fp32: bf16 rounding makes a 64-wide random model's toy curve erratic (the bf16
     path has its own test). Modules opt in with pytestmark = pytest.mark.usefixtures("fp32")."""

@@ -8,25 +8,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from graftlm.clusters import clusters, endpoints
+from graftlm.clusters import endpoints
 from graftlm.observe import logs
 from graftlm.store import blobs
 from graftlm.store.db import session
-from graftlm.store.models import Model, RequestLog
+from graftlm.store.models import RequestLog
 
 
 @pytest.fixture
-def served(varied_model_dir, tmp_path, monkeypatch):
-    from graftlm.models.catalog import import_model
-    from graftlm.testing.adapters import make_peft_adapter
-
-    tiny = import_model(varied_model_dir, "tiny")
-    monkeypatch.setenv("GRAFT_DTYPE", "float32")
-    lora = make_peft_adapter(tiny["path"], tmp_path / "lora", kind="lora", r=4, seed=1)
-    with session() as s:
-        s.add(Model(id="ft:tiny:lora:1", kind="custom", parent="tiny", path=str(lora), adapter_type="lora",
-                    context_length=512))
-    cluster = clusters.create_cluster("HOSTING", base_model="tiny", name="prod")
+def served(lora_hosting_cluster):
+    cluster = lora_hosting_cluster
     quiet = endpoints.create_endpoint("ft:tiny:lora:1", cluster["id"], "quiet")
     assert quiet["log_requests"] is False  # off by default
     logged = endpoints.create_endpoint("tiny", cluster["id"], "logged", log_requests=True, log_retention_days=7)
