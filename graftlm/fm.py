@@ -89,9 +89,11 @@ def create(model: str, train_data_path: str, *, register_to: str | None = None,
            training_duration: str | None = None, learning_rate: float | None = None,
            training_method: str | None = None, method: str | None = None, task_type: str | None = None,
            eval_data_path: str | None = None, context_length: int | None = None, seed: int | None = None,
-           **hyperparameters) -> Run:
+           cluster: str | None = None, **hyperparameters) -> Run:
     """Start a fine-tuning run; returns at once (``fm.wait(run)`` blocks until it ends). The request is a
-    graftlm.jobs.spec.JobSpec; a hyperparameter left out takes the schema's default (training_method lora)."""
+    graftlm.jobs.spec.JobSpec; a hyperparameter left out takes the schema's default (training_method lora).
+    ``cluster`` (a FINE_TUNING cluster's id; embedded, also a unique id prefix or its name) runs it on one rank
+    per unit of the cluster (``dedicated_ai_cluster_id``)."""
     from graftlm.jobs.spec import JobSpec
 
     named = {"training_method": training_method or method, "task_type": task_type,
@@ -101,13 +103,16 @@ def create(model: str, train_data_path: str, *, register_to: str | None = None,
     if client is not None:
         with client:
             spec = JobSpec.parse({"model": model, "suffix": register_to, "seed": seed, "hyperparameters": hyper,
+                                  "dedicated_ai_cluster_id": cluster,
                                   "training_file": _upload(client, train_data_path, "train_data_path"),
                                   "validation_file": _upload(client, eval_data_path, "eval_data_path")})
             return Run.from_job(_call(client, "POST", "/fine_tuning/jobs", json=spec.model_dump(exclude_none=True)))
+    from graftlm.clusters.clusters import resolve_cluster_id
     from graftlm.jobs import service
     from graftlm.jobs.embedded import ensure_scheduler
 
     spec = JobSpec.parse({"model": model, "suffix": register_to, "seed": seed, "hyperparameters": hyper,
+                          "dedicated_ai_cluster_id": resolve_cluster_id(cluster) if cluster else None,
                           "training_file": _upload(None, train_data_path, "train_data_path"),
                           "validation_file": _upload(None, eval_data_path, "eval_data_path")})
     job = service.submit_job(spec)

@@ -78,3 +78,29 @@ def test_cli_yaml_flags_and_sdk_make_the_same_job(tiny_model, train_path, tmp_pa
     assert by_cli["metadata"] == {"team": "nlp"} == service.get_job(by_cli["id"])["metadata"]  # stored, returned
     default = fm.create(model="tiny", train_data_path=str(train_path), training_duration="2ba")
     assert default.hyperparameters["training_method"] == FineTuneConfig.model_fields["training_method"].default
+
+
+def test_cli_cluster_flag_and_sdk_cluster_put_the_job_on_a_fine_tuning_clusters_ranks(tiny_model, train_path,
+                                                                                         monkeypatch):
+    """`graft finetune create --cluster NAME` and `fm.create(cluster=...)` name the cluster (by name, id prefix
+    or id): the job holds its units as ranks; an unknown one is refused naming the field."""
+    from graftlm import fm
+    from graftlm.cli import app
+    from graftlm.clusters.clusters import create_cluster
+    from graftlm.jobs import embedded, service
+
+    monkeypatch.setattr(embedded, "ensure_scheduler", lambda: None)  # create only; nothing trains
+    two = create_cluster("FINE_TUNING", unit_count=2, name="two")
+    out = CliRunner().invoke(app, ["finetune", "create", "--model", "tiny", "--train", str(train_path),
+                                   "--cluster", "two", "--set", "training_duration=2ba"])
+    assert out.exit_code == 0, out.output
+    assert "2 ranks on" in out.output
+    by_cli = service.list_jobs(limit=1)["data"][0]
+    assert by_cli["dedicated_ai_cluster_id"] == two["id"]
+    assert by_cli["hyperparameters"]["distributed"]["world_size"] == 2
+    by_sdk = fm.create(model="tiny", train_data_path=str(train_path), training_duration="2ba", cluster=two["id"][:12])
+    assert by_sdk.hyperparameters == by_cli["hyperparameters"]
+    assert service.get_job(by_sdk.id)["dedicated_ai_cluster_id"] == two["id"]
+    out = CliRunner().invoke(app, ["finetune", "create", "--model", "tiny", "--train", str(train_path),
+                                   "--cluster", "nosuch"])
+    assert out.exit_code != 0 and "dedicated_ai_cluster_id" in out.output

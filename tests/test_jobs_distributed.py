@@ -1,7 +1,9 @@
 """Clusters own ranks: a job on a FINE_TUNING cluster of 2 units trains on 2 torchrun ranks, its events say so,
-and kill -9 of rank 1 mid-job restarts the group from the last checkpoint; bad distributed settings are 400s.
+and kill -9 of rank 1 mid-job restarts the group from the last checkpoint; pause checkpoints every rank and
+resume continues, cancel ends every rank; OOM on one rank fails the job naming it; bad settings are 400s.
 
-Cost: the 2-rank job runs twice (before and after the kill), ~1 min on 2 CPU cores."""
+Cost: 5 two-rank torchrun groups (each ~15-25 s to start: two interpreters importing torch), ~2-3 min on
+2 CPU cores."""
 
 from __future__ import annotations
 
@@ -48,6 +50,116 @@ def test_distributed_settings_that_cannot_run_are_400_naming_the_field(client, t
     job = create(client, fid, cluster=two, distributed={"world_size": 1}, n_epochs=1)
     assert job.to_dict()["hyperparameters"]["distributed"]["world_size"] == 1
     client.fine_tuning.jobs.cancel(job.id)
+
+
+def alive(pid: int) -> bool:
+    from graftlm.jobs.scheduler import pid_alive
+    return pid_alive(pid)
+
+
+def ranks_gone(job_id: str, timeout: float = 60) -> bool:
+    """Every process of the job's latest rank group (each rank records its pid) has exited."""
+    from graftlm.jobs.worker import rank_pids
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        pids = rank_pids(job_id)
+        if len(pids) == 2 and not any(alive(p) for p in pids.values()) and rank_pid(job_id, 0) is None \
+                and rank_pid(job_id, 1) is None:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def wait_event(client, job_id, start: str, timeout: float = 180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for e in client.fine_tuning.jobs.list_events(job_id, limit=1000).data:
+            if e.message.startswith(start):
+                return e
+        time.sleep(0.2)
+    raise AssertionError(f"no event {start!r}")
+
+
+def metric_steps(client, job_id) -> list[int]:
+    return sorted(e.data["step"] for e in client.fine_tuning.jobs.list_events(job_id, limit=1000).data
+                  if e.type == "metrics")
+
+
+def test_pause_resume_and_cancel_of_a_two_rank_job(client, tiny_model):
+    """Pause: every rank writes its shards of one checkpoint at the step it stops, then every rank exits; resume
+    starts a new group at that step (each step logged once); cancel ends both ranks at their next step."""
+    from graftlm.clusters.clusters import create_cluster
+
+    cluster = create_cluster("FINE_TUNING", unit_count=2)["id"]
+    fid = upload(client, toy_dataset(24))
+    job = create(client, fid, cluster=cluster, training_method="lora", n_epochs=20, batch_size=4,
+                 learning_rate=0.01, log_model_metrics_interval_in_steps=1, checkpoint_interval_steps=1000)
+    total = 5 * 20  # 19 training examples (the 80:20 split), batch 4: 5 steps an epoch
+    deadline = time.time() + 180
+    while not metric_steps(client, job.id) or metric_steps(client, job.id)[-1] < 2:
+        assert time.time() < deadline, "no training step"
+        time.sleep(0.1)
+    client.fine_tuning.jobs.pause(job.id)
+    paused = wait_job(client, job.id, statuses=("paused", "failed", "succeeded"), timeout=120)
+    assert paused.status == "paused", paused.error
+    at = wait_event(client, job.id, "training paused at step").data["step"]
+    assert 2 <= at < total
+    assert ranks_gone(job.id), "a rank outlived the pause"
+    ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [c.step_number for c in ckpts] == [at]  # the pause's own checkpoint (interval 1000: no other)
+    ckpt_dir = next((p for p in Path(os.environ["GRAFT_HOME"], "jobs", job.id, "checkpoints").iterdir()
+                     if p.name.startswith("step-")))
+    assert len(list((ckpt_dir / "dcp").glob("*.distcp"))) == 2  # both ranks wrote their shards
+
+    client.fine_tuning.jobs.resume(job.id)
+    resumed = wait_event(client, job.id, "resumed from step")
+    assert resumed.data["step"] == at
+    deadline = time.time() + 180
+    while metric_steps(client, job.id)[-1] < at + 2:
+        assert time.time() < deadline, "no step after resume"
+        time.sleep(0.1)
+    client.fine_tuning.jobs.cancel(job.id)
+    cancelled_at = time.time()
+    done = wait_job(client, job.id, timeout=120)
+    assert done.status == "cancelled", done.error
+    assert ranks_gone(job.id), "a rank outlived the cancel"
+    stop_s = time.time() - cancelled_at
+    steps = metric_steps(client, job.id)
+    assert steps == list(range(1, steps[-1] + 1)) and steps[-1] < total  # each step once, stopped early
+    events = client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+    ranks = [e for e in events if e.message.startswith("distributed: 2 ranks (torchrun)")]
+    assert len(ranks) == 2  # the group before the pause and the resumed one
+    print(f"cancel -> every rank gone in {stop_s:.1f} s")
+
+
+def test_out_of_memory_on_one_rank_fails_the_job_naming_the_rank_and_the_knobs(client, tiny_model, monkeypatch):
+    from sqlalchemy import select
+
+    from graftlm.clusters.clusters import create_cluster
+    from graftlm.store.db import session
+    from graftlm.store.models import UsageRecord
+
+    monkeypatch.setenv("GRAFT_FAULT_OOM", "1:2")  # rank 1 raises torch.OutOfMemoryError as step 2 starts
+    cluster = create_cluster("FINE_TUNING", unit_count=2)["id"]
+    fid = upload(client, toy_dataset(24))
+    job = create(client, fid, cluster=cluster, training_method="lora", n_epochs=3, batch_size=4,
+                 log_model_metrics_interval_in_steps=1)
+    done = wait_job(client, job.id, timeout=240)
+    assert done.status == "failed"
+    error = done.error
+    assert error.code == "out_of_memory" and error.param == "training_batch_size"
+    assert error.message.startswith("rank 1 of 2 ran out of memory")
+    for knob in ("distributed.cpu_offload", "sharding full", "training_batch_size"):
+        assert knob in error.message, error.message
+    events = client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+    failed = [e for e in events if e.level == "error"]
+    assert len(failed) == 1 and "rank 1 of 2 ran out of memory" in failed[0].message
+    assert not any("requeued" in e.message or "stopped:" in e.message for e in events)  # no retry of an OOM
+    assert ranks_gone(job.id), "a rank outlived the failure"
+    with session() as s:  # metered until the group ended, not for ever (rank 0 was ended by torchrun)
+        spans = list(s.scalars(select(UsageRecord).where(UsageRecord.job_id == job.id)))
+    assert spans and all(r.ended_at is not None for r in spans)
 
 
 def rank_pid(job_id: str, rank: int) -> int | None:

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Column, Table
 
 from graftlm.cli.common import console, friendly_errors, iso_time, print_json
+from graftlm.clusters import clusters
 from graftlm.errors import GraftError
 from graftlm.files.service import upload_local
 from graftlm.jobs import embedded, service
@@ -31,16 +32,20 @@ def create(model: Optional[str] = typer.Option(None, "--model"),
            batch_size: Optional[int] = typer.Option(None, "--batch-size"),
            suffix: Optional[str] = typer.Option(None, "--suffix"),
            seed: Optional[int] = typer.Option(None, "--seed"),
+           cluster: Optional[str] = typer.Option(None, "--cluster", help="a FINE_TUNING cluster (id, id prefix or "
+                                                 "name): the job trains on one rank per unit"),
            config: Optional[str] = typer.Option(None, "--config", help="YAML job spec with the same fields"),
            set_: list[str] = typer.Option([], "--set", help="any hyperparameter as name=value"),
            watch: bool = typer.Option(False, "--watch", help="run here and show progress")):
-    """Create a fine-tuning job (embedded: runs on this machine's GRAFT_HOME)."""
+    """Create a fine-tuning job (embedded: runs on this machine's GRAFT_HOME); --cluster puts it on a
+    FINE_TUNING cluster's ranks."""
     flags = {"training_method": method, "total_training_epochs": epochs, "learning_rate": learning_rate,
              "training_batch_size": batch_size}
     for item in set_:
         key, _, value = item.partition("=")
         flags[key] = yaml.safe_load(value)
-    fields = {"model": model, "training_file": train, "validation_file": validation, "suffix": suffix, "seed": seed}
+    fields = {"model": model, "training_file": train, "validation_file": validation, "suffix": suffix, "seed": seed,
+              "dedicated_ai_cluster_id": clusters.resolve_cluster_id(cluster) if cluster else None}
     if config:
         spec = JobSpec.from_yaml(config, **fields)
     elif not model or not train:
@@ -52,7 +57,9 @@ def create(model: Optional[str] = typer.Option(None, "--model"),
     spec = spec.model_copy(update={"hyperparameters": hyper, "training_file": to_id(spec.training_file),
                                    "validation_file": to_id(spec.validation_file) if spec.validation_file else None})
     job = service.submit_job(spec)
-    console.print(f"created [bold]{job['id']}[/] ({job['hyperparameters']['training_method']})")
+    world = (job["hyperparameters"].get("distributed") or {}).get("world_size") or 1
+    console.print(f"created [bold]{job['id']}[/] ({job['hyperparameters']['training_method']}"
+                  + (f", {world} ranks on {job['dedicated_ai_cluster_id']}" if world > 1 else "") + ")")
     if watch:
         watch_job(job["id"], run_here=True)
     elif not embedded.scheduler_running():

@@ -18,6 +18,7 @@ import time
 
 from sqlalchemy import func, select, update
 
+from graftlm.clusters import metering
 from graftlm.config import get_settings
 from graftlm.jobs.service import add_event
 from graftlm.store.db import session
@@ -112,6 +113,9 @@ class Scheduler:
             if proc.poll() is None:
                 continue
             del self.procs[job_id]
+            # a rank ended by its launcher (torchrun's SIGTERM after a peer failed) skips its own cleanup:
+            # the job's metering span closes here whatever the outcome (a restarted worker opens a new one)
+            metering.end_job(job_id)
             with session() as s:
                 job = s.get(FineTuningJob, job_id)
                 if job is not None and job.status == "running":  # died without recording an outcome

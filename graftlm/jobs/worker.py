@@ -257,9 +257,50 @@ def rank_failed(job_id: str, rank: int, world: int, exc: BaseException) -> str:
     why = ("a collective timed out (distributed.timeout_seconds): a rank hung or died" if timed_out
            else "the rank group broke (a rank died?)")
     with session() as s:
+        if s.get(FineTuningJob, job_id).status == "failed":
+            return "failed"  # a peer failed the job first (its OOM or bad input); this rank was its casualty
         add_event(s, job_id, f"{where} stopped: {why}: {type(exc).__name__}: {str(exc)[:300]}", level="warn",
                   data={"rank": rank, "world_size": world})
     return "restart"
+
+
+FAULT_OOM = "GRAFT_FAULT_OOM"  # "R:S": rank R runs out of memory in step S (a drill; tests set it)
+
+
+def install_fault_drill(rank: int) -> None:
+    """With ``GRAFT_FAULT_OOM=R:S`` set, rank R raises ``torch.OutOfMemoryError`` as it starts step S, as a
+    device that cannot hold the step would, so the OOM path (the job's error names the rank and the knobs) can
+    be tested without exhausting memory. Unset (always, outside tests) it does nothing."""
+    drill = os.environ.get(FAULT_OOM)
+    if not drill:
+        return
+    oom_rank, _, oom_step = drill.partition(":")
+    if int(oom_rank) != rank:
+        return
+    import torch
+
+    import graftlm.train.loop as loop
+    step_once = loop.train_step
+
+    def step_out_of_memory(run, state):
+        if state.step + 1 == int(oom_step or 1):
+            raise torch.OutOfMemoryError(f"fault drill {FAULT_OOM}={drill}: out of memory in step {state.step + 1}")
+        return step_once(run, state)
+    loop.train_step = step_out_of_memory
+
+
+def record_rank(job_id: str, rank: int) -> None:
+    """``jobs/<id>/ranks/rank-R.pid``: which process runs each rank (Ray Train's workers carry RANK only in their
+    runtime environment), for operators and for the tests that kill one rank or check none is left."""
+    d = job_dir(job_id) / "ranks"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"rank-{rank}.pid").write_text(str(os.getpid()))
+
+
+def rank_pids(job_id: str) -> dict[int, int]:
+    """{rank: pid} of the job's latest group (as each rank recorded it)."""
+    d = job_dir(job_id) / "ranks"
+    return {int(p.stem.removeprefix("rank-")): int(p.read_text()) for p in d.glob("rank-*.pid")} if d.is_dir() else {}
 
 
 def run_rank(job_id: str, rank: int, world: int) -> str:
@@ -284,6 +325,9 @@ def run_job(job_id: str) -> str:
     from graftlm.train.loop import train
 
     rank, world = rank_env()
+    install_fault_drill(rank)
+    if world > 1:
+        record_rank(job_id, rank)
     if rank != 0:
         return run_rank(job_id, rank, world)
     with session() as s:
