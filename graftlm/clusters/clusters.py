@@ -9,6 +9,8 @@ from sqlalchemy import func, select
 from graftlm.clusters import metering
 from graftlm.errors import Conflict, GraftError, NotFound
 from graftlm.models.catalog import get_model
+from graftlm.keys.projects import check_cluster_quota
+from graftlm.store import scope
 from graftlm.store.db import session
 from graftlm.store.ids import resolve_prefix
 from graftlm.store.models import Cluster, Endpoint, new_id, now
@@ -68,8 +70,9 @@ def create_cluster(type: str, *, unit_count: int | None = None, base_model: str 
     if deterministic and type != "HOSTING":
         raise GraftError("deterministic applies to HOSTING clusters (how they serve)", param="deterministic")
     with session() as s:
-        c = Cluster(id=new_id("dac"), name=name or f"{type.lower()}-cluster", type=type, unit_count=unit_count,
-                    base_model=base_model, lifecycle_state="ACTIVE", deterministic=bool(deterministic))
+        check_cluster_quota(s, unit_count)
+        c = Cluster(id=new_id("dac"), project_id=scope.project_for_new_rows(), name=name or f"{type.lower()}-cluster",
+                    type=type, unit_count=unit_count, base_model=base_model, lifecycle_state="ACTIVE", deterministic=bool(deterministic))
         s.add(c)
         s.flush()
         if type == "HOSTING":
@@ -147,6 +150,9 @@ def _notify(cluster: dict, event: str) -> None:
 def delete_cluster(cluster_id: str) -> dict:
     with session() as s:
         c = get_cluster_row(s, cluster_id)
+        if c.project_id is None and scope.current() is not None:
+            raise Conflict(f"cluster {c.id} is the instance's shared local fine-tuning cluster; projects use it "
+                           "but cannot delete it", param="dedicated_ai_cluster_id", code="cluster_shared")
         if used_capacity(s, c.id):
             raise Conflict(f"cluster {cluster_id} still has endpoints; delete them first",
                            param="dedicated_ai_cluster_id", code="cluster_in_use")

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from graftlm.errors import GraftError
 from graftlm.store.db import session
-from graftlm.store.models import Cluster, UsageRecord
+from graftlm.store.models import DEFAULT_PROJECT, Cluster, FineTuningJob, UsageRecord
 
 HOSTING_MIN_UNIT_HOURS = 744.0
 FINE_TUNING_MIN_UNIT_HOURS = 1.0
@@ -24,7 +24,12 @@ MAX_PRICE_PER_UNIT_HOUR = 1e9  # keeps every cost finite (nan and inf fail the c
 
 def open_span(s, cluster: Cluster, *, minimum_unit_hours: float, job_id: str | None = None,
               started_at: float | None = None) -> UsageRecord:
-    rec = UsageRecord(cluster_id=cluster.id, kind=cluster.type, job_id=job_id, unit_count=cluster.unit_count,
+    project = cluster.project_id
+    if job_id is not None:  # a job on the shared local cluster is its own project's usage
+        job = s.get(FineTuningJob, job_id)
+        project = job.project_id if job is not None else project
+    rec = UsageRecord(cluster_id=cluster.id, project_id=project or DEFAULT_PROJECT, kind=cluster.type,
+                      job_id=job_id, unit_count=cluster.unit_count,
                       minimum_unit_hours=minimum_unit_hours, started_at=started_at or time.time())
     s.add(rec)
     return rec

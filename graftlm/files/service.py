@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 
 from graftlm.config import get_settings
 from graftlm.errors import GraftError, NotFound
-from graftlm.store import blobs
+from graftlm.keys import projects
+from graftlm.store import blobs, scope
 from graftlm.store.db import session
 from graftlm.store.paging import check_limit, newest_first_page
 from graftlm.store.models import File, FineTuningJob, new_id
@@ -30,9 +31,15 @@ def create_file(fileobj: BinaryIO, filename: str, purpose: str) -> dict:
     if purpose not in PURPOSES:
         raise GraftError(f"purpose must be one of {', '.join(sorted(PURPOSES))}", param="purpose")
     settings = get_settings()
+    left = projects.file_bytes_left()
+    limit = settings.max_upload_bytes if left is None else min(left, settings.max_upload_bytes or left)
     try:
-        sha, size, _ = blobs.put_file(settings.blobs_dir, fileobj, settings.max_upload_bytes)
+        sha, size, _ = blobs.put_file(settings.blobs_dir, fileobj, limit)
     except blobs.TooLarge as e:
+        if left is not None and limit == left:
+            raise projects.QuotaExceeded(f"this upload would pass the project's max_file_bytes quota "
+                                         f"({left} bytes left)", param="max_file_bytes",
+                                         code="quota_exceeded") from e
         raise GraftError(f"{e}; raise GRAFT_MAX_UPLOAD_BYTES to accept larger files", param="file",
                          code="file_too_large", status_code=413) from e
     try:
@@ -49,7 +56,7 @@ def create_file(fileobj: BinaryIO, filename: str, purpose: str) -> dict:
 
 def _delete_unreferenced_blob(sha: str) -> None:
     try:
-        with session() as s:
+        with session() as s, scope.unconfined():  # another project's file may hold the same bytes
             shared = s.scalar(select(func.count()).select_from(File).where(File.sha256 == sha))
         if not shared:
             blobs.delete_blob(get_settings().blobs_dir, sha)
@@ -117,7 +124,8 @@ def delete_file(file_id: str) -> dict:
         sha = f.sha256
         s.delete(f)
         s.flush()
-        shared = s.scalar(select(func.count()).select_from(File).where(File.sha256 == sha))
+        with scope.unconfined():  # another project's file may hold the same bytes
+            shared = s.scalar(select(func.count()).select_from(File).where(File.sha256 == sha))
     if not shared:
         blobs.delete_blob(get_settings().blobs_dir, sha)
     return {"id": file_id, "object": "file", "deleted": True}

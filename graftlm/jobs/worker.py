@@ -168,8 +168,8 @@ def register_checkpoint_model(s, job: FineTuningJob, step: int, path: Path, metr
                "training_file": job.training_file, "validation_file": job.validation_file,
                "method": job.config.get("training_method"), "task_type": job.config.get("task_type"),
                "checkpoint_step": step, "metrics": metrics, "hyperparameters": job.config}
-    s.merge(Model(id=model_id, kind="custom", family=base["family"], parent=job.model, path=str(target),
-                  parameter_count=base["parameter_count"], context_length=base["context_length"],
+    s.merge(Model(id=model_id, kind="custom", project_id=job.project_id, family=base["family"], parent=job.model,
+                  path=str(target), parameter_count=base["parameter_count"], context_length=base["context_length"],
                   license=base["license"], source=f"checkpoint:{job.id}:step-{step}",
                   adapter_type=adapter_type(job.config.get("training_method", "lora")), lineage=lineage))
     return model_id
@@ -189,8 +189,8 @@ def register_custom_model(job: FineTuningJob, result, cfg: dict, hashes: dict) -
                "steps": result.steps, "trained_tokens": result.trained_tokens,
                "trainable_params": result.trainable_params, "versions": result.run_info}
     with session() as s:
-        s.merge(Model(id=model_id, kind="custom", family=base["family"], parent=job.model, path=str(target),
-                      parameter_count=base["parameter_count"], context_length=base["context_length"],
+        s.merge(Model(id=model_id, kind="custom", project_id=job.project_id, family=base["family"],
+                      parent=job.model, path=str(target), parameter_count=base["parameter_count"], context_length=base["context_length"],
                       license=base["license"], source=f"fine-tune:{job.id}",
                       adapter_type=adapter_type(cfg["training_method"]), lineage=lineage))
     return model_id

@@ -13,6 +13,8 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from sqlalchemy import delete, select
+
 from graftlm.errors import GraftError, NotFound
 from graftlm.rag import embeddings, rank
 from graftlm.rag.backend import Backend, DocumentRows, KnowledgeBase, check_filters
@@ -20,6 +22,9 @@ from graftlm.rag.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, chun
 from graftlm.rag.fusion import check_fusion, rrf
 from graftlm.rag.loaders import load_file
 from graftlm.rag.text import query_words
+from graftlm.store import scope
+from graftlm.store.db import session
+from graftlm.store.models import DEFAULT_PROJECT, KnowledgeBaseOwner
 
 MODES = ("keyword", "dense", "hybrid")
 Progress = Callable[[int, int], None]
@@ -60,7 +65,7 @@ def _resolve(kb: KnowledgeBase | str, db) -> tuple[Backend, KnowledgeBase]:
     store = open_store(db)
     key = kb.id if isinstance(kb, KnowledgeBase) else kb
     found = store.find_kb(key)
-    if found is None:
+    if found is None or not _visible(found.id):  # another project's KB is as unknown as a missing one
         raise NotFound(f"knowledge base {key!r} not found", param="knowledge_base")
     return store, found
 
@@ -81,12 +86,37 @@ def create_kb(name: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE, chunk_overlap:
         raise GraftError("chunk_overlap must be >= 0 and smaller than chunk_size", param="chunk_overlap")
     kb = KnowledgeBase(id=uuid.uuid4().hex, name=name, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
                        embedding_model=model, dimension=embeddings.dimension(model), created_at=time.time())
-    open_store(db).insert_kb(kb)
+    with session() as s:  # its project first: a KB is never visible to the wrong one, even for a moment
+        s.add(KnowledgeBaseOwner(knowledge_base_id=kb.id, project_id=scope.project_for_new_rows()))
+    try:
+        open_store(db).insert_kb(kb)
+    except BaseException:
+        with session() as s, scope.unconfined():
+            s.execute(delete(KnowledgeBaseOwner).where(KnowledgeBaseOwner.knowledge_base_id == kb.id))
+        raise
     return kb
 
 
+def _owners(ids: list[str]) -> dict[str, str]:
+    """The project of each knowledge base id (one made before projects has no row: ``default``)."""
+    with session() as s, scope.unconfined():
+        rows = dict(s.execute(select(KnowledgeBaseOwner.knowledge_base_id, KnowledgeBaseOwner.project_id)
+                              .where(KnowledgeBaseOwner.knowledge_base_id.in_(ids))).all())
+    return {i: rows.get(i, DEFAULT_PROJECT) for i in ids}
+
+
+def _visible(kb_id: str) -> bool:
+    p = scope.current()
+    return p is None or _owners([kb_id])[kb_id] == p
+
+
 def list_kbs(*, db=None) -> list[KnowledgeBase]:
-    return open_store(db).list_kbs()
+    kbs = open_store(db).list_kbs()
+    p = scope.current()
+    if p is None:
+        return kbs
+    owners = _owners([kb.id for kb in kbs])
+    return [kb for kb in kbs if owners[kb.id] == p]
 
 
 def get_kb(kb: KnowledgeBase | str, *, db=None) -> KnowledgeBase:
@@ -102,6 +132,8 @@ def describe_kb(kb: KnowledgeBase | str, *, db=None) -> dict:
 def delete_kb(kb: KnowledgeBase | str, *, db=None) -> None:
     store, kb = _resolve(kb, db)
     store.drop_kb(kb)
+    with session() as s, scope.unconfined():
+        s.execute(delete(KnowledgeBaseOwner).where(KnowledgeBaseOwner.knowledge_base_id == kb.id))
 
 
 # documents

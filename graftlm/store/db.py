@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from graftlm.config import get_settings, private_file
+from graftlm.store import scope  # noqa: F401 - confines every ORM query of a request to its project
 
 _engines: dict[str, Engine] = {}
 _upgraded: set[str] = set()

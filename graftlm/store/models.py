@@ -21,6 +21,28 @@ class Base(DeclarativeBase):
     pass
 
 
+DEFAULT_PROJECT = "default"  # every row that existed before projects, and what a CLI run without one uses
+DATA_POLICIES = ("warn", "redact", "reject")
+
+
+class Project(Base):
+    """An isolation boundary (OCI's compartment): every resource belongs to exactly one; the id is its name.
+    Quotas are optional (None: no limit)."""
+    __tablename__ = "projects"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    data_policy: Mapped[str] = mapped_column(String(10), default="warn", server_default="warn")
+    max_clusters: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_units: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_file_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    deleted_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # rows of what it held stay
+
+
+def project_column(nullable: bool = False) -> Mapped:
+    return mapped_column(ForeignKey("projects.id"), index=True, nullable=nullable)
+
+
 class ApiKey(Base):
     __tablename__ = "api_keys"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -29,6 +51,8 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(128), unique=True, index=True)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     role: Mapped[str] = mapped_column(String(16), default="editor", server_default="editor")
+    project_id: Mapped[str] = project_column()  # the instance admin key (is_admin) acts in any project
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
@@ -36,6 +60,7 @@ class ApiKey(Base):
 class File(Base):
     __tablename__ = "files"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = project_column()
     filename: Mapped[str] = mapped_column(String(500))
     purpose: Mapped[str] = mapped_column(String(50))
     bytes: Mapped[int] = mapped_column(BigInteger)
@@ -51,6 +76,7 @@ class Model(Base):
     """A base model (pulled or imported) or a custom model (base + adapter or full weights)."""
     __tablename__ = "models"
     id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    project_id: Mapped[str | None] = project_column(nullable=True)  # None: a base model, shared read-only
     kind: Mapped[str] = mapped_column(String(20))  # base | custom
     family: Mapped[str] = mapped_column(String(50), default="llama")
     parent: Mapped[str | None] = mapped_column(ForeignKey("models.id"), nullable=True, index=True)
@@ -68,6 +94,7 @@ class Model(Base):
 class FineTuningJob(Base):
     __tablename__ = "fine_tuning_jobs"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = project_column()  # its events and checkpoints belong through it
     model: Mapped[str] = mapped_column(ForeignKey("models.id"))
     training_file: Mapped[str] = mapped_column(String(64))
     validation_file: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -116,6 +143,7 @@ class JobCheckpoint(Base):
 class Cluster(Base):
     __tablename__ = "dedicated_ai_clusters"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str | None] = project_column(nullable=True)  # None: the shared local fine-tuning one
     name: Mapped[str] = mapped_column(String(200))
     type: Mapped[str] = mapped_column(String(20))  # HOSTING | FINE_TUNING
     unit_count: Mapped[int] = mapped_column(Integer)
@@ -129,6 +157,7 @@ class Cluster(Base):
 class Endpoint(Base):
     __tablename__ = "endpoints"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = project_column()  # its request logs and feedback belong through it
     name: Mapped[str] = mapped_column(String(200), index=True)
     model: Mapped[str] = mapped_column(ForeignKey("models.id"))
     dedicated_ai_cluster_id: Mapped[str] = mapped_column(ForeignKey("dedicated_ai_clusters.id"), index=True)
@@ -174,6 +203,7 @@ class UsageRecord(Base):
     """One metered span of a cluster: unit_count units from started_at to ended_at (open while running)."""
     __tablename__ = "usage_records"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = project_column()  # the job's project for a job span, else the cluster's
     cluster_id: Mapped[str] = mapped_column(ForeignKey("dedicated_ai_clusters.id"), index=True)
     kind: Mapped[str] = mapped_column(String(20))  # HOSTING | FINE_TUNING
     job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -187,6 +217,7 @@ class Eval(Base):
     """An eval definition: a JSONL eval set and the scorers its runs use."""
     __tablename__ = "evals"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = project_column()  # its runs belong through it
     name: Mapped[str] = mapped_column(String(500))
     data_path: Mapped[str] = mapped_column(Text)
     scorers: Mapped[list] = mapped_column(JSON)
@@ -216,3 +247,32 @@ class RagIngestion(Base):
     owner: Mapped[str | None] = mapped_column(String(300), nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class KnowledgeBaseOwner(Base):
+    """Which project a knowledge base belongs to (the KB itself lives in the RAG store, maybe another database);
+    a KB with no row here is one made before projects and belongs to ``default``. Its documents and
+    ingestions belong through it."""
+    __tablename__ = "knowledge_base_projects"
+    knowledge_base_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = project_column()
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class AuditEvent(Base):
+    """One mutating or denied request, append-only (the database refuses UPDATE and DELETE on it). No secrets
+    and no bodies: the key's id, never the key; the route, never its payload."""
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_project_seq", "project_id", "seq"),)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    key_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    project_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    role: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    action: Mapped[str] = mapped_column(String(200), index=True)  # "POST /v1/files/{file_id}": method + route
+    resource_id: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    status: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(10))  # allowed | denied | failed
+    client: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
