@@ -165,8 +165,8 @@ def latency(docs, queries, db, sizes: list[int], n_queries: int = 60) -> dict:
         kb = synthetic_kb(db, size, vocab, weights, rng)
         build_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        rag.search(kb, qtexts[0], mode="keyword", db=db)  # the first search after writes builds the BM25 index
-        out[size] = {"build_s": build_s, "bm25_index_build_s": time.perf_counter() - t0}
+        rag.search(kb, qtexts[0], mode="hybrid", db=db)  # folds the last writes into the keyword and dense indexes
+        out[size] = {"build_s": build_s, "first_search_s": time.perf_counter() - t0}
         for mode in rag.MODES:
             rag.search(kb, qtexts[0], mode=mode, db=db)  # warm up
             times = []
@@ -236,8 +236,8 @@ def main(argv=None):
             for size in sizes:
                 row = "  ".join(f"{m} p50 {lat[size][m]['p50_ms']:.1f} / p99 {lat[size][m]['p99_ms']:.1f} ms"
                                 for m in rag.MODES)
-                print(f"{size:>7} chunks (built in {lat[size]['build_s']:.0f} s, BM25 index on first search "
-                      f"{lat[size]['bm25_index_build_s']:.1f} s): {row}")
+                print(f"{size:>7} chunks (built in {lat[size]['build_s']:.0f} s, first search after the writes "
+                      f"{lat[size]['first_search_s']:.1f} s): {row}")
         rag.close_stores()
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))

@@ -36,7 +36,7 @@ with tempfile.TemporaryDirectory() as tmp:
     store = rag.open_store(db)
     fsql, fargs = store._filter_sql(kb, {"shard": 1})
     t = time.perf_counter(); allowed = {r[0] for r in store.conn.execute(fsql, fargs)}; print("sql ms", (time.perf_counter() - t) * 1000, len(allowed))
-    ix = store._bm25_index(kb)
+    ix = store._index(kb, "keyword")
     t = time.perf_counter(); ix.search(qtexts[1], 10, allowed); print("search ms", (time.perf_counter() - t) * 1000)
     t = time.perf_counter(); ix.search(qtexts[1], 10, None); print("search nofilter ms", (time.perf_counter() - t) * 1000)
     rag.close_stores()

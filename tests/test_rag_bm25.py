@@ -90,17 +90,48 @@ def test_index_persists_and_reloads_without_rebuilding(tmp_path, monkeypatch):
     store.replace_documents(kb, [rows(d, t) for d, t in TOY.items()])
     first = by_doc(store, kb, "dog cat")
     store.close()
-    assert any((tmp_path / "bm25" / kb.id).glob("*/complete"))
-    from graftlm.rag import bm25_index
+    assert (tmp_path / "index" / kb.id).is_dir() and any((tmp_path / "index" / kb.id).glob("keyword.*/keyword.npz"))
 
-    monkeypatch.setattr(bm25_index.ScoredIndex, "build", lambda *a, **k: pytest.fail("rebuilt instead of loading"))
+    monkeypatch.setattr(SQLiteBackend, "_build", lambda *a, **k: pytest.fail("rebuilt instead of loading"))
     again = SQLiteBackend(path)
     assert by_doc(again, kb, "dog cat") == pytest.approx(first)
-    again.close()
+    # writes after the load are folded in from the change log, still without a rebuild
+    again.replace_documents(kb, [rows("d", "A dog and a cat and a dog.")])
+    assert again.delete_document(kb, "a")
+    live = {**{k: v for k, v in TOY_TOKENS.items() if k != "a"}, "d": tokenize(["A dog and a cat and a dog."])[0]}
+    ref = lucene_bm25(tokenize(["dog cat"])[0], live)
+    assert by_doc(again, kb, "dog cat") == pytest.approx(ref, rel=1e-5)
+    # a process that dies without saving (no close): the next one loads the older save and replays the log
+    del again
+    third = SQLiteBackend(path)
+    assert by_doc(third, kb, "dog cat") == pytest.approx(ref, rel=1e-5)
+    third.close()
 
 
-def test_random_ingest_replace_delete_keep_bm25_equal_to_a_fresh_index(tmp_path):
+def test_a_write_does_not_rebuild_the_index(tmp_path, monkeypatch):
+    """After the first build, each write costs the chunks it touches: the index is never built again."""
+    store, kb = SQLiteBackend(tmp_path / "rag.db"), kb_()
+    store.insert_kb(kb)
+    store.replace_documents(kb, [rows(d, t) for d, t in TOY.items()])
+    by_doc(store, kb, "cat")
+    from graftlm.rag import bm25_index
+
+    added = []
+    real_add = bm25_index.KeywordIndex.add
+    monkeypatch.setattr(SQLiteBackend, "_build", lambda *a, **k: pytest.fail("rebuilt after a write"))
+    monkeypatch.setattr(bm25_index.KeywordIndex, "add", lambda self, r, t: (added.append(list(r)), real_add(self, r, t)))
+    store.replace_documents(kb, [rows("z", "zebra cat")])
+    got = by_doc(store, kb, "zebra")
+    assert list(got) == ["z"] and len(added) == 1 and len(added[0]) == 1  # only the new chunk was indexed
+
+
+@pytest.mark.parametrize("merge_min", [1 << 16, 4])  # 4: segments merge and compact after nearly every write
+def test_random_ingest_replace_delete_keep_bm25_equal_to_a_fresh_index(tmp_path, monkeypatch, merge_min):
     """Property: after any sequence of writes, scores equal BM25 over exactly the documents table's chunks."""
+    from graftlm.rag import bm25_index
+
+    monkeypatch.setattr(bm25_index, "MERGE_MIN_POSTINGS", merge_min)
+    monkeypatch.setattr(bm25_index, "MAX_SEGMENTS", 8 if merge_min > 4 else 2)
     rng = random.Random(7)
     words = ["apple", "banana", "cherry", "grape", "lemon", "mango", "olive", "peach", "plum", "melon"]
     store, kb = SQLiteBackend(tmp_path / "rag.db"), kb_()
@@ -124,4 +155,4 @@ def test_random_ingest_replace_delete_keep_bm25_equal_to_a_fresh_index(tmp_path)
             assert by_doc(store, kb, query, limit=20) == pytest.approx({d: s for d, s in ref.items() if s > 0},
                                                                       rel=1e-5), (step, query)
     store.drop_kb(kb)
-    assert not (tmp_path / "bm25" / kb.id).exists()
+    assert not (tmp_path / "index" / kb.id).exists()

@@ -103,7 +103,7 @@ def test_filters_apply_before_top_k(kb, db):
 
 def test_replace_and_delete_keep_tables_consistent(kb, db):
     store = rag.open_store(db)
-    assert store.consistency(kb) == dict.fromkeys(("documents_chunks", "chunks", "keyword", "bm25", "vectors"), 4)
+    assert store.consistency(kb) == dict.fromkeys(("documents_chunks", "chunks", "keyword", "bm25", "vectors", "ann"), 4)
     long_text = "\n\n".join(f"Paragraph {i} about zebras and their stripes in the savanna." for i in range(20))
     rag.ingest_documents(kb, [{"id": "cats", "text": long_text, "metadata": {"topic": "zoo"}}], db=db)
     counts = store.consistency(kb)
@@ -114,7 +114,7 @@ def test_replace_and_delete_keep_tables_consistent(kb, db):
                for h in rag.search(kb, "cats purr", mode="dense", top_k=50, db=db))
     assert rag.search(kb, "zebras", mode="keyword", top_k=1, db=db)[0]["metadata"] == {"topic": "zoo"}
     rag.delete_document(kb, "cats", db=db)
-    assert store.consistency(kb) == dict.fromkeys(("documents_chunks", "chunks", "keyword", "bm25", "vectors"), 3)
+    assert store.consistency(kb) == dict.fromkeys(("documents_chunks", "chunks", "keyword", "bm25", "vectors", "ann"), 3)
     assert all(h["document_id"] != "cats" for h in rag.search(kb, "zebras cats", mode="hybrid", top_k=10, db=db))
     with pytest.raises(NotFound, match="document 'cats' not found"):
         rag.delete_document(kb, "cats", db=db)

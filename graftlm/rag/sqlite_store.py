@@ -1,15 +1,23 @@
-"""Knowledge bases in one SQLite file, BM25 from bm25s (see bm25_index) and sqlite-vec's vec0 for cosine KNN.
+"""Knowledge bases in one SQLite file; BM25 (bm25_index) and HNSW (ann) indexes beside it, fed by a change log.
 
-Each knowledge base gets its own BM25 index and vec0 table, so BM25 statistics are per knowledge base. Chunk
-tokens live in ``rag_tokens`` (same transaction as the chunk); the scored BM25 index is rebuilt from them on the
-first search after a write and saved next to the database (``<db dir>/bm25/<kb id>/``). Knowledge bases made
-before that keep their old FTS5 table unused; their tokens are filled in on first search.
+SQLite holds the truth: documents, chunks, chunk tokens (``rag_tokens``) and vectors (sqlite-vec's vec0, one
+table per knowledge base). Every write also appends one row per chunk added or removed to ``rag_log``, in the
+same transaction. Each knowledge base's keyword index (bm25_index.KeywordIndex) and dense index
+(ann.DenseIndex) remember the last log sequence they folded in; a search first folds in the rows after it
+(only the chunks that changed: no rebuild after a write). The indexes are saved under
+``<db dir>/index/<kb id>/<kind>.<seq>/`` (written to a temporary directory, renamed, then recorded in
+``rag_index_saved``); a process that starts loads them and replays the log after them. Log rows older than
+both saved indexes are pruned (``rag_log_pruned`` records up to where, so a process whose in-memory index is
+older reloads the saved one). A kill -9 at any point leaves committed rows and a log that reaches them, so the
+next search is complete; an index is only rebuilt from the tables when none was saved (a knowledge base made
+before the log existed, or a deleted index directory).
 Opened through sqlean.py because the standard library's sqlite3 may not load extensions.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -19,7 +27,8 @@ import numpy as np
 from graftlm.config import private_file
 from graftlm.errors import Conflict, GraftError
 from graftlm.rag.backend import DocumentRows, KnowledgeBase
-from graftlm.rag.bm25_index import ScoredIndex, tokenize
+from graftlm.rag.ann import DenseIndex
+from graftlm.rag.bm25_index import KeywordIndex, tokenize
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rag_kbs (
@@ -34,8 +43,16 @@ CREATE TABLE IF NOT EXISTS rag_chunks (
 CREATE INDEX IF NOT EXISTS rag_chunks_doc ON rag_chunks (kb_id, doc_id);
 CREATE TABLE IF NOT EXISTS rag_tokens (id INTEGER PRIMARY KEY, tokens TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rag_bm25_generation (kb_id TEXT PRIMARY KEY, generation INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rag_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, kb_id TEXT NOT NULL,
+  chunk INTEGER NOT NULL, op INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS rag_log_kb ON rag_log (kb_id, seq);
+CREATE TABLE IF NOT EXISTS rag_index_saved (kb_id TEXT NOT NULL, kind TEXT NOT NULL, seq INTEGER NOT NULL,
+  PRIMARY KEY (kb_id, kind));
+CREATE TABLE IF NOT EXISTS rag_log_pruned (kb_id TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """
-_KNN_MAX = 4096  # sqlite-vec's largest k
+KINDS = ("keyword", "dense")
+_ADD, _DEL = 1, 0
+_BATCH = 5000
 
 
 def connect(path: str | Path):
@@ -61,10 +78,19 @@ class SQLiteBackend:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(_SCHEMA)
-        self._bm25: dict[str, ScoredIndex] = {}
-        self._bm25_root = None if self.path == ":memory:" else Path(self.path).parent / "bm25"
+        self._indexes: dict[tuple[str, str], KeywordIndex | DenseIndex] = {}
+        self._saved: dict[tuple[str, str], int] = {}  # log sequence of the index last saved by this process
+        self._root = None if self.path == ":memory:" else Path(self.path).parent / "index"
 
     def close(self) -> None:
+        with self.lock:
+            for (kb_id, kind), ix in list(self._indexes.items()):
+                if ix.applied > self._saved.get((kb_id, kind), 0):
+                    try:
+                        self._save(kb_id, kind, ix)
+                    except Exception:  # noqa: BLE001 - the log replays whatever was not saved
+                        pass
+            self._indexes.clear()
         self.conn.close()
 
     @staticmethod
@@ -109,13 +135,17 @@ class SQLiteBackend:
                               (kb.id,))
             self.conn.execute("DELETE FROM rag_chunks WHERE kb_id = ?", (kb.id,))
             self.conn.execute("DELETE FROM rag_documents WHERE kb_id = ?", (kb.id,))
-            self.conn.execute("DELETE FROM rag_bm25_generation WHERE kb_id = ?", (kb.id,))
+            for table in ("rag_bm25_generation", "rag_log", "rag_index_saved", "rag_log_pruned"):
+                self.conn.execute(f"DELETE FROM {table} WHERE kb_id = ?", (kb.id,))
             self.conn.execute("DELETE FROM rag_kbs WHERE id = ?", (kb.id,))
             self.conn.execute(f"DROP TABLE IF EXISTS {self._fts(kb)}")
             self.conn.execute(f"DROP TABLE IF EXISTS {self._vec(kb)}")
-            self._bm25.pop(kb.id, None)
-        if self._bm25_root is not None:
-            shutil.rmtree(self._bm25_root / kb.id, ignore_errors=True)
+            for kind in KINDS:
+                self._indexes.pop((kb.id, kind), None)
+                self._saved.pop((kb.id, kind), None)
+        if self._root is not None:
+            shutil.rmtree(self._root / kb.id, ignore_errors=True)
+            shutil.rmtree(self._root.parent / "bm25" / kb.id, ignore_errors=True)  # before the change log
 
     # documents
 
@@ -128,12 +158,14 @@ class SQLiteBackend:
                 self.conn.executemany(f"DELETE FROM {self._fts(kb)} WHERE rowid = ?", ids)
             self.conn.executemany(f"DELETE FROM {self._vec(kb)} WHERE rowid = ?", ids)
             self.conn.execute("DELETE FROM rag_chunks WHERE kb_id = ? AND doc_id = ?", (kb.id, doc_id))
+            self.conn.executemany("INSERT INTO rag_log (kb_id, chunk, op) VALUES (?, ?, ?)",
+                                  [(kb.id, i, _DEL) for (i,) in ids])
 
     def _has_fts(self, kb: KnowledgeBase) -> bool:
         return self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (self._fts(kb),)).fetchone() is not None
 
     def _bump(self, kb: KnowledgeBase) -> None:
-        """A write happened: the scored BM25 index is stale (called inside the write's transaction)."""
+        """A write happened (inside its transaction): the generation counts writes."""
         self.conn.execute("INSERT INTO rag_bm25_generation VALUES (?, 1) ON CONFLICT (kb_id) DO UPDATE "
                           "SET generation = generation + 1", (kb.id,))
 
@@ -156,6 +188,8 @@ class SQLiteBackend:
             self.conn.executemany("INSERT INTO rag_chunks VALUES (?, ?, ?, ?, ?, ?, ?)", chunk_rows)
             self.conn.executemany("INSERT INTO rag_tokens (id, tokens) VALUES (?, ?)", fts_rows)
             self.conn.executemany(f"INSERT INTO {self._vec(kb)} (rowid, embedding) VALUES (?, ?)", vec_rows)
+            self.conn.executemany("INSERT INTO rag_log (kb_id, chunk, op) VALUES (?, ?, ?)",
+                                  [(kb.id, r[0], _ADD) for r in chunk_rows])
             self._bump(kb)
 
     def delete_document(self, kb: KnowledgeBase, doc_id: str) -> bool:
@@ -187,8 +221,9 @@ class SQLiteBackend:
                     "chunks": q("SELECT count(*) FROM rag_chunks WHERE kb_id = ?", kb.id),
                     "keyword": q("SELECT count(*) FROM rag_tokens t JOIN rag_chunks c ON c.id = t.id "
                                  "WHERE c.kb_id = ?", kb.id),
-                    "bm25": len(self._bm25_index(kb)),
-                    "vectors": q(f"SELECT count(*) FROM {self._vec(kb)}")}
+                    "bm25": len(self._index(kb, "keyword")),
+                    "vectors": q(f"SELECT count(*) FROM {self._vec(kb)}"),
+                    "ann": len(self._index(kb, "dense"))}
 
     # search
 
@@ -206,66 +241,152 @@ class SQLiteBackend:
         return ("SELECT c.id FROM rag_chunks c JOIN rag_documents d ON d.kb_id = c.kb_id AND d.doc_id = c.doc_id "
                 "WHERE " + " AND ".join(where)), args
 
-    def _bm25_index(self, kb: KnowledgeBase) -> ScoredIndex:
-        """The scored BM25 index of the knowledge base's current generation: cached, loaded or rebuilt."""
+    # derived indexes (keyword, dense): built once, then fed by the change log
+
+    def _index(self, kb: KnowledgeBase, kind: str) -> KeywordIndex | DenseIndex:
+        """The knowledge base's index of ``kind``, up to date with every committed write."""
         with self.lock:
-            row = self.conn.execute("SELECT generation FROM rag_bm25_generation WHERE kb_id = ?", (kb.id,)).fetchone()
-            generation = row[0] if row else 0
-            index = self._bm25.get(kb.id)
-            if index is not None and index.generation == generation:
-                return index
-            root = None if self._bm25_root is None else self._bm25_root / kb.id
-            index = ScoredIndex.load(root, generation) if root is not None else None
-            if index is None:
-                missing = self.conn.execute(
-                    "SELECT c.id, c.text FROM rag_chunks c LEFT JOIN rag_tokens t ON t.id = c.id "
-                    "WHERE c.kb_id = ? AND t.id IS NULL", (kb.id,)).fetchall()
-                if missing:  # chunks stored before rag_tokens existed
-                    with self.conn:
-                        self.conn.execute("BEGIN")
-                        self.conn.executemany("INSERT INTO rag_tokens (id, tokens) VALUES (?, ?)",
-                                              [(i, json.dumps(t)) for (i, _), t in
-                                               zip(missing, tokenize([m[1] for m in missing]), strict=True)])
-                rows = self.conn.execute("SELECT c.id, t.tokens FROM rag_chunks c JOIN rag_tokens t ON t.id = c.id "
-                                         "WHERE c.kb_id = ? ORDER BY c.id", (kb.id,)).fetchall()
-                index = ScoredIndex.build([r[0] for r in rows], [json.loads(r[1]) for r in rows], generation)
-                if root is not None:
-                    index.save(root)
-            self._bm25[kb.id] = index
-            return index
+            key = (kb.id, kind)
+            row = self.conn.execute("SELECT seq FROM rag_log_pruned WHERE kb_id = ?", (kb.id,)).fetchone()
+            pruned = row[0] if row else 0
+            ix = self._indexes.get(key)
+            if ix is not None and ix.applied < pruned:  # the rows it still needs were pruned: take the saved one
+                ix = None
+            if ix is None:
+                ix = self._load(kb, kind, pruned)
+            if ix is None:
+                ix = self._build(kb, kind)
+            self._indexes[key] = ix
+            self._catch_up(kb, kind, ix)
+            return ix
+
+    def _load(self, kb: KnowledgeBase, kind: str, pruned: int) -> KeywordIndex | DenseIndex | None:
+        if self._root is None:
+            return None
+        row = self.conn.execute("SELECT seq FROM rag_index_saved WHERE kb_id = ? AND kind = ?",
+                                (kb.id, kind)).fetchone()
+        if row is None or row[0] < pruned:
+            return None
+        directory = self._root / kb.id / f"{kind}.{row[0]}"
+        ix = KeywordIndex.load(directory) if kind == "keyword" else DenseIndex.load(directory, kb.dimension)
+        if ix is None or ix.applied != row[0]:
+            return None
+        self._saved[(kb.id, kind)] = ix.applied
+        return ix
+
+    def _build(self, kb: KnowledgeBase, kind: str) -> KeywordIndex | DenseIndex:
+        """Build from the tables (no saved index): one snapshot of the log position and the rows."""
+        if kind == "keyword":
+            self._fill_tokens(kb)
+        with self.conn:
+            self.conn.execute("BEGIN")
+            row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'rag_log'").fetchone()
+            applied = row[0] if row else 0
+            if kind == "keyword":
+                ix: KeywordIndex | DenseIndex = KeywordIndex()
+                cur = self.conn.execute("SELECT c.id, t.tokens FROM rag_chunks c JOIN rag_tokens t ON t.id = c.id "
+                                        "WHERE c.kb_id = ? ORDER BY c.id", (kb.id,))
+                while batch := cur.fetchmany(_BATCH):
+                    ix.add([r[0] for r in batch], [json.loads(r[1]) for r in batch])
+                ix.merge()
+            else:
+                ix = DenseIndex(kb.dimension)
+                cur = self.conn.execute(f"SELECT rowid, embedding FROM {self._vec(kb)} ORDER BY rowid")
+                while batch := cur.fetchmany(_BATCH):
+                    ix.add([r[0] for r in batch], np.stack([np.frombuffer(r[1], dtype=np.float32) for r in batch]))
+        ix.applied = applied
+        self._save(kb.id, kind, ix)
+        if self._root is not None:
+            shutil.rmtree(self._root.parent / "bm25" / kb.id, ignore_errors=True)  # the index before the log
+        return ix
+
+    def _fill_tokens(self, kb: KnowledgeBase) -> None:
+        """Chunks stored before rag_tokens existed get their tokens."""
+        missing = self.conn.execute("SELECT c.id, c.text FROM rag_chunks c LEFT JOIN rag_tokens t ON t.id = c.id "
+                                    "WHERE c.kb_id = ? AND t.id IS NULL", (kb.id,)).fetchall()
+        if missing:
+            with self.conn:
+                self.conn.execute("BEGIN")
+                self.conn.executemany("INSERT INTO rag_tokens (id, tokens) VALUES (?, ?)",
+                                      [(i, json.dumps(t)) for (i, _), t in
+                                       zip(missing, tokenize([m[1] for m in missing]), strict=True)])
+
+    def _catch_up(self, kb: KnowledgeBase, kind: str, ix: KeywordIndex | DenseIndex) -> None:
+        """Fold in the log rows after ``ix.applied``: remove every chunk they touch, add back those whose last
+        operation is an add, with their current content."""
+        with self.conn:
+            self.conn.execute("BEGIN")
+            rows = self.conn.execute("SELECT seq, chunk, op FROM rag_log WHERE kb_id = ? AND seq > ? ORDER BY seq",
+                                     (kb.id, ix.applied)).fetchall()
+            if not rows:
+                return
+            last = {chunk: op for _, chunk, op in rows}
+            ix.remove(list(last))
+            adds = [c for c, op in last.items() if op == _ADD]
+            for lo in range(0, len(adds), _BATCH):
+                part = adds[lo:lo + _BATCH]
+                marks = ",".join("?" * len(part))
+                if kind == "keyword":
+                    got = self.conn.execute(f"SELECT id, tokens FROM rag_tokens WHERE id IN ({marks}) ORDER BY id",
+                                            part).fetchall()
+                    ix.add([r[0] for r in got], [json.loads(r[1]) for r in got])
+                else:
+                    got = self.conn.execute(f"SELECT rowid, embedding FROM {self._vec(kb)} WHERE rowid IN ({marks}) "
+                                            "ORDER BY rowid", part).fetchall()
+                    if got:
+                        ix.add([r[0] for r in got], np.stack([np.frombuffer(r[1], dtype=np.float32) for r in got]))
+        ix.applied = rows[-1][0]
+        if ix.applied - self._saved.get((kb.id, kind), 0) >= max(_BATCH, len(ix) // 4):
+            self._save(kb.id, kind, ix)
+
+    def _save(self, kb_id: str, kind: str, ix: KeywordIndex | DenseIndex) -> None:
+        """Write ``ix`` beside the database and record it; prune log rows both saved indexes hold."""
+        if self._root is None:
+            return
+        root = self._root / kb_id
+        tmp = root / f".{kind}.{os.getpid()}.{threading.get_ident()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        ix.save(tmp)
+        final = root / f"{kind}.{ix.applied}"
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")  # one saver at a time, across processes
+            row = self.conn.execute("SELECT seq FROM rag_index_saved WHERE kb_id = ? AND kind = ?",
+                                    (kb_id, kind)).fetchone()
+            if row is not None and row[0] >= ix.applied:  # someone saved this or a later one already
+                shutil.rmtree(tmp, ignore_errors=True)
+                self._saved[(kb_id, kind)] = ix.applied
+                return
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            self.conn.execute("INSERT INTO rag_index_saved VALUES (?, ?, ?) ON CONFLICT (kb_id, kind) DO UPDATE "
+                              "SET seq = excluded.seq", (kb_id, kind, ix.applied))
+            saved = self.conn.execute("SELECT min(seq), count(*) FROM rag_index_saved WHERE kb_id = ?",
+                                      (kb_id,)).fetchone()
+            if saved[1] == len(KINDS):
+                self.conn.execute("DELETE FROM rag_log WHERE kb_id = ? AND seq <= ?", (kb_id, saved[0]))
+                self.conn.execute("INSERT INTO rag_log_pruned VALUES (?, ?) ON CONFLICT (kb_id) DO UPDATE "
+                                  "SET seq = max(seq, excluded.seq)", (kb_id, saved[0]))
+        self._saved[(kb_id, kind)] = ix.applied
+        for old in root.glob(f"{kind}.*"):  # older saves of this kind are no longer referenced
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _allowed(self, kb: KnowledgeBase, filters: dict) -> set[int] | None:
+        if not filters:
+            return None
+        fsql, fargs = self._filter_sql(kb, filters)
+        with self.lock:
+            return {r[0] for r in self.conn.execute(fsql, fargs)}
 
     def keyword(self, kb: KnowledgeBase, terms: list[str], limit: int, filters: dict) -> list[tuple[int, float]]:
         if not terms:
             return []
-        index = self._bm25_index(kb)
-        allowed = None
-        if filters:
-            fsql, fargs = self._filter_sql(kb, filters)
-            with self.lock:
-                allowed = {r[0] for r in self.conn.execute(fsql, fargs)}
-        return index.search(" ".join(terms), limit, allowed)
+        with self.lock:
+            return self._index(kb, "keyword").search(" ".join(terms), limit, self._allowed(kb, filters))
 
     def dense(self, kb: KnowledgeBase, vector: np.ndarray, limit: int, filters: dict) -> list[tuple[int, float]]:
-        blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-        vec = self._vec(kb)
-        k = min(limit if not filters else max(8 * limit, 200), _KNN_MAX)
         with self.lock:
-            rows = self.conn.execute(f"SELECT rowid, distance FROM {vec} WHERE embedding MATCH ? AND k = ? "
-                                     "ORDER BY distance", (blob, k)).fetchall()
-            if filters:
-                fsql, fargs = self._filter_sql(kb, filters)
-                ids = [r[0] for r in rows]
-                keep = {r[0] for r in self.conn.execute(
-                    f"{fsql} AND c.id IN ({','.join('?' * len(ids))})", (*fargs, *ids))} if ids else set()
-                filtered = [r for r in rows if r[0] in keep]
-                if len(filtered) < limit and len(rows) == k:
-                    # too few survived the filter: score the filtered chunks exactly
-                    rows = self.conn.execute(
-                        f"SELECT v.rowid, vec_distance_cosine(v.embedding, ?) AS dist FROM {vec} v "
-                        f"WHERE v.rowid IN ({fsql}) ORDER BY dist LIMIT ?", (blob, *fargs, limit)).fetchall()
-                else:
-                    rows = filtered
-        return [(r[0], 1.0 - r[1]) for r in rows[:limit]]
+            return self._index(kb, "dense").search(vector, limit, self._allowed(kb, filters))
 
     def fetch(self, kb: KnowledgeBase, rowids: list[int]) -> dict[int, dict]:
         if not rowids:
