@@ -191,14 +191,24 @@ class SQLiteBackend:
             self.conn.executemany("INSERT INTO rag_log (kb_id, chunk, op) VALUES (?, ?, ?)",
                                   [(kb.id, r[0], _ADD) for r in chunk_rows])
             self._bump(kb)
+        self._follow(kb)
 
     def delete_document(self, kb: KnowledgeBase, doc_id: str) -> bool:
         with self.lock, self.conn:
             self.conn.execute("BEGIN")
             self._delete_chunks(kb, doc_id)
             self._bump(kb)
-            return self.conn.execute("DELETE FROM rag_documents WHERE kb_id = ? AND doc_id = ?",
-                                     (kb.id, doc_id)).rowcount > 0
+            deleted = self.conn.execute("DELETE FROM rag_documents WHERE kb_id = ? AND doc_id = ?",
+                                        (kb.id, doc_id)).rowcount > 0
+        self._follow(kb)
+        return deleted
+
+    def _follow(self, kb: KnowledgeBase) -> None:
+        """After a write: fold it into the indexes this process holds, so the writer pays, not the next search."""
+        with self.lock:
+            for kind in KINDS:
+                if (kb.id, kind) in self._indexes:
+                    self._index(kb, kind)
 
     def list_documents(self, kb: KnowledgeBase) -> list[dict]:
         with self.lock:
