@@ -15,6 +15,7 @@ from typing import Iterator
 import numpy as np
 import orjson
 
+from graftlm.data import pii
 from graftlm.data.checks import check_record, fast_chat_ok
 from graftlm.data.formats import FORMATS, detect_format, normalize
 from graftlm.data.reader import (NO_ERRORS, NOT_PARSED, READ_ERRORS, ParsedLine, iter_line_batches, iter_parsed,
@@ -106,14 +107,33 @@ def _duplicates(hashes: array) -> int:
     return int(np.count_nonzero(h[1:] == h[:-1]))
 
 
+def scan_line(obj, raw: bytes | None) -> list[tuple[str | None, str]]:
+    """``[(field, kind)]`` of the personal data in one line; a line that is not JSON is scanned as text. The
+    line's bytes pass the detectors' gates first, so a clean line costs a few microseconds."""
+    if raw is None or not pii.gates(raw):
+        return []
+    return pii.scan_value(obj) if obj is not NOT_PARSED else pii.scan_raw_line(raw)
+
+
+def finding_entry(line: int, field: str | None, kind: str) -> dict:
+    """A finding as the report lists it: where and what kind, never the value."""
+    return {"line": line, "field": field, "kind": kind,
+            "message": f"looks like {pii.DESCRIPTIONS[kind]} (value not shown)"}
+
+
 def validate_file(path: str | Path, fmt: str | None = None, tokenizer=None, context_length: int | None = None,
-                  epochs: int = 3, max_errors: int = 100) -> dict:
+                  epochs: int = 3, max_errors: int = 100, scan_personal_data: bool = True,
+                  max_findings: int = 100) -> dict:
     """Validate a .jsonl / .jsonl.gz dataset in one streaming pass. Never raises on bad content.
 
-    Returns ``{"valid", "format", "errors", "error_count", "stats"}``:
+    Returns ``{"valid", "format", "errors", "error_count", "stats", "findings", "finding_count",
+    "findings_by_kind"}``:
       errors       the first max_errors of ``{"line": n (from 1; None for the whole file),
                    "field": "messages[2].role" (None for the line), "message": reason}``
       error_count  all errors, listed or not; ``valid`` is ``error_count == 0``
+      findings     the first max_findings personal-data findings (graftlm.data.pii), ``{"line", "field",
+                   "kind", "message"}`` without the value; warnings, they do not make the file invalid
+      finding_count, findings_by_kind   all findings, and their number per kind
       stats        lines, examples (valid lines), invalid_lines, duplicates (examples whose line is
                    byte-identical to an earlier one, ignoring surrounding whitespace), epochs, tokens, and
                    estimated_training_tokens; with a tokenizer, ``tokens`` holds min / mean / p95 /
@@ -132,8 +152,15 @@ def validate_file(path: str | Path, fmt: str | None = None, tokenizer=None, cont
     hist: Counter = Counter()
     trainable = over = no_target = 0
     add_hash = hashes.append
+    findings: list = []
+    by_kind: Counter = Counter()
     for n, raw, obj, errs, file_format in scan(path, fmt):
         lines += 1
+        if scan_personal_data:
+            for field, kind in scan_line(obj, raw):
+                by_kind[kind] += 1
+                if len(findings) < max_findings:
+                    findings.append(finding_entry(n, field, kind))
         if errs:
             bad_lines += 1
             error_count += len(errs)
@@ -171,4 +198,5 @@ def validate_file(path: str | Path, fmt: str | None = None, tokenizer=None, cont
         stats["tokens"] = _token_stats(hist, trainable, over, no_target, context_length, epochs)
         stats["estimated_training_tokens"] = stats["tokens"]["estimated_training_tokens"]
     return {"valid": error_count == 0, "format": file_format, "errors": errors, "error_count": error_count,
-            "stats": stats}
+            "stats": stats, "findings": findings, "finding_count": sum(by_kind.values()),
+            "findings_by_kind": dict(sorted(by_kind.items()))}

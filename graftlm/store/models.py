@@ -69,6 +69,8 @@ class File(Base):
     status_details: Mapped[str | None] = mapped_column(Text, nullable=True)
     format: Mapped[str | None] = mapped_column(String(30), nullable=True)
     report: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    data_policy: Mapped[str | None] = mapped_column(String(10), nullable=True)  # warn | redact | reject
+    redactions: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # kind -> placeholders written
     created_at: Mapped[int] = mapped_column(BigInteger, default=now, index=True)
 
 

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, BackgroundTasks, File, Form, UploadFile
+from fastapi import APIRouter, BackgroundTasks, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
+from graftlm.errors import GraftError
 from graftlm.files import service as files
 
 router = APIRouter()  # upload sizes: api.limits.BodyLimit (declared and streamed) and the blob store
+UPLOAD_FIELDS = {"file", "purpose", "data_policy"}
 
 
 @router.post("/files")
-async def upload_file(background: BackgroundTasks, file: UploadFile = File(...), purpose: str = Form(...)):
-    record = await run_in_threadpool(files.create_file, file.file, file.filename or "upload.jsonl", purpose)
+async def upload_file(request: Request, background: BackgroundTasks, file: UploadFile = File(...),
+                      purpose: str = Form(...), data_policy: str | None = Form(None)):
+    """``data_policy`` (fine-tune files): warn (default), redact or reject; see files.service.create_file."""
+    for name in (await request.form()).keys():  # parsed once already; a misspelt data_policy must not pass
+        if name not in UPLOAD_FIELDS:
+            raise GraftError(f"unknown form field {name!r}; an upload has {', '.join(sorted(UPLOAD_FIELDS))}",
+                             param=name)
+    record = await run_in_threadpool(files.create_file, file.file, file.filename or "upload.jsonl", purpose,
+                                     data_policy=data_policy)
     if purpose == "fine-tune":
         background.add_task(files.validate_in_background, record["id"])
     else:
