@@ -69,8 +69,12 @@ def corrupt_bytes(rng: random.Random, line: bytes) -> bytes:
 
 
 def assert_well_formed_report(report: dict, lines: int | None = None):
-    assert set(report) == {"valid", "format", "errors", "error_count", "stats"}
+    assert set(report) == {"valid", "format", "errors", "error_count", "stats", "findings", "finding_count",
+                           "findings_by_kind"}
     assert report["error_count"] >= len(report["errors"])
+    assert report["finding_count"] == sum(report["findings_by_kind"].values()) >= len(report["findings"])
+    for f in report["findings"]:
+        assert set(f) == {"line", "field", "kind", "message"}
     assert report["valid"] == (report["error_count"] == 0)
     for e in report["errors"]:
         assert set(e) == {"line", "field", "message"} and isinstance(e["message"], str) and e["message"]

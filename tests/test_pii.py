@@ -323,3 +323,21 @@ def test_openai_sdk_sends_data_policy_as_extra_body(client):
     f = client.files.create(file=("c.jsonl", io.BytesIO(all_formats_bytes())), purpose="fine-tune",
                             extra_body={"data_policy": "redact"})
     assert f.model_extra["sensitive_data"]["redacted_by_kind"]["us_ssn"] == 2
+
+
+def test_the_projects_policy_applies_and_a_request_cannot_loosen_it():
+    from graftlm.errors import GraftError
+    from graftlm.files import service
+    from graftlm.keys import projects
+    from graftlm.store import scope
+    from graftlm.store.db import session
+    from graftlm.store.models import File
+
+    projects.create_project("team-a", data_policy="reject")
+    with scope.acting_in("team-a"):
+        with pytest.raises(GraftError) as e:
+            service.create_file(io.BytesIO(all_formats_bytes()), "c.jsonl", "fine-tune", data_policy="warn")
+        assert e.value.status_code == 422
+    with session() as s:
+        assert s.query(File).count() == 0
+    assert blob_files() == []
