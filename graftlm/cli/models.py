@@ -56,6 +56,20 @@ def show(model: str):
     print_json(catalog.get_model(model))
 
 
+@app.command("delete")
+@friendly_errors
+def delete(model: str, yes: bool = typer.Option(False, "--yes", help="do not ask")):
+    """Delete a custom model: its weights, its checkpoint models and its job's training directory, from disk."""
+    from graftlm.models.deletion import delete_model
+
+    import sys
+
+    if not yes and sys.stdin.isatty() and not typer.confirm(f"delete {model} and its checkpoints from disk?"):
+        raise typer.Exit(1)
+    out = delete_model(model)
+    console.print(f"deleted {', '.join(out['deleted_models'])}")
+
+
 @app.command("export")
 @friendly_errors
 def export(model: str, out: str = typer.Option(..., "--out", help="directory to write"),

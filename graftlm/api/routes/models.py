@@ -25,3 +25,11 @@ async def list_models():
 @router.get("/models/{model_id:path}")
 async def get_model(model_id: str):
     return openai_model(await run_in_threadpool(catalog.get_model, model_id))
+
+
+@router.delete("/models/{model_id:path}")
+async def delete_model(model_id: str):
+    """A custom model with its checkpoints and training directory (the bytes are removed from disk)."""
+    from graftlm.models.deletion import delete_model as delete
+
+    return await run_in_threadpool(delete, model_id)
