@@ -1,7 +1,8 @@
 """Databricks-style Python SDK: ``from graftlm import fm; run = fm.create(...)``.
 
 Embedded by default (jobs run on this machine's GRAFT_HOME, scheduled from this process); set
-``fm.connect(base_url, api_key)`` or GRAFT_BASE_URL / GRAFT_API_KEY to drive a running server instead.
+``fm.connect(base_url, api_key, project=None)`` or GRAFT_BASE_URL / GRAFT_API_KEY (/ GRAFT_PROJECT) to drive a
+running server instead; a project key acts in its project, the instance admin key in ``project`` (else default).
 The keyword names are Databricks' (``train_data_path``, ``training_duration``, ``register_to``) and
 map onto graftlm's one hyperparameter schema; any other OCI hyperparameter may be passed by name.
 ``fm.evals`` creates eval sets and runs them (``fm.evals.create(...)``, ``fm.evals.run(eval_id, model)``).
@@ -36,21 +37,25 @@ class Run:
                    job["hyperparameters"], job["created_at"], job["finished_at"])
 
 
-def connect(base_url: str | None = None, api_key: str | None = None) -> None:
-    """Drive a graftlm server (``http://host:port/v1``); ``connect()`` with no URL goes back to embedded."""
+def connect(base_url: str | None = None, api_key: str | None = None, project: str | None = None) -> None:
+    """Drive a graftlm server (``http://host:port/v1``); ``connect()`` with no URL goes back to embedded.
+    ``project`` is sent as the OpenAI-Project header (as the openai client's ``project=``)."""
     global _remote
-    _remote = {"base_url": base_url.rstrip("/"), "api_key": api_key} if base_url else None
+    _remote = {"base_url": base_url.rstrip("/"), "api_key": api_key, "project": project} if base_url else None
 
 
 def _client():
     import httpx
 
     remote = _remote or ({"base_url": os.environ["GRAFT_BASE_URL"].rstrip("/"),
-                          "api_key": os.environ.get("GRAFT_API_KEY")} if os.environ.get("GRAFT_BASE_URL") else None)
+                          "api_key": os.environ.get("GRAFT_API_KEY"), "project": os.environ.get("GRAFT_PROJECT")}
+                         if os.environ.get("GRAFT_BASE_URL") else None)
     if remote is None:
         return None
-    return httpx.Client(base_url=remote["base_url"], timeout=120,
-                        headers={"Authorization": f"Bearer {remote['api_key'] or ''}"})
+    headers = {"Authorization": f"Bearer {remote['api_key'] or ''}"}
+    if remote.get("project"):
+        headers["OpenAI-Project"] = remote["project"]
+    return httpx.Client(base_url=remote["base_url"], timeout=120, headers=headers)
 
 
 def _call(client, method: str, path: str, **kwargs) -> dict:

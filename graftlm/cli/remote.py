@@ -5,7 +5,8 @@ every call.
 Found from ``GRAFT_BASE_URL`` (…/v1, with ``GRAFT_API_KEY``) or from ``GRAFT_HOME/server.json``, which
 `graft serve` writes while it runs (its URL and pid). A server that does not answer ``/healthz`` within a
 second, or ``GRAFT_LOCAL=1`` / ``--local``, means: do it locally, as before. The key is ``GRAFT_API_KEY``,
-else the admin key (``GRAFT_ADMIN_KEY`` or ``GRAFT_HOME/admin.key``).
+else the admin key (``GRAFT_ADMIN_KEY`` or ``GRAFT_HOME/admin.key``); ``GRAFT_PROJECT`` names the project an
+instance admin key acts in (a project key acts in its own).
 """
 
 from __future__ import annotations
@@ -90,8 +91,10 @@ class Server:
         import httpx
 
         self.url = url
-        self.http = httpx.Client(base_url=url, timeout=600,
-                                 headers={"Authorization": f"Bearer {_api_key() or ''}"})
+        headers = {"Authorization": f"Bearer {_api_key() or ''}"}
+        if os.environ.get("GRAFT_PROJECT"):  # the project the instance admin key acts in
+            headers["OpenAI-Project"] = os.environ["GRAFT_PROJECT"]
+        self.http = httpx.Client(base_url=url, timeout=600, headers=headers)
 
     def post(self, path: str, body: dict) -> dict:
         r = self.http.post(path, json=body)

@@ -39,7 +39,7 @@ def mount(app: FastAPI) -> None:
 @router.get("/whoami")
 async def whoami(request: Request):
     key = request.state.key
-    return {"key": key, "role": key["role"], "project": None, "can_write": has_role(key["role"], "editor")}
+    return {"key": key, "role": key["role"], "project": key["project"], "can_write": has_role(key["role"], "editor")}
 
 
 @router.get("/files/{file_id}/report")
