@@ -126,8 +126,9 @@ def delete_project(project_id: str) -> dict:
             raise Conflict(f"project {project_id!r} still holds {shown}; delete them first", param="project_id",
                            code="project_not_empty")
         p.deleted_at = now()
-        for k in s.scalars(select(ApiKey).where(ApiKey.project_id == project_id, ApiKey.revoked_at.is_(None))):
-            k.revoked_at = p.deleted_at
+        with scope.acting_in(project_id):
+            for k in s.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None))):
+                k.revoked_at = p.deleted_at
         return project_to_dict(p)
 
 
