@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -95,9 +96,11 @@ def create_app(run_scheduler: bool = True) -> FastAPI:
     app.include_router(v1)
     app.include_router(observe_api.metrics_router)
     # the policy (api.auth) is keyed by each route's full path template, e.g. /v1/files/{file_id}
-    app.state.route_templates = {r.endpoint: r.path for r in app.routes if hasattr(r, "endpoint")}
-    app.state.route_templates |= {r.endpoint: v1.prefix + r.path for m in modules for r in m.router.routes}
-    app.state.route_templates |= {r.endpoint: r.path for r in observe_api.metrics_router.routes}
+    # (as the OpenAPI schema writes it: /v1/models/{model_id}, not {model_id:path})
+    templates = {r.endpoint: r.path for r in app.routes if hasattr(r, "endpoint")}
+    templates |= {r.endpoint: v1.prefix + r.path for m in modules for r in m.router.routes}
+    templates |= {r.endpoint: r.path for r in observe_api.metrics_router.routes}
+    app.state.route_templates = {e: re.sub(r"\{(\w+):\w+\}", r"{\1}", p) for e, p in templates.items()}
     install_openapi(app)
     console.mount(app)  # the web UI's static files; its data calls are /v1 routes above
     return app
