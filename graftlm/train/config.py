@@ -230,10 +230,6 @@ class FineTuneConfig(BaseModel):
                 if lr > 1:
                     raise _field_error("learning_rate_multiplier", f"can give a learning rate of {lr:g}, above 1")
         if self.objective == "dpo":
-            if get_method(method).ADAPTER_TYPE == "full":
-                adapters = ", ".join(m for m in METHODS if get_method(m).ADAPTER_TYPE != "full")
-                raise _field_error("objective", f"dpo needs an adapter method ({adapters}): its reference "
-                                   f"model is the base with the adapter disabled, and {method} has no adapter")
             if self.task_type != "CHAT_COMPLETION" or self.label_set_losses:
                 raise _field_error("objective", "dpo trains chat preference pairs (task_type CHAT_COMPLETION, "
                                    "no label_set_losses)")

@@ -1,9 +1,11 @@
 """The DPO objective (Rafailov et al. 2023) for the training loop: ``objective: "dpo"`` with any adapter method.
 
 Each example is a preference pair: the prompt with its preferred answer (``chosen``) and its non-preferred one
-(``rejected``). The reference model is the same weights with the adapter disabled; its summed log-probabilities
-of both answers are computed once per example before training (and cached in the run directory, so a resumed
-run reads them back). A step's loss is the mean over its pairs of
+(``rejected``). The reference model is the same weights with the adapter disabled (LoRA, QLoRA, T-Few), or for
+vanilla (every weight trains) the base model itself before its first step; its summed log-probabilities of both
+answers are computed once per example before training (and cached in the run directory, so a resumed run reads
+them back). No frozen copy of the model is kept, so vanilla DPO needs the memory of vanilla SFT (two rows per
+pair), not two models. A step's loss is the mean over its pairs of
 
     -log sigmoid(beta * ((log p(chosen) - log p_ref(chosen)) - (log p(rejected) - log p_ref(rejected))))
 
@@ -16,6 +18,7 @@ mean log p(chosen) - log p(rejected)), and ``mean_token_accuracy`` on the chosen
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -75,8 +78,9 @@ def sequence_logps(model, seqs: list[dict], device, target_logits) -> tuple[torc
 @torch.no_grad()
 def attach_reference(model, pairs: list[dict], cfg, device, dtype, target_logits, cache_dir: Path | None,
                      name: str) -> None:
-    """Each pair gets ``ref`` = (log p_ref(chosen), log p_ref(rejected)) under the adapter-disabled model, read
-    from ``cache_dir`` when a previous run of the same data computed them."""
+    """Each pair gets ``ref`` = (log p_ref(chosen), log p_ref(rejected)) under the adapter-disabled model (a
+    model without an adapter, vanilla, must be the untrained base: the loop calls this before any step or
+    resume), read from ``cache_dir`` when a previous run of the same data computed them."""
     path = cache_dir / f"{name}_{CACHE}" if cache_dir is not None else None
     if path is not None and path.exists():
         cached = torch.load(path)
@@ -86,7 +90,7 @@ def attach_reference(model, pairs: list[dict], cfg, device, dtype, target_logits
             return
     model.eval()
     values = []
-    with model.disable_adapter():
+    with model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext():
         for group in chunks(pairs, cfg.max_tokens_per_micro_batch, cfg.micro_batch_size):
             seqs = [p["chosen"] for p in group] + [p["rejected"] for p in group]
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
