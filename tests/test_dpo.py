@@ -162,3 +162,58 @@ def test_the_openai_sdk_creates_a_dpo_job_and_lists_its_events(client, tiny_mode
     with pytest.raises(openai.BadRequestError) as e:
         client.fine_tuning.jobs.create(model="tiny", training_file=sft.id, method={"type": "dpo"})
     assert e.value.body["param"] == "training_file"
+
+
+def test_dpo_on_top_of_a_custom_model_starts_from_its_adapter(tmp_path, base):
+    """Continuing a trained adapter (a job whose model is a custom model): training starts from its weights, and
+    DPO's reference is that model, not the base: step 1's loss is -log sigmoid(0) and the cached reference
+    log-probs differ from the adapter-disabled base's."""
+    sft = [{"messages": p["messages"][:-1] + [{"role": "assistant", "content": "no"}]} for p in TRAIN]
+    first = train({"training_method": "tfew", "learning_rate": 5e-2, "seed": 3, "warmup_ratio": 0.0, "batch_size": 4,
+                   "max_steps": 6, "early_stopping_patience": 0}, base, sft, None, tmp_path / "parent")
+    assert first.status == "succeeded"
+    hp = {**HP, "training_method": "tfew", "max_steps": 8, "eval_interval_steps": 4}
+    del hp["lora_dropout"]
+    fresh, events = tmp_path / "fresh", []
+    train({**hp, "max_steps": 1}, base, TRAIN, HELD_OUT, fresh)
+    result = train(hp, base, TRAIN, HELD_OUT, tmp_path / "on-top", on_event=events.append,
+                   init_adapter=first.model_dir)
+    assert result.status == "succeeded"
+    parent_ref = torch.load(tmp_path / "on-top" / "valid_dpo_reference.pt")
+    base_ref = torch.load(fresh / "valid_dpo_reference.pt")
+    # the parent learnt "no": its reference prefers the rejected answer far more than the base does
+    assert (parent_ref[:, 1] - base_ref[:, 1]).mean() > 1.0
+    rows = metrics_events(events)
+    assert rows[0]["train_loss"] == pytest.approx(0.6931, abs=1e-3)
+    evals = [m for m in rows if "valid_reward_accuracy" in m]
+    assert evals[-1]["valid_reward_accuracy"] > 0.9
+
+
+def test_a_job_on_a_custom_model_continues_its_adapter(tmp_path, tiny_model):
+    from graftlm.errors import GraftError
+    from graftlm.files.service import upload_local
+    from graftlm.jobs.service import submit_job
+    from graftlm.jobs.spec import JobSpec
+    from graftlm.store.db import session
+    from graftlm.store.models import FineTuningJob, Model
+    from graftlm.testing.adapters import make_peft_adapter
+
+    lora = make_peft_adapter(tiny_model["path"], tmp_path / "lora", kind="lora", r=4)
+    with session() as s:
+        s.add(Model(id="ft:tiny:mine:ftjob-1", kind="custom", parent="tiny", path=str(lora), adapter_type="lora"))
+        s.add(Model(id="ft:tiny:full:ftjob-2", kind="custom", parent="tiny", path=str(lora), adapter_type="full"))
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(line(t)) + "\n" for t in TOPICS[:4]))
+    f = upload_local(path, param="training_file")
+    job = submit_job(JobSpec(model="ft:tiny:mine:ftjob-1", training_file=f,
+                             method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1}}}))
+    assert job["model"] == "tiny"
+    with session() as s:
+        config = s.get(FineTuningJob, job["id"]).config
+    assert config["parent_model"] == "ft:tiny:mine:ftjob-1" and config["training_method"] == "lora"
+    for model, hyper, param in (("ft:tiny:full:ftjob-2", {}, "model"),
+                                ("ft:tiny:mine:ftjob-1", {"training_method": "tfew"}, "training_method"),
+                                ("tiny", {"parent_model": "ft:tiny:mine:ftjob-1"}, "hyperparameters.parent_model")):
+        with pytest.raises(GraftError) as e:
+            submit_job(JobSpec(model=model, training_file=f, hyperparameters=hyper))
+        assert e.value.param == param

@@ -102,11 +102,16 @@ def submit_job(spec: JobSpec) -> dict:
     model, training_file, validation_file, suffix = spec.model, spec.training_file, spec.validation_file, spec.suffix
     dedicated_ai_cluster_id = spec.dedicated_ai_cluster_id
     base = get_model(model)
-    if base["kind"] != "base":
-        raise GraftError(f"{model} is a custom model; fine-tune its base model {base['parent']}", param="model")
+    hyper = spec.hyperparameter_dict()
+    if "parent_model" in hyper:
+        raise GraftError("parent_model is set from the job's model: name the custom model as model",
+                         param="hyperparameters.parent_model")
     if suffix is not None and (not suffix or len(suffix) > 64 or ":" in suffix):
         raise GraftError("suffix must be 1-64 characters without ':'", param="suffix")
-    cfg = parse_config(spec.hyperparameter_dict())
+    cfg = parse_config(hyper)
+    if base["kind"] != "base":  # continue training a custom model: its adapter is the start (and DPO's reference)
+        cfg = continue_from(cfg, base, hyper)
+        model = base["parent"]
     check_runtime(cfg)
     statuses = [_check_file(training_file, "training_file"), _check_file(validation_file, "validation_file")]
     if cfg.objective == "dpo":
@@ -135,6 +140,27 @@ def submit_job(spec: JobSpec) -> dict:
         s.flush()
         add_event(s, job.id, f"job created: {cfg.training_method} on {model}")
         return job_to_dict(job)
+
+
+def continue_from(cfg, custom: dict, given: dict):
+    """The config of a job that continues training ``custom`` (a LoRA or T-Few model): its method unless the
+    job names the same one, one process, ``parent_model`` set. Vanilla and checkpoint-less models are refused."""
+    from graftlm.train.methods import METHODS, get_method
+
+    kind = custom.get("adapter_type")
+    methods = [m for m in METHODS if m != "qlora" and get_method(m).ADAPTER_TYPE == kind]
+    if kind not in ("lora", "ia3") or not methods:
+        raise GraftError(f"{custom['id']} is a {kind or 'full-weight'} model; only LoRA and T-Few custom models can "
+                         f"be trained further (fine-tune its base model {custom['parent']})", param="model")
+    named = "training_method" in given or "method" in given
+    if named and cfg.training_method not in methods:
+        raise GraftError(f"{custom['id']} is a {kind} model: training_method must be {methods[0]} to continue it "
+                         f"(or fine-tune its base model {custom['parent']})", param="training_method")
+    if (cfg.distributed.world_size or 1) > 1:
+        raise GraftError("continuing a custom model trains in one process; set distributed.world_size 1",
+                         param="distributed.world_size")
+    given = {k: v for k, v in given.items() if k != "method"}
+    return parse_config({**given, "training_method": methods[0], "parent_model": custom["id"]})
 
 
 def resolve_world_size(cfg, cluster_id: str, named: bool):

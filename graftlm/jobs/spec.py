@@ -20,7 +20,7 @@ OPENAI_AUTO = ("n_epochs", "batch_size", "learning_rate_multiplier")  # "auto" =
 class JobSpec(StrictModel):
     field_kind = "job field"
     unknown_hint = ' (hyperparameters go under "hyperparameters")'
-    model: str = Field(description="base model id")
+    model: str = Field(description="base model id, or a LoRA / T-Few custom model (ft:…) to train further")
     training_file: str = Field(description="file id (a local path in YAML and the CLI, uploaded first)")
     validation_file: str | None = None
     suffix: str | None = Field(None, description="part of the custom model's name: 1-64 characters, no ':'")

@@ -185,6 +185,7 @@ def register_custom_model(job: FineTuningJob, result, cfg: dict, hashes: dict) -
     lineage = {"base_model": job.model, "base_model_sha256": base["sha256"], "job_id": job.id,
                "training_file": job.training_file, "validation_file": job.validation_file,
                "method": cfg["training_method"], "task_type": cfg.get("task_type"), "datasets": hashes,
+               "parent_model": cfg.get("parent_model"),
                "hyperparameters": cfg, "metrics": result.metrics, "best_step": result.best_step,
                "steps": result.steps, "trained_tokens": result.trained_tokens,
                "trainable_params": result.trainable_params, "versions": result.run_info}
@@ -194,6 +195,18 @@ def register_custom_model(job: FineTuningJob, result, cfg: dict, hashes: dict) -
                       license=base["license"], source=f"fine-tune:{job.id}",
                       adapter_type=adapter_type(cfg["training_method"]), lineage=lineage))
     return model_id
+
+
+def parent_adapter(config: dict) -> Path | None:
+    """The adapter directory of the custom model a job continues (``parent_model``), or None."""
+    parent = config.get("parent_model")
+    if not parent:
+        return None
+    path = Path(get_model(parent)["path"])
+    if not path.is_dir():
+        raise GraftError(f"custom model {parent} is registered but its adapter is gone from {path}", param="model",
+                         code="model_missing")
+    return path
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -314,7 +327,8 @@ def run_rank(job_id: str, rank: int, world: int) -> str:
     try:
         base = get_model(job.model)
         train_set, valid_set, _ = load_datasets(job, job.config.get("task_type", "CHAT_COMPLETION"))
-        result = train(job.config, base["path"], train_set, valid_set, out, resume_from=latest_checkpoint(out))
+        result = train(job.config, base["path"], train_set, valid_set, out, resume_from=latest_checkpoint(out),
+                       init_adapter=parent_adapter(job.config))
         return result.status
     except BaseException as exc:
         return rank_failed(job_id, rank, world, exc)
@@ -347,7 +361,8 @@ def run_job(job_id: str) -> str:
         train_set, valid_set, hashes = load_datasets(job, job.config.get("task_type", "CHAT_COMPLETION"))
         tracker = tracker_for(job_id, job.config, job.model)
         result = train(job.config, base["path"], train_set, valid_set, out, on_event=make_event_sink(job_id, tracker),
-                       should_stop=make_stop_check(job_id), resume_from=latest_checkpoint(out))
+                       should_stop=make_stop_check(job_id), resume_from=latest_checkpoint(out),
+                       init_adapter=parent_adapter(job.config))
         fields = {"trained_tokens": result.trained_tokens, "requested_action": None,
                   "run_info": {**result.run_info, "dataset_hashes": hashes, "metrics": result.metrics,
                                "trainable_params": result.trainable_params, "total_params": result.total_params}}

@@ -146,7 +146,10 @@ class FineTuneConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     objective: Literal["supervised", "dpo"] = Field(
         "supervised", description='"dpo": Direct Preference Optimization on preference pairs (OpenAI\'s method '
-        'type "dpo"); the reference model is the base with the adapter disabled')
+        'type "dpo"); the reference model is the policy before its first step (the base with the adapter '
+        'disabled, or the parent custom model)')
+    parent_model: str | None = Field(None, description="set by the job service when the job's model is a custom "
+                                     "model (ft:...): training starts from its adapter")
     dpo_beta: float | None = Field(None, gt=0, le=10, description="DPO: how far the policy may move from the "
                                    "reference (OpenAI's beta); None: 0.1")
     label_set_losses: bool = Field(False, description="T-Few's unlikelihood and length-normalised losses (Liu et al. "

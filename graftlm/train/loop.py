@@ -276,10 +276,12 @@ class Run:
 
 def train(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict],
           valid_examples: list[dict] | None, out_dir, on_event: Callable[[dict], None] | None = None,
-          should_stop: Callable[[], str | None] | None = None, resume_from=None) -> TrainResult:
+          should_stop: Callable[[], str | None] | None = None, resume_from=None, init_adapter=None) -> TrainResult:
     """Train ``cfg`` on the examples into ``out_dir``; ``should_stop()`` may answer "pause" or "cancel" after
-    any step, and ``resume_from`` (a checkpoint directory) continues a paused or killed run exactly."""
-    run = prepare(cfg, base_model_path, train_examples, valid_examples, out_dir, on_event or (lambda event: None))
+    any step, and ``resume_from`` (a checkpoint directory) continues a paused or killed run exactly.
+    ``init_adapter`` (a PEFT adapter directory of the same method, a custom model's) is where training starts."""
+    run = prepare(cfg, base_model_path, train_examples, valid_examples, out_dir, on_event or (lambda event: None),
+                  init_adapter=init_adapter)
     state = resume(run, resume_from) if resume_from is not None else start(run)
     run.say(f"trainable parameters: {run.trainable:,} of {run.total:,} ({100 * run.trainable / run.total:.4f}%)",
             trainable_params=run.trainable, total_params=run.total, trainable_share=run.trainable / run.total)
@@ -304,8 +306,25 @@ def train(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict
     return finish(run, state)
 
 
+def load_adapter_weights(model, adapter_dir) -> None:
+    """Start from a trained adapter: its weights into the freshly prepared PEFT model, every key matched."""
+    from peft import load_peft_weights, set_peft_model_state_dict
+
+    weights = load_peft_weights(str(adapter_dir), device="cpu")
+    try:
+        result = set_peft_model_state_dict(model, weights)
+    except RuntimeError as e:  # a shape mismatch: the parent was trained with other adapter hyperparameters
+        raise GraftError(f"the parent model's adapter does not fit this job's adapter ({str(e).splitlines()[0][:200]}); "
+                         "train with the parent's adapter hyperparameters", param="model") from e
+    missing = [k for k in result.missing_keys if "lora_" in k or "ia3_" in k]
+    if missing or result.unexpected_keys:
+        raise GraftError(f"the parent model's adapter does not fit this job's adapter (missing {missing[:3]}, "
+                         f"unexpected {list(result.unexpected_keys)[:3]}); train with the parent's adapter "
+                         "hyperparameters", param="model")
+
+
 def prepare(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict],
-            valid_examples: list[dict] | None, out_dir, emit: Callable[[dict], None]) -> Run:
+            valid_examples: list[dict] | None, out_dir, emit: Callable[[dict], None], init_adapter=None) -> Run:
     """Tokenize the data, load the base model, let the method decide what trains, resolve auto, build AdamW."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -333,10 +352,13 @@ def prepare(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[di
     if "device_map" not in extra:
         model.to(device)
     model = method.prepare(model, cfg)
+    if init_adapter is not None:
+        load_adapter_weights(model, init_adapter)
     sft_view = train_set
-    if cfg.objective == "dpo":  # the reference log-probs, once per example (adapter disabled; cached on disk)
+    if cfg.objective == "dpo":  # the reference log-probs, once per example (before any step; cached on disk)
         for name, pairs in (("train", train_set), ("valid", valid_set)):
-            dpo.attach_reference(model, pairs, cfg, device, dtype, target_logits, Path(out_dir), name)
+            dpo.attach_reference(model, pairs, cfg, device, dtype, target_logits, Path(out_dir), name,
+                                 disable_adapter=init_adapter is None)
         sft_view = [p["chosen"] for p in train_set]
     # auto: epochs, batch size, learning rate from the data and the model (deterministic, so a resumed run agrees)
     cfg, auto = auto_hp.resolve(cfg, auto_hp.dataset_stats(sft_view), model.config.hidden_size)

@@ -2,7 +2,8 @@
 
 Each example is a preference pair: the prompt with its preferred answer (``chosen``) and its non-preferred one
 (``rejected``). The reference model is the same weights with the adapter disabled (LoRA, QLoRA, T-Few), or for
-vanilla (every weight trains) the base model itself before its first step; its summed log-probabilities of both
+vanilla (every weight trains) the base model itself before its first step, or for a job that continues a custom
+model that model (its adapter, loaded before the first step); its summed log-probabilities of both
 answers are computed once per example before training (and cached in the run directory, so a resumed run reads
 them back). No frozen copy of the model is kept, so vanilla DPO needs the memory of vanilla SFT (two rows per
 pair), not two models. A step's loss is the mean over its pairs of
@@ -77,10 +78,11 @@ def sequence_logps(model, seqs: list[dict], device, target_logits) -> tuple[torc
 
 @torch.no_grad()
 def attach_reference(model, pairs: list[dict], cfg, device, dtype, target_logits, cache_dir: Path | None,
-                     name: str) -> None:
-    """Each pair gets ``ref`` = (log p_ref(chosen), log p_ref(rejected)) under the adapter-disabled model (a
-    model without an adapter, vanilla, must be the untrained base: the loop calls this before any step or
-    resume), read from ``cache_dir`` when a previous run of the same data computed them."""
+                     name: str, disable_adapter: bool = True) -> None:
+    """Each pair gets ``ref`` = (log p_ref(chosen), log p_ref(rejected)) under the adapter-disabled model, or
+    with ``disable_adapter`` False (a job continuing a custom model: its adapter is the reference) or no adapter
+    (vanilla) the model as it is, which the loop guarantees is untrained (called before any step or resume);
+    read from ``cache_dir`` when a previous run of the same data computed them."""
     path = cache_dir / f"{name}_{CACHE}" if cache_dir is not None else None
     if path is not None and path.exists():
         cached = torch.load(path)
@@ -90,7 +92,8 @@ def attach_reference(model, pairs: list[dict], cfg, device, dtype, target_logits
             return
     model.eval()
     values = []
-    with model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext():
+    off = disable_adapter and hasattr(model, "disable_adapter")
+    with model.disable_adapter() if off else contextlib.nullcontext():
         for group in chunks(pairs, cfg.max_tokens_per_micro_batch, cfg.micro_batch_size):
             seqs = [p["chosen"] for p in group] + [p["rejected"] for p in group]
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
