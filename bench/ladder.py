@@ -30,7 +30,7 @@ def main() -> None:
     from graftlm.evals.ladder import run_ladder
 
     extra = {"learning_rate": args.lr} if args.lr else {}
-    run_ladder(args.train, args.eval, args.model, methods=tuple(args.methods.split(",")), out_dir=args.out,
+    run_ladder(args.train, args.eval, args.model, methods=tuple(m for m in args.methods.split(",") if m), out_dir=args.out,
                few_shot_k=args.few_shot_k, rag_k=args.few_shot_k, max_eval=args.max_eval,
                training_duration=args.duration, training_batch_size=args.batch_size, max_tokens=8, **extra)
 

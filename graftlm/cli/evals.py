@@ -203,6 +203,9 @@ def ladder_command(
     few_shot_k: int = typer.Option(4), max_eval: int | None = typer.Option(None),
     scorer: str = typer.Option("label_accuracy"), training_duration: str = typer.Option("2ep"),
     learning_rate: float | None = typer.Option(None), price_per_unit_hour: float = typer.Option(1.0),
+    constrained: bool | None = typer.Option(None, "--constrained/--no-constrained",
+                                            help="Zero-shot and few-shot rungs whose answer is a JSON enum of the "
+                                                 "labels (default: on for classification sets)."),
 ) -> None:
     """Zero-shot → few-shot → RAG → fine-tuned → fine-tuned + RAG on one eval set, with CIs and costs."""
     from graftlm.evals.ladder import run_ladder
@@ -213,7 +216,8 @@ def ladder_command(
     run_ladder(str(train), str(eval_path), model, methods=tuple(m for m in methods.split(",") if m),
                custom_models=reused, out_dir=out,
                kb_id=kb, few_shot_k=few_shot_k, rag_k=few_shot_k, max_eval=max_eval, scorer=scorer,
-               training_duration=training_duration, price_per_unit_hour=price_per_unit_hour, echo=typer.echo, **extra)
+               training_duration=training_duration, price_per_unit_hour=price_per_unit_hour, echo=typer.echo,
+               constrained=constrained, **extra)
 
 
 def synth_command(

@@ -1,6 +1,11 @@
 """The customization ladder: zero-shot → few-shot → RAG → fine-tuned (per method) → fine-tuned + RAG,
 on one eval set, each rung scored with a bootstrap CI, its tokens, latency, training unit-hours and cost.
 
+On a classification set (label_accuracy, a small set of labels) two constrained rungs stand beside the
+prompt-only ones: zero-shot+schema and few-shot+schema answer through a ``json_schema`` whose one field is an
+enum of the training labels, so every answer is a valid label; each rung also reports the share of its answers
+that are a valid label, so the table shows what constraining buys.
+
 Fine-tuning jobs are submitted first, so they train while the prompt-only rungs are evaluated.
 """
 
@@ -11,7 +16,27 @@ import time
 from pathlib import Path
 
 from graftlm.evals import prompts as P
-from graftlm.evals.run import compare_runs, run_eval
+from graftlm.evals.run import compare_runs, label_schema, run_eval
+
+MAX_LABELS = 500  # more distinct training answers than this: not a classification set, no constrained rungs
+LABEL_FIELD = "label"
+
+
+def label_set(train: list[dict], scorer: str) -> list[str] | None:
+    """The training set's labels when it is a classification set scored by label_accuracy (short one-line
+    answers, 2 to MAX_LABELS of them), else None."""
+    labels = sorted({str(e["reference"]).strip() for e in train})
+    if scorer != "label_accuracy" or not 2 <= len(labels) <= MAX_LABELS:
+        return None
+    if any(not label or "\n" in label or len(label) > 80 for label in labels):
+        return None
+    return labels
+
+
+def schema_max_tokens(labels: list[str], field: str = LABEL_FIELD) -> int:
+    """Tokens the longest constrained answer {"field": "label"} may take, plus the end token: its bytes (a model
+    may spell it a byte a token, whatever the tokenizer's own split is; the grammar stops it at the end)."""
+    return 2 + max(len(json.dumps({field: label}).encode()) for label in labels)  # xgrammar writes ": "
 
 
 def training_unit_hours(job: dict, events: list[dict], units: int = 1) -> tuple[float, float]:
@@ -67,11 +92,14 @@ def verdict(rungs: list[dict], runs: dict[str, dict]) -> dict:
 
 
 def format_table(rungs: list[dict]) -> str:
-    head = f"{'rung':<14} {'score':>6} {'95% CI':>15} {'tokens':>8} {'latency ms':>11} {'unit-h':>7} {'cost':>7}"
+    valid = any("valid_label_share" in r for r in rungs)
+    head = (f"{'rung':<17} {'score':>6} {'95% CI':>15} " + (f"{'valid':>6} " if valid else "")
+            + f"{'tokens':>8} {'latency ms':>11} {'unit-h':>7} {'cost':>7}")
     lines = [head, "-" * len(head)]
     for r in rungs:
         ci = f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-        lines.append(f"{r['name']:<14} {r['score']:>6.3f} {ci:>15} "
+        share = (f"{r['valid_label_share']:>6.1%} " if "valid_label_share" in r else f"{'':>6} ") if valid else ""
+        lines.append(f"{r['name']:<17} {r['score']:>6.3f} {ci:>15} {share}"
                      f"{r['tokens']:>8.0f} {r['latency_ms']:>11.1f} {r['unit_hours']:>7.2f} {r['cost']:>7.2f}")
     return "\n".join(lines)
 
@@ -107,13 +135,16 @@ def run_ladder(train_path: str | Path, eval_path: str | Path, base_model: str, *
                out_dir: str | Path = "ladder-out", kb_id: str | None = None, few_shot_k: int = 4, rag_k: int = 4,
                shot_selection: str = "similar", max_eval: int | None = None, scorer: str = "label_accuracy",
                max_tokens: int = 16, price_per_unit_hour: float = 1.0, units: int = 1,
-               training_duration: str = "2ep", timeout: float = 3600, echo=print, **training) -> dict:
+               training_duration: str = "2ep", timeout: float = 3600, echo=print, constrained: bool | None = None,
+               **training) -> dict:
     """Run every rung, print the table, write ``out_dir/ladder.json`` and ``out_dir/report.html``.
 
     ``training`` holds extra fine-tuning hyperparameters (learning_rate, training_batch_size, context_length,
     ...). RAG retrieves from ``kb_id`` when given, else from the training examples. Jobs run on this machine.
     ``custom_models`` are custom models already trained (ids, checkpoints too): each gets a rung and a +rag rung
     without training again, billed with its own job's training unit-hours when that job is known.
+    ``constrained`` adds the zero-shot+schema and few-shot+schema rungs (default: when the set is a
+    classification set, ``label_set``); True on a set that is not one is an error.
     """
     from graftlm.evals.report import write_report
     from graftlm.files.service import upload_local
@@ -122,6 +153,14 @@ def run_ladder(train_path: str | Path, eval_path: str | Path, base_model: str, *
     from graftlm.jobs.service import create_job, get_job
 
     reused = reused_rungs(custom_models, base_model)  # checked before anything trains
+    train = P.load_examples(train_path)
+    labels = label_set(train, scorer)
+    if constrained and labels is None:
+        from graftlm.errors import GraftError
+
+        raise GraftError(f"constrained rungs need a classification set scored by label_accuracy (2 to {MAX_LABELS} "
+                         "one-line labels among the training answers)", param="constrained")
+    constrained = labels is not None if constrained is None else constrained
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -130,21 +169,30 @@ def run_ladder(train_path: str | Path, eval_path: str | Path, base_model: str, *
                           hyperparameters={"training_method": m, "training_duration": training_duration, **training})
             for m in methods}
     embedded.ensure_scheduler()
-    train = P.load_examples(train_path)
     index = P.ExampleIndex(train)
     examples = P.load_examples(eval_path, max_eval)
     common = dict(scorers=[scorer], max_tokens=max_tokens, save=False)
     runs: dict[str, dict] = {}
     rungs: list[dict] = []
 
-    def add(name: str, model: str, strategy: str, unit_hours: float = 0.0, **extra):
+    def add(name: str, model: str, strategy: str, unit_hours: float = 0.0, schema: dict | None = None, **extra):
         echo(f"[ladder] evaluating {name} ({len(examples)} examples)")
+        kw = dict(common, labels=labels) if labels is not None else dict(common)
+        if schema is not None:
+            kw |= {"json_schema": schema, "answer_field": LABEL_FIELD,
+                   "max_tokens": max(max_tokens, schema_max_tokens(labels))}
         runs[name] = run_eval(model, examples, strategy=strategy, k=rag_k if strategy == "rag" else few_shot_k,
-                              index=index, kb_id=kb_id, shot_selection=shot_selection, **common)
+                              index=index, kb_id=kb_id, shot_selection=shot_selection, **kw)
+        if labels is not None:
+            extra["valid_label_share"] = runs[name]["valid_label_share"]
         rungs.append(_rung(name, runs[name], unit_hours, price_per_unit_hour, **extra))
 
     add("zero-shot", base_model, "zero-shot")
     add("few-shot", base_model, "few-shot")
+    if constrained:
+        schema = label_schema(labels, LABEL_FIELD)
+        add("zero-shot+schema", base_model, "zero-shot", schema=schema, constrained=True)
+        add("few-shot+schema", base_model, "few-shot", schema=schema, constrained=True)
     add("rag", base_model, "rag")
     curves = {}
     for method, job in jobs.items():
@@ -179,6 +227,7 @@ def run_ladder(train_path: str | Path, eval_path: str | Path, base_model: str, *
     result = {"base_model": base_model, "train_path": str(train_path), "eval_path": str(eval_path),
               "n_eval": len(examples), "scorer": scorer, "few_shot_k": few_shot_k, "rag_k": rag_k,
               "rag_source": kb_id or "training examples", "price_per_unit_hour": price_per_unit_hour,
+              "labels": labels,
               "rungs": rungs, "verdict": decision, "loss_curves": curves, "wall_s": time.time() - started}
     (out_dir / "ladder.json").write_text(json.dumps(result, indent=1))
     (out_dir / "runs.json").write_text(json.dumps(runs, indent=1, default=str))

@@ -7,6 +7,7 @@ answer); tokens are the engine's prompt + completion counts.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -74,13 +75,37 @@ def build_prompts(model: str, examples: list[dict], strategy: str = "zero-shot",
             for e, ps in zip(examples, passages)]
 
 
-def generate(model: str, prompt_list: list[list[dict]], *, max_tokens: int = 32, stop=None) -> tuple[list[dict], float]:
-    """All prompts in one chat_batch; returns (outputs, wall seconds)."""
+def generate(model: str, prompt_list: list[list[dict]], *, max_tokens: int = 32, stop=None,
+             json_schema: dict | None = None) -> tuple[list[dict], float]:
+    """All prompts in one chat_batch (each answer constrained to ``json_schema`` when given); returns
+    (outputs, wall seconds)."""
     from graftlm.inference.service import chat_batch
 
     start = time.perf_counter()
-    outs = chat_batch([(model, m) for m in prompt_list], max_tokens=max_tokens, temperature=0.0, stop=stop)
+    outs = chat_batch([(model, m) for m in prompt_list], max_tokens=max_tokens, temperature=0.0, stop=stop,
+                      json_schema=json_schema)
     return outs, time.perf_counter() - start
+
+
+def label_schema(labels: list[str], field: str = "label") -> dict:
+    """A JSON schema whose one field is an enum of ``labels``: a constrained answer is always a label."""
+    return {"type": "object", "properties": {field: {"type": "string", "enum": list(labels)}},
+            "required": [field], "additionalProperties": False}
+
+
+def answer_of(text: str, field: str) -> str:
+    """The string value of ``field`` in a JSON answer, or "" when the answer is not such an object."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ""
+    value = value.get(field) if isinstance(value, dict) else None
+    return value if isinstance(value, str) else ""
+
+
+def is_label(prediction: str, labels) -> bool:
+    """Whether the answer reads as one of ``labels`` by the label_accuracy rule (a valid label, right or not)."""
+    return any(S.label_accuracy(prediction, label) == 1.0 for label in labels)
 
 
 def score_outputs(predictions: list[str], references: list, scorers: list[str], options: dict | None = None,
@@ -94,13 +119,17 @@ def run_eval(model: str, data: str | Path | list[dict], *, scorers=("label_accur
              k: int = 4, train_path: str | None = None, kb_id: str | None = None, shot_selection: str = "similar",
              max_examples: int | None = None, max_tokens: int = 32, stop=None, scorer_options: dict | None = None,
              eval_id: str | None = None, name: str | None = None, save: bool = True, index=None,
-             seed: int = 0, failures: bool = False) -> dict:
+             seed: int = 0, failures: bool = False, json_schema: dict | None = None,
+             answer_field: str | None = None, labels=None) -> dict:
     """Evaluate ``model`` on ``data`` (JSONL path or loaded examples). Returns the run record:
 
     {"id", "eval_id", "model", "strategy", "n", "score", "ci_low", "ci_high" (first scorer),
      "aggregates": {scorer: {"mean", "ci_low", "ci_high", "n"}}, "tokens": {"prompt", "completion"} (means),
      "latency_ms" (amortized per example), "wall_s", "results": [per example]}
     With ``failures``, also "failure_clusters": the failed examples grouped (graftlm.evals.failures).
+    ``json_schema`` constrains every answer (structured outputs); ``answer_field`` scores that field of the JSON
+    answer (the raw answer stays in each result's "output"). With ``labels``, "valid_label_share": the share of
+    answers that read as one of them.
     Stored in the control-plane store (eval_runs) when ``save``.
     """
     scorers = list(scorers)
@@ -113,14 +142,22 @@ def run_eval(model: str, data: str | Path | list[dict], *, scorers=("label_accur
         index = P.ExampleIndex(P.load_examples(train_path))
     prompt_list = build_prompts(model, examples, strategy, k=k, index=index, kb_id=kb_id,
                                 shot_selection=shot_selection, max_tokens=max_tokens, seed=seed)
-    outs, wall = generate(model, prompt_list, max_tokens=max_tokens, stop=stop)
+    outs, wall = generate(model, prompt_list, max_tokens=max_tokens, stop=stop, json_schema=json_schema)
     preds, refs = [o["text"] for o in outs], [e["reference"] for e in examples]
+    if answer_field:
+        preds = [answer_of(p, answer_field) for p in preds]
     per = score_outputs(preds, refs, scorers, scorer_options, [P.question(e["messages"]) for e in examples])
     results = [{"id": e["id"], "question": P.question(e["messages"]), "reference": e["reference"], "prediction": p,
                 "scores": {s: per[s][i] for s in scorers}, "prompt_tokens": o["prompt_tokens"],
                 "completion_tokens": o["completion_tokens"], "finish_reason": o["finish_reason"],
                 "shots_or_passages": len(pm) - len(e["messages"]) if strategy == "few-shot" else None}
                for i, (e, p, o, pm) in enumerate(zip(examples, preds, outs, prompt_list))]
+    if answer_field:
+        for r, o in zip(results, outs):
+            r["output"] = o["text"]
+    if labels is not None:
+        for r in results:
+            r["valid_label"] = is_label(r["prediction"], labels)
     aggregates = {s: summarize(per[s], seed=seed) for s in scorers}
     first = aggregates[scorers[0]]
     run = {"id": store.new_id("evalrun"), "object": "eval.run", "eval_id": eval_id, "name": name, "model": model,
@@ -131,6 +168,10 @@ def run_eval(model: str, data: str | Path | list[dict], *, scorers=("label_accur
            "tokens": {"prompt": float(np.mean([o["prompt_tokens"] for o in outs])),
                       "completion": float(np.mean([o["completion_tokens"] for o in outs]))},
            "latency_ms": 1000 * wall / len(examples), "wall_s": wall, "results": results}
+    if json_schema is not None:
+        run["json_schema"] = json_schema
+    if labels is not None:
+        run["valid_label_share"] = float(np.mean([r["valid_label"] for r in results]))
     if failures:
         from graftlm.evals.failures import cluster_failures, failed_results
 
