@@ -125,6 +125,38 @@ def test_an_upload_of_only_bad_files_is_4xx_naming_each(http):
     assert http.get(f"/v1/knowledge_bases/{kb['id']}").json()["documents"] == 0
 
 
+def test_a_json_batch_reports_each_document_and_one_empty_document_does_not_refuse_the_rest(http):
+    """Elasticsearch _bulk style: 200 documents, one with no text -> 199 ingested, the bad one reported by index."""
+    from graftlm.rag import embeddings
+
+    embeddings.embed(["warm up"])  # load the model here, not inside a request's 60 s timeout
+    kb = make_kb(http, docs=None)
+    docs = [{"id": f"d{i}", "text": f"Document {i} is about topic number {i}."} for i in range(200)]
+    docs[57] = {"id": "d57", "text": "   "}
+    docs[120] = {"id": "", "text": "an empty id"}
+    docs.append({"id": "d3", "text": "Saffron comes from crocus flowers."})  # a repeated id: the last one wins
+    r = http.post(f"/v1/knowledge_bases/{kb['id']}/documents", json={"documents": docs})
+    assert r.status_code == 200, r.text
+    job = wait_job(http, kb["id"], r.json(), timeout=600)  # 200 embeddings: slow on a loaded CPU
+    assert job["status"] == "partially_succeeded" and job["documents"] == 198, {k: job[k] for k in job if k != "items"}
+    items = job["items"]
+    assert len(items) == 201 and [i["index"] for i in items] == list(range(201))
+    bad = [i for i in items if not i["ok"]]
+    assert [(i["index"], i["id"]) for i in bad] == [(57, "d57"), (120, "")]
+    assert "documents[57]" in bad[0]["error"] and "text" in bad[0]["error"] and "id" in bad[1]["error"]
+    assert items[3]["ok"] and items[3]["replaced_by"] == 200 and items[200]["chunks"] >= 1
+    assert all(i["chunks"] >= 1 for i in items if i["ok"] and "replaced_by" not in i)
+    assert "2 of 201 documents failed" in job["error"]
+    assert http.get(f"/v1/knowledge_bases/{kb['id']}").json()["documents"] == 198
+    hits = http.post(f"/v1/knowledge_bases/{kb['id']}/search", json={"query": "saffron crocus",
+                                                                       "mode": "keyword"}).json()["data"]
+    assert hits[0]["document_id"] == "d3"
+    # nothing good at all: a 400 naming each bad document, nothing stored
+    r = http.post(f"/v1/knowledge_bases/{kb['id']}/documents", json={"documents": [{"id": "x"}, {"text": "y"}]})
+    assert r.status_code == 400 and "documents[0]" in r.json()["error"]["message"]
+    assert "documents[1]" in r.json()["error"]["message"]
+
+
 def minimal_pdf(text: str) -> bytes:
     """A one-page PDF (Helvetica text object, correct xref offsets) that pypdf reads in strict mode."""
     stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()

@@ -2,9 +2,12 @@
 job lives in the control-plane store (table ``rag_ingestions``), so any API process on the database reports
 its progress. A job left "running" by a process that is gone reads as failed (interrupted).
 
-Bad JSON documents are a 4xx at once. In a multipart upload each file stands alone: a bad file is reported
-in the job's "files" (ok false, with its error) and the good ones are ingested; status is "succeeded" (every
-file), "partially_succeeded" or "failed" (none). Only when no file is good is the upload a 4xx.
+In a multipart upload each file stands alone: a bad file is reported in the job's "files" (ok false, with its
+error) and the good ones are ingested. A JSON batch is reported per document, as Elasticsearch's ``_bulk``
+reports each item: the job's "items" hold one entry per document sent ({"index", "id", "ok", "chunks",
+"error"}), a bad document (no text, an empty id, metadata not an object) is reported there and its neighbours
+are ingested. Status is "succeeded" (every file or document), "partially_succeeded" or "failed" (none). Only
+when nothing is good is the request a 4xx (naming each bad item), or when the body itself is malformed.
 """
 
 from __future__ import annotations
@@ -72,21 +75,45 @@ def _waiting_entry(name: str | None, docs: list[dict] | str) -> dict:
     return _file_entry(name, 0, ok=False, error=docs) if isinstance(docs, str) else _file_entry(name, len(docs))
 
 
-def _check_groups(groups: list[tuple[str | None, list[dict] | GraftError]]) -> list[tuple[str | None, list | str]]:
-    """(name, checked documents) per good group and (name, error message) per bad file, in upload order.
+def _check_items(docs: list) -> tuple[list[dict], list[dict]]:
+    """A JSON batch checked document by document: (good documents, one item report per document sent).
 
-    A bad named group (one uploaded file) is only reported; bad JSON documents (name None) raise."""
-    checked = []
+    A repeated id: the last one is ingested and the earlier ones report it (ok, "replaced_by" its index)."""
+    items, good = [], {}
+    for i, d in enumerate(docs):
+        doc_id = d.get("id") if isinstance(d, dict) else None
+        item = {"index": i, "id": None if doc_id is None else str(doc_id), "ok": None, "chunks": 0, "error": None}
+        try:
+            (checked,) = _check_documents([d])
+        except GraftError as e:
+            item.update(ok=False, error=e.message.replace("docs[0]", f"documents[{i}]", 1))
+        else:
+            if checked["id"] in good:
+                items[good[checked["id"]][0]].update(replaced_by=i)
+            good.pop(checked["id"], None)
+            good[checked["id"]] = (i, checked)
+        items.append(item)
+    return [doc for _, doc in good.values()], items
+
+
+def _check_groups(groups: list[tuple[str | None, list[dict] | GraftError]]
+                  ) -> tuple[list[tuple[str | None, list | str]], list[dict] | None]:
+    """(name, checked documents) per good group and (name, error message) per bad file, in upload order, and
+    the per-document items of the JSON batch (name None), if there is one."""
+    checked, items = [], None
     for name, docs in groups:
+        if name is None and not isinstance(docs, GraftError):
+            good, items = _check_items(docs)
+            checked.append((name, good if good else "; ".join(i["error"] for i in items if i["error"])
+                            or "no documents"))
+            continue
         try:
             if isinstance(docs, GraftError):
                 raise docs
             checked.append((name, _check_documents(docs)))
         except GraftError as e:
-            if name is None:
-                raise GraftError(e.message, param="documents") from e
             checked.append((name, _named(name, e.message)))
-    return checked
+    return checked, items
 
 
 def start(kb_id: str, groups: list[tuple[str | None, list[dict] | GraftError]], *, wait: bool = False) -> dict:
@@ -96,15 +123,17 @@ def start(kb_id: str, groups: list[tuple[str | None, list[dict] | GraftError]], 
     the other files. When no file is good, nothing starts and the GraftError names every bad file.
     """
     kb = rag.get_kb(kb_id)
-    checked = _check_groups(groups)
+    checked, items = _check_groups(groups)
     good = [(name, docs) for name, docs in checked if not isinstance(docs, str)]
     if not any(docs for _, docs in good):
-        bad = [message for _, message in checked if isinstance(message, str)]
+        bad = [message for _, message in checked if isinstance(message, str) and message != "no documents"]
         raise GraftError("no documents to ingest" + (": " + "; ".join(bad) if bad else ""), param="documents")
     files = [_waiting_entry(name, docs) for name, docs in checked]
     job = {"id": f"ingest-{uuid.uuid4().hex[:20]}", "object": "knowledge_base.ingestion", "knowledge_base_id": kb.id,
            "status": "running", "progress": 0.0, "documents": 0, "chunks": 0, "error": None, "files": files,
            "created_at": int(time.time()), "finished_at": None}
+    if items is not None:
+        job["items"] = items
     with _lock:
         _running.add(job["id"])
     _insert(job)
@@ -121,7 +150,7 @@ def _ingest_group(job_id: str, kb_id: str, name: str | None, docs: list[dict], d
     try:
         out = rag.ingest_documents(kb_id, docs, batch_size=32,
                                    progress=lambda n, _t: _update(job_id, progress=(done_before + n) / total))
-        report.update(ok=True, chunks=out["chunks"])
+        report.update(ok=True, chunks=out["chunks"], per_document=out["per_document"])
     except GraftError as e:
         report["error"] = e.message
     except Exception as e:  # noqa: BLE001 - a job records its failure instead of dying silently
@@ -145,7 +174,7 @@ def _run(job_id: str, kb_id: str, groups: list[tuple[str | None, list[dict] | st
 def _ingest(job_id: str, kb_id: str, groups: list[tuple[str | None, list[dict] | str]]) -> None:
     """Ingest each good group in turn; a group given as an error message (an unreadable file) is reported."""
     total = sum(len(d) for _, d in groups if not isinstance(d, str)) or 1
-    done_before, reports = 0, []
+    done_before, reports, items = 0, [], _load(job_id)[0].get("items")
     for name, docs in groups:
         if isinstance(docs, str):
             reports.append(_waiting_entry(name, docs))
@@ -153,13 +182,42 @@ def _ingest(job_id: str, kb_id: str, groups: list[tuple[str | None, list[dict] |
         reports.append(_ingest_group(job_id, kb_id, name, docs, done_before, total))
         done_before += len(docs)
         pending = [_waiting_entry(n, d) for n, d in groups[len(reports):]]
-        _update(job_id, files=reports + pending, progress=done_before / total)
+        if name is None and items is not None:
+            _fill_items(items, reports[-1])
+        _update(job_id, files=[_public(r) for r in reports + pending], progress=done_before / total,
+                **({"items": items} if items is not None else {}))
+    if items is not None:  # the JSON batch: its status and counts are per document
+        ok_items = [i for i in items if i["ok"]]
+        status = "succeeded" if len(ok_items) == len(items) else "failed" if not ok_items else "partially_succeeded"
+        failed_items = [i for i in items if not i["ok"]]
+        _update(job_id, status=status, progress=1.0, files=[_public(r) for r in reports], items=items,
+                documents=sum(1 for i in ok_items if "replaced_by" not in i), chunks=sum(i["chunks"] for i in ok_items),
+                finished_at=int(time.time()),
+                error=None if not failed_items else f"{len(failed_items)} of {len(items)} documents failed: "
+                + "; ".join(i["error"] for i in failed_items[:5]) + ("; …" if len(failed_items) > 5 else ""))
+        return
     ok = [r for r in reports if r["ok"]]
     failed = [r for r in reports if not r["ok"]]
-    _update(job_id, status=_final_status(reports), progress=1.0, files=reports,
+    _update(job_id, status=_final_status(reports), progress=1.0, files=[_public(r) for r in reports],
             documents=sum(r["documents"] for r in ok), chunks=sum(r["chunks"] for r in ok),
             finished_at=int(time.time()),
             error=None if not failed else "; ".join(_named(r["filename"], r["error"]) for r in failed))
+
+
+def _public(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k != "per_document"}
+
+
+def _fill_items(items: list[dict], report: dict) -> None:
+    """The JSON batch's items from its group's outcome: chunks per document, or the group's error."""
+    per_document = report.get("per_document") or {}
+    for item in items:
+        if item["ok"] is False:
+            continue
+        if report["ok"]:
+            item.update(ok=True, chunks=0 if "replaced_by" in item else per_document.get(item["id"], 0))
+        else:
+            item.update(ok=False, error=report["error"])
 
 
 def _named(name: str | None, message: str) -> str:

@@ -169,7 +169,7 @@ def ingest_documents(kb: KnowledgeBase | str, docs: list[dict], *, progress: Pro
     store, kb = _resolve(kb, db)
     docs = _check_documents(docs)
     token_spans = embeddings.token_spans_for(kb.embedding_model)
-    total_chunks = 0
+    total_chunks, per_document = 0, {}
     for lo in range(0, len(docs), batch_size):
         group = docs[lo:lo + batch_size]
         chunked = [chunk_text(d["text"], chunk_size=kb.chunk_size, chunk_overlap=kb.chunk_overlap,
@@ -178,12 +178,13 @@ def ingest_documents(kb: KnowledgeBase | str, docs: list[dict], *, progress: Pro
         rows, at = [], 0
         for d, chunks in zip(group, chunked):
             rows.append(DocumentRows(d["id"], d["metadata"], len(d["text"]), chunks, vectors[at:at + len(chunks)]))
+            per_document[d["id"]] = len(chunks)
             at += len(chunks)
         store.replace_documents(kb, rows)
         total_chunks += at
         if progress is not None:
             progress(lo + len(group), len(docs))
-    return {"documents": len(docs), "chunks": total_chunks}
+    return {"documents": len(docs), "chunks": total_chunks, "per_document": per_document}
 
 
 def ingest_files(kb: KnowledgeBase | str, paths: list[str | Path], *, progress: Progress | None = None,
@@ -200,7 +201,7 @@ def ingest_files(kb: KnowledgeBase | str, paths: list[str | Path], *, progress: 
         try:
             docs = [{**d, "metadata": {**(d.get("metadata") or {}), **(metadata or {})}} for d in load_file(path)]
             done = ingest_documents(kb, docs, db=store)
-            report.update(ok=True, **done)
+            report.update(ok=True, documents=done["documents"], chunks=done["chunks"])
         except GraftError as e:
             report["error"] = e.message
         reports.append(report)
