@@ -27,3 +27,25 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
+
+
+def cpu_flags() -> list[str]:
+    """The flags that decide which matmul paths exist (AVX2, AVX-512, AVX-512-BF16, AMX), as /proc/cpuinfo says."""
+    try:
+        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return []
+    return [f for f in FLAGS_OF_INTEREST if f in flags]
+
+
+def cpu_kind() -> str:
+    """amx | avx512bf16 | avx512 | avx2 | other: which results file of bench/results/ a figure belongs to."""
+    flags = set(cpu_flags())
+    for kind, flag in (("amx", "amx_bf16"), ("avx512bf16", "avx512_bf16"), ("avx512", "avx512f"), ("avx2", "avx2")):
+        if flag in flags:
+            return kind
+    return "other"

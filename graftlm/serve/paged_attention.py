@@ -130,6 +130,85 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k, torch::Te
   });
   return out;
 }
+
+// Punica's BGMV on CPU: every token of x [N, in] adds its own adapter's LoRA delta (x A) B to its columns of
+// y [N, out_total], for each module m of a fused group (A_m [slots, in, r_cap], B_m [slots, r_cap, out_m] of
+// one layer, scaling folded into B; the module's columns start at cols[m]). token_slot [N]: the token's
+// adapter slot; ranks [M, slots]: that slot's rank on module m (0: nothing to add, e.g. base and (IA)3 rows).
+// One task per token reads its adapter's A and B once per module, accumulates in fp32 and rounds y once, so
+// a step costs one call per fused group whatever the number of adapters (no gathers, no per-adapter ops).
+template <typename scalar_t>
+static void lora_token(const scalar_t* x, scalar_t* y, int64_t fin, const std::vector<const scalar_t*>& a,
+                       const std::vector<const scalar_t*>& b, const std::vector<int64_t>& cap,
+                       const std::vector<int64_t>& fout, const std::vector<int64_t>& cols, const int64_t* rk,
+                       int64_t slots, int64_t slot, std::vector<float>& xf, std::vector<float>& u,
+                       std::vector<float>& acc) {
+  xf.resize(fin);
+  for (int64_t i = 0; i < fin; ++i) xf[i] = static_cast<float>(x[i]);
+  for (size_t m = 0; m < a.size(); ++m) {
+    const int64_t r = rk[m * slots + slot], rc = cap[m], out = fout[m];
+    if (r <= 0) continue;
+    u.assign(r, 0.f);
+    const scalar_t* am = a[m] + slot * fin * rc;
+    for (int64_t i = 0; i < fin; ++i) {
+      const float xi = xf[i];
+      const scalar_t* ai = am + i * rc;
+      for (int64_t k = 0; k < r; ++k) u[k] += xi * static_cast<float>(ai[k]);
+    }
+    acc.assign(out, 0.f);
+    const scalar_t* bm = b[m] + slot * rc * out;
+    for (int64_t k = 0; k < r; ++k) {
+      const float uk = u[k];
+      const scalar_t* bk = bm + k * out;
+      for (int64_t c = 0; c < out; ++c) acc[c] += uk * static_cast<float>(bk[c]);
+    }
+    scalar_t* ym = y + cols[m];
+    for (int64_t c = 0; c < out; ++c) ym[c] = static_cast<scalar_t>(static_cast<float>(ym[c]) + acc[c]);
+  }
+}
+
+void lora_add(torch::Tensor x, torch::Tensor y, std::vector<torch::Tensor> a, std::vector<torch::Tensor> b,
+              std::vector<int64_t> cols, torch::Tensor token_slot, torch::Tensor ranks) {
+  TORCH_CHECK(x.dim() == 2 && y.dim() == 2 && x.size(0) == y.size(0), "x [N, in], y [N, out]");
+  TORCH_CHECK(x.is_contiguous() && y.is_contiguous(), "x and y must be contiguous");
+  TORCH_CHECK(a.size() == b.size() && a.size() == cols.size(), "one A, B and column offset per module");
+  TORCH_CHECK(x.scalar_type() == y.scalar_type(), "x and y of one dtype");
+  const int64_t N = x.size(0), fin = x.size(1), M = a.size();
+  auto ts = token_slot.to(torch::kLong).contiguous();
+  auto rk = ranks.to(torch::kLong).contiguous();
+  TORCH_CHECK(ts.numel() == N && rk.dim() == 2 && rk.size(0) == M, "token_slot [N], ranks [modules, slots]");
+  const int64_t slots = rk.size(1);
+  std::vector<int64_t> cap(M), fout(M);
+  for (int64_t m = 0; m < M; ++m) {
+    TORCH_CHECK(a[m].dim() == 3 && b[m].dim() == 3 && a[m].is_contiguous() && b[m].is_contiguous(),
+                "A [slots, in, r] and B [slots, r, out], contiguous");
+    TORCH_CHECK(a[m].scalar_type() == x.scalar_type() && b[m].scalar_type() == x.scalar_type(), "one dtype");
+    TORCH_CHECK(a[m].size(0) >= slots && b[m].size(0) >= slots && a[m].size(1) == fin &&
+                a[m].size(2) == b[m].size(1), "A, B shapes");
+    cap[m] = a[m].size(2);
+    fout[m] = b[m].size(2);
+    TORCH_CHECK(cols[m] >= 0 && cols[m] + fout[m] <= y.size(1), "module columns outside y");
+  }
+  const int64_t* tp = ts.data_ptr<int64_t>();
+  const int64_t* rp = rk.data_ptr<int64_t>();
+  for (int64_t n = 0; n < N; ++n) TORCH_CHECK(tp[n] >= 0 && tp[n] < slots, "token slot out of range");
+  for (int64_t i = 0; i < rk.numel(); ++i)
+    TORCH_CHECK(rp[i] <= cap[i / slots], "a rank above its module's capacity");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "lora_add", [&] {
+    std::vector<const scalar_t*> ap(M), bp(M);
+    for (int64_t m = 0; m < M; ++m) { ap[m] = a[m].data_ptr<scalar_t>(); bp[m] = b[m].data_ptr<scalar_t>(); }
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    const int64_t ystride = y.size(1);
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> xf, u, acc;
+      for (int64_t n = begin; n < end; ++n)
+        if (tp[n] > 0)
+          lora_token<scalar_t>(xp + n * fin, yp + n * ystride, fin, ap, bp, cap, fout, cols, rp, slots, tp[n],
+                               xf, u, acc);
+    });
+  });
+}
 """
 
 
@@ -164,8 +243,8 @@ def _find_ninja() -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def load_kernel():
-    """The compiled kernel's function, or None where it cannot be built."""
+def load_kernels():
+    """The compiled extension (``paged_decode_attention``, ``lora_add``), or None where it cannot be built."""
     try:
         from torch.utils.cpp_extension import _get_build_directory, load_inline
 
@@ -175,7 +254,7 @@ def load_kernel():
         if not any(build.glob("*.so")):
             log.info("building the paged attention kernel in %s (once, about 40 s on 2 cores)", build)
         _clear_stale_lock(build)
-        module = load_inline(name=name, cpp_sources=[_SOURCE], functions=["paged_decode_attention"],
+        module = load_inline(name=name, cpp_sources=[_SOURCE], functions=["paged_decode_attention", "lora_add"],
                              # reassociation lets gcc vectorize the dot products; not -ffast-math, whose
                              # crtfastmath would flush denormals for the whole process
                              extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fassociative-math",
@@ -188,7 +267,13 @@ def load_kernel():
         log.warning("paged attention kernel not built (%s: %s); decode gathers the KV context instead",
                     type(e).__name__, str(e).splitlines()[0] if str(e) else "")
         return None
-    return module.paged_decode_attention
+    return module
+
+
+def load_kernel():
+    """The paged attention kernel's function, or None where it cannot be built."""
+    module = load_kernels()
+    return None if module is None else module.paged_decode_attention
 
 
 def kernel_enabled(device: torch.device) -> bool:
