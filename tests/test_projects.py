@@ -194,6 +194,13 @@ def test_isolation_matrix_project_b_never_reaches_project_a(app, api, team_a):
     r = api.post("/v1/chat/completions", headers=hb, json={"model": "tiny", "max_tokens": 2, "knowledge_base_id":
                  team_a["ids"]["kb_id"], "messages": [{"role": "user", "content": "falcon?"}]})
     assert r.status_code == 404 and "falcon" not in r.text.replace(team_a["ids"]["kb_id"], ""), r.text
+    # /metrics (outside /v1 and the schema): another project's endpoint, model, cluster and job labels are cut
+    from graftlm.observe import metrics
+
+    metrics.record_request(team_a["endpoint_name"], team_a["ids"]["model_id"], 200)
+    text_b = api.get("/metrics", headers=bearer(b["metrics"])).text
+    assert "graftlm_" in text_b and not [x for x in secrets_of(team_a) + ["a-prod"] if x in text_b]
+    assert "falcon-bot" in api.get("/metrics", headers=bearer(team_a["keys"]["metrics"])).text
     # the same routes reach the resources with team-a's own keys: the 404s above are not vacuous
     ha = bearer(team_a["keys"]["viewer"])
     for path in ("/v1/files/{file_id}", "/v1/models/{model_id}", "/v1/dedicated_ai_clusters/{cluster_id}",
@@ -398,3 +405,29 @@ def test_cli_projects_keys_and_audit(graft_home, api):
     assert out.exit_code == 0 and "DELETE /v1/files/{file_id}" in out.output and "failed" in out.output
     assert run("projects", "delete", "team-a").exit_code == 0
     assert api.get("/v1/files", headers=bearer(secret)).status_code == 401
+
+
+@pytest.mark.slow  # a live server, a hosting engine of the tiny model and one chat: ~30 s on 2 shared cores
+def test_the_readme_two_team_walkthrough_runs_as_written(live_server, tiny_model_dir, graft_home):
+    """The README's two-team block: its bash commands through the CLI, its Python against a live server (the
+    README's model name on the tiny model), then the audit trail it describes."""
+    from typer.testing import CliRunner
+
+    from graftlm.cli import app as cli
+    from graftlm.models.catalog import import_model
+    from tests.test_readme_examples import blocks, commands
+
+    import_model(tiny_model_dir, "smollm2-135m-instruct")
+    block = next(b for b in blocks("bash") if "graft projects create" in b)
+    keys = {}
+    for argv in commands(block):
+        out = CliRunner().invoke(cli, argv[1:], env={"COLUMNS": "300"})
+        assert out.exit_code == 0, (argv, out.output)
+        if "--name" in argv and argv[1:3] == ["keys", "create"]:
+            keys[argv[argv.index("--name") + 1]] = next(w for w in out.output.split() if w.startswith("gk-"))
+    code = next(b for b in blocks("python") if "<alice's key>" in b)
+    code = (code.replace("http://127.0.0.1:8000/v1", live_server).replace("<alice's key>", keys["alice"])
+            .replace("<bob's key>", keys["bob"]))
+    exec(compile(code, "README two-team block", "exec"), {})
+    out = CliRunner().invoke(cli, ["audit", "--project", "team-b", "--outcome", "failed"], env={"COLUMNS": "300"})
+    assert "DELETE /v1/dedicated_ai_clusters/{cluster_id}" in out.output and "404" in out.output

@@ -9,6 +9,8 @@ scrape, so a scrape costs one query per table and nothing while nobody scrapes. 
 
 from __future__ import annotations
 
+import re
+
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
@@ -164,4 +166,31 @@ REGISTRY.register(RuntimeCollector())
 
 
 def render() -> bytes:
-    return generate_latest(REGISTRY)
+    """Every sample for the instance; a caller confined to a project (graftlm.store.scope) gets only the samples
+    whose endpoint, model, engine, cluster and job labels name what its project can see."""
+    from graftlm.store import scope
+
+    text = generate_latest(REGISTRY)
+    return text if scope.current() is None else _only_visible(text)
+
+
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def _only_visible(text: bytes) -> bytes:
+    from graftlm.store.db import session
+    from graftlm.store.models import Cluster, Endpoint, FineTuningJob, Model
+
+    with session() as s:  # confined: these are the caller's project's rows (and the shared ones)
+        clusters = list(s.execute(select(Cluster.id, Cluster.name)))
+        visible = {"endpoint": set(s.scalars(select(Endpoint.name))) | {""},
+                   "model": set(s.scalars(select(Model.id))) | {""},
+                   "cluster": {name for _, name in clusters},
+                   "job": set(s.scalars(select(FineTuningJob.id)))}
+    visible["engine"] = {f"cluster:{cid}" for cid, _ in clusters} | {f"base:{m}" for m in visible["model"]}
+    kept = []
+    for line in text.decode().splitlines():
+        if not line.startswith("#") and any(k in visible and v not in visible[k] for k, v in _LABEL.findall(line)):
+            continue
+        kept.append(line)
+    return ("\n".join(kept) + "\n").encode()
