@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,11 @@ class Settings(BaseSettings):
     prefix_cache: bool = True  # automatic prefix caching in the paged KV cache (GRAFT_PREFIX_CACHE=false: off)
     paged_kernel: bool = True  # CPU decode attention reads the paged KV cache in place (C++ kernel, built once)
     threads_per_unit: int | None = Field(None, ge=1)  # CPU threads a hosting unit buys; unset: every core
+    # hosting clusters: "process" runs one engine replica process per unit (serve.remote); "inproc" runs one
+    # engine thread in the API process (the baseline, and what tests that reach into the engine use)
+    replicas: Literal["process", "inproc"] = "process"
+    replica_hang_s: float = Field(30.0, gt=0)  # a replica with no heartbeat or step for this long is replaced
+    endpoint_poll_s: float = Field(2.0, gt=0)  # how often the store is read for endpoints another process changed
 
     @field_validator("rag_database_url")
     @classmethod

@@ -29,6 +29,9 @@ def graft_home(tmp_path, monkeypatch):
     # knowledge bases go to this test's GRAFT_HOME/rag.db, never to a PostgreSQL server named in the shell;
     # a test that wants one (the postgres-marked ones) sets it itself with monkeypatch
     monkeypatch.delenv("GRAFT_RAG_DATABASE_URL", raising=False)
+    # hosting clusters run their engine in this process unless a test asks for replica processes
+    # (tests/test_replicas.py): most tests reach into the engine (runtime.engines) to arm faults or read state
+    monkeypatch.setenv("GRAFT_REPLICAS", "inproc")
     reset_settings()
     dispose_all()
     yield home

@@ -147,6 +147,28 @@ def _notify(cluster: dict, event: str) -> None:
         listener(cluster, event)
 
 
+def update_cluster(cluster_id: str, *, unit_count: int | None = None, name: str | None = None) -> dict:
+    """Rename or resize a cluster. A HOSTING cluster's serving runtime adds replicas or drains some (requests in
+    flight finish) before this returns; its usage span closes and a new one opens at the new unit count (the
+    creation commitment stays on the first span, so resizing never bills a second minimum)."""
+    if unit_count is not None and (not isinstance(unit_count, int) or not 1 <= unit_count <= MAX_UNIT_COUNT):
+        raise GraftError(f"unit_count must be an integer from 1 to {MAX_UNIT_COUNT}", param="unit_count")
+    with session() as s:
+        c = get_cluster_row(s, cluster_id)
+        if name is not None:
+            c.name = name
+        if unit_count is not None and unit_count != c.unit_count:
+            c.unit_count = unit_count
+            if c.type == "HOSTING":
+                metering.close_spans(s, cluster_id=c.id)
+                s.flush()
+                metering.open_span(s, c, minimum_unit_hours=0.0)
+        s.flush()
+        out = cluster_to_dict(c, used_capacity(s, c.id))
+    _notify(out, "updated")
+    return out
+
+
 def delete_cluster(cluster_id: str) -> dict:
     with session() as s:
         c = get_cluster_row(s, cluster_id)

@@ -6,8 +6,13 @@ that name a model directly share one engine per base model: a hosting cluster's 
 and a cluster adopts the per-base engine rather than load its base weights a second time. A
 full-weights (vanilla) custom model gets an engine of its own, since it has no base to share. Deleting
 a cluster stops its engine; an engine whose loop failed is replaced by a fresh one on the next request.
-A hosting cluster's units are its share of this machine: its engine steps on units × GRAFT_THREADS_PER_UNIT
-CPU threads (default: one unit = every core), capped at the cores there are.
+A hosting cluster's units are replicas (GRAFT_REPLICAS=process, the default): U engine processes
+(serve.remote.ReplicaSet), one per GPU where there are GPUs, on CPU each with cores / U threads (or
+GRAFT_THREADS_PER_UNIT), requests routed by adapter affinity; PATCH unit_count adds or drains replicas. With
+GRAFT_REPLICAS=inproc the cluster's engine is a thread in this process stepping on units × threads per unit.
+Engines for direct model requests (no cluster) are threads in this process either way.
+Endpoint changes reach this runtime through the store's listeners when made in this process, and through a
+poll of the store (GRAFT_ENDPOINT_POLL_S) when another API process on the same database made them.
 Deactivating an endpoint lets its running requests finish for GRAFT_DEACTIVATE_GRACE_S, fails the rest
 and frees its adapter before it returns (unless requests naming the custom model directly still use it).
 """
@@ -51,11 +56,16 @@ class HostingRuntime:
         self._lock = threading.Lock()
         self._closed = False
         self.warming: list[threading.Thread] = []  # endpoint warm-ups started (see warm)
+        self.served: dict[str, dict] = {}  # endpoint id -> endpoint, for those this process has served
+        self._stopped = threading.Event()
         endpoint_store.listeners.append(self.on_endpoint_change)
         cluster_store.listeners.append(self.on_cluster_change)
+        self._poller = threading.Thread(target=self._poll_store, name="endpoint-poll", daemon=True)
+        self._poller.start()
 
     def close(self) -> None:
         self._closed = True
+        self._stopped.set()
         for thread in self.warming:
             thread.join(timeout=60)
         if self.on_endpoint_change in endpoint_store.listeners:
@@ -73,14 +83,15 @@ class HostingRuntime:
         A cluster's engine adopts the engine already serving its base model directly (`base:<id>`), so
         the base weights are never loaded twice for one cluster.
         """
-        threads = dtype = None
+        threads = dtype = cluster = None
         if key.startswith("cluster:"):
             cluster = cluster_store.get_cluster(key.removeprefix("cluster:"))
             threads = cluster_threads(cluster["unit_count"])
             dtype = "float32" if cluster.get("deterministic") else None
+        replicas = cluster is not None and get_settings().replicas == "process"
         with self._lock:
             engine = self.engines.get(key)
-            if engine is None and base_id is not None and key.startswith("cluster:"):
+            if engine is None and base_id is not None and key.startswith("cluster:") and not replicas:
                 shared = self.engines.get(f"base:{base_id}")
                 if shared is not None and (dtype is None or str(shared.dtype) == f"torch.{dtype}"):
                     engine = self.engines[key] = self.engines.pop(f"base:{base_id}")
@@ -88,11 +99,28 @@ class HostingRuntime:
                 self._retire_failed(key, engine)
                 engine = None
             if engine is None:
-                engine = self._start_engine(model_path, context_length, dtype, key)
+                if replicas:
+                    engine = self._start_replicas(model_path, context_length, dtype, key, cluster["unit_count"])
+                else:
+                    engine = self._start_engine(model_path, context_length, dtype, key)
                 self.engines[key] = engine
-            if threads is not None:
+            if threads is not None and not replicas:
                 engine.threads = threads
             return engine
+
+    def _start_replicas(self, model_path: str, context_length: int | None, dtype: str | None, key: str,
+                        units: int):
+        from graftlm.serve.remote import ReplicaSet
+
+        log.info("starting %d serving replica(s) for %s from %s ...", units, key, model_path)
+        started = time.perf_counter()
+        replicas = ReplicaSet(model_path, units=units, dtype=dtype, max_batch_size=self.max_batch_size,
+                              max_queue=self.max_queue, max_seq_len=min(context_length or MAX_SEQ_LEN, MAX_SEQ_LEN),
+                              kv_cache_bytes=get_settings().kv_cache_bytes, threads=replica_threads(units),
+                              name=key, devices=replica_devices(), hang_s=get_settings().replica_hang_s)
+        log.info("%d serving replica(s) for %s up in %.2f s (%s, %s)", units, key, time.perf_counter() - started,
+                 replicas.dtype, replicas.device)
+        return replicas
 
     def _start_engine(self, model_path: str, context_length: int | None, dtype: str | None = None,
                       key: str = ""):
@@ -119,6 +147,7 @@ class HostingRuntime:
         endpoint = endpoint_store.find_endpoint(name)
         if endpoint is not None:
             endpoint_store.require_active(endpoint)
+            self.served[endpoint["id"]] = endpoint
             model = get_model(endpoint["model"])
         else:
             model = _get_model_or_endpoint_hint(name)
@@ -152,7 +181,15 @@ class HostingRuntime:
         return f"base:{base_id}"
 
     def on_cluster_change(self, cluster: dict, event: str) -> None:
-        """Deleted: stop the cluster's engine (failing anything still queued on it) and free its weights."""
+        """Updated: its replicas (or threads) follow unit_count. Deleted: stop the cluster's engine (failing
+        anything still queued on it) and free its weights."""
+        if event == "updated":
+            engine = self.engines.get(f"cluster:{cluster['id']}")
+            if hasattr(engine, "resize"):
+                engine.resize(cluster["unit_count"], threads=replica_threads(cluster["unit_count"]))
+            elif engine is not None:
+                engine.threads = cluster_threads(cluster["unit_count"])
+            return
         if event != "deleted":
             return
         with self._lock:
@@ -193,11 +230,29 @@ class HostingRuntime:
             self.warming.append(thread)
             thread.start()
         if event in ("deactivated", "deleted"):
+            self.served.pop(endpoint["id"], None)
             self._stop_serving(endpoint, event)
         elif event == "updated":
             engine = self.engines.get(f"cluster:{endpoint['dedicated_ai_cluster_id']}")
             for name in self._unserved_adapters(engine, endpoint):
                 engine.unregister_adapter(name)
+
+    def _poll_store(self) -> None:
+        """Another API process on this database may deactivate or delete an endpoint this one serves: read
+        the store every GRAFT_ENDPOINT_POLL_S and stop serving those as if the change had been made here."""
+        while not self._stopped.wait(get_settings().endpoint_poll_s):
+            for endpoint_id, seen in list(self.served.items()):
+                try:
+                    now = endpoint_store.find_endpoint(endpoint_id)
+                except Exception as e:  # noqa: BLE001 - the store may be briefly unreachable; next poll
+                    log.warning("endpoint poll failed: %s: %s", type(e).__name__, e)
+                    break
+                if now is not None and now["lifecycle_state"] == "ACTIVE":
+                    continue
+                if self.served.pop(endpoint_id, None) is not None:
+                    event = "deleted" if now is None or now["lifecycle_state"] == "DELETED" else "deactivated"
+                    log.info("endpoint %s was %s by another process; no longer serving it", seen["name"], event)
+                    self._stop_serving(now or seen, event)
 
     def _stop_serving(self, endpoint: dict, event: str) -> None:
         """Let the endpoint's requests finish within the grace period, fail the rest, free its adapter."""
@@ -239,6 +294,22 @@ def cluster_threads(unit_count: int) -> int:
     """CPU threads a hosting cluster of ``unit_count`` units runs its engine on."""
     cores = os.cpu_count() or 1
     return max(1, min(cores, unit_count * (get_settings().threads_per_unit or cores)))
+
+
+def replica_threads(units: int) -> int | None:
+    """CPU threads each of a cluster's ``units`` replicas steps on (None on a GPU: torch's default)."""
+    if replica_devices():
+        return None
+    return max(1, cluster_threads(units) // units)
+
+
+def replica_devices() -> list[str] | None:
+    """One GPU per replica (round robin) where there are GPUs and serving is not pinned to the CPU."""
+    import torch
+
+    if get_settings().device == "cpu" or not torch.cuda.is_available():
+        return None
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
 
 def wait_for_handles(handles: list, timeout: float) -> None:

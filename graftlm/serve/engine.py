@@ -161,9 +161,10 @@ class Engine:
     # --- requests --------------------------------------------------------------------------------
 
     def submit(self, prompt_ids: list[int], params: SamplingParams | None = None, adapter: str | None = None,
-               *, _bounded: bool = True) -> RequestHandle:
+               *, _bounded: bool = True, listener=None) -> RequestHandle:
         """Queue a request; raises QueueFull when max_queue requests are already waiting, and
-        EngineUnavailable once the engine has stopped or failed."""
+        EngineUnavailable once the engine has stopped or failed. ``listener`` (a replica process's) is called
+        with each item the handle gets, from the engine thread."""
         self._check_serving()
         params = params or SamplingParams()
         if not prompt_ids:
@@ -185,6 +186,7 @@ class Engine:
             seq.prefix_hashes = self.cache.prefix_hashes(seq.prompt_ids, self._adapter_key(adapter))
         self._check_kv_fits(seq)
         seq.handle = RequestHandle(seq.request_id, functools.partial(self._cancel, seq))
+        seq.handle.listener = listener
         self.scheduler.add(seq, bounded=_bounded)
         if self._stopping or self.error is not None:  # it stopped while we queued: fail, don't strand it
             self._fail_pending()

@@ -63,6 +63,7 @@ class RequestHandle:
         self._output: Output | None = None
         self._cond = threading.Condition()
         self._sinks: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = []
+        self.listener: Callable[[Delta | BaseException], None] | None = None  # a replica forwards each item
 
     # --- the engine's side ---------------------------------------------------------------------
 
@@ -73,6 +74,8 @@ class RequestHandle:
             sinks = list(self._sinks)
         for loop, q in sinks:
             loop.call_soon_threadsafe(q.put_nowait, item)
+        if self.listener is not None:
+            self.listener(item)
 
     def _close(self, last: Delta | BaseException, output: Output) -> None:
         """The request retired: ``last`` is its final delta (finish_reason set) or the error that ended it."""

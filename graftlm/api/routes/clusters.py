@@ -23,6 +23,12 @@ class ClusterIn(BaseModel):
     deterministic: bool = False
 
 
+class ClusterPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    unit_count: int | None = Field(None, ge=1, le=clusters.MAX_UNIT_COUNT)
+    name: str | None = None
+
+
 class EndpointIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
@@ -54,6 +60,13 @@ async def list_clusters(type: str | None = None, after: str | None = None, limit
 @router.get("/dedicated_ai_clusters/{cluster_id}")
 async def get_cluster(cluster_id: str):
     return await run_in_threadpool(clusters.get_cluster, cluster_id)
+
+
+@router.patch("/dedicated_ai_clusters/{cluster_id}")
+async def update_cluster(cluster_id: str, body: ClusterPatch):
+    """unit_count: a HOSTING cluster runs that many engine replicas from now on (added, or drained)."""
+    return await run_in_threadpool(lambda: clusters.update_cluster(cluster_id, unit_count=body.unit_count,
+                                                                    name=body.name))
 
 
 @router.delete("/dedicated_ai_clusters/{cluster_id}")
