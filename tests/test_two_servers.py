@@ -3,12 +3,15 @@ result through the other; an eval created on one runs on the other and its run i
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import json
 
 import httpx
 import pytest
@@ -27,7 +30,8 @@ def free_port() -> int:
 
 
 def start_server(port: int) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRAFT_REPLICAS": "process", "GRAFT_DEACTIVATE_GRACE_S": "0",
+           "GRAFT_ENDPOINT_POLL_S": "0.5"}
     return subprocess.Popen([sys.executable, "-m", "graftlm.cli", "serve", "--port", str(port), "--log-level",
                              "warning"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -102,3 +106,28 @@ def test_two_processes_share_ingestions_and_evals(two_servers, tmp_path):
     listed = a.get(f"/v1/evals/{ev['id']}/runs").json()["data"]
     assert [r["id"] for r in listed] == [run.json()["id"]] and listed[0]["n"] == 3
     assert len(a.get(f"/v1/evals/{ev['id']}/runs/{run.json()['id']}").json()["results"]) == 3
+
+
+def test_deactivating_through_one_process_stops_the_other(two_servers, varied_model_dir):
+    """Each server runs the cluster on its own replica processes (GRAFT_REPLICAS=process in the servers'
+    environment, see the fixture): a stream running on B when A deactivates the endpoint ends with 409
+    endpoint_inactive once B's store poll sees it (grace 0 here), and B's next request is a 409 too."""
+    from transformers import AutoTokenizer
+
+    a, b = two_servers
+    no_eos = {str(AutoTokenizer.from_pretrained(varied_model_dir).eos_token_id): -100}
+    c = a.post("/v1/dedicated_ai_clusters", json={"type": "HOSTING", "base_model": "tiny", "unit_count": 1}).json()
+    ep = a.post("/v1/endpoints", json={"model": "tiny", "dedicated_ai_cluster_id": c["id"], "name": "shared"}).json()
+    chat = {"model": "shared", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    assert b.post("/v1/chat/completions", json=chat).status_code == 200  # B serves it (and so polls it)
+    events = []
+    with b.stream("POST", "/v1/chat/completions", json=chat | {"stream": True, "max_tokens": 400,
+                                                                "logit_bias": no_eos}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                events.append(json.loads(line[6:]))
+                if len(events) == 3:
+                    assert a.post(f"/v1/endpoints/{ep['id']}/deactivate").status_code == 200
+    assert "error" in events[-1] and events[-1]["error"]["code"] == "endpoint_inactive", events[-1]
+    r = b.post("/v1/chat/completions", json=chat)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "endpoint_inactive"

@@ -512,6 +512,10 @@ class ReplicaSet:
         if r.state == "starting" and now - r.started > START_TIMEOUT_S:
             log.warning("replica %d of %s did not start within %g s; killing it", r.slot, self.name, START_TIMEOUT_S)
             r.proc.kill()
+        elif r.state in ("ready", "draining") and r.stats.get("error"):
+            log.warning("replica %d of %s: its engine loop failed (%s); replacing it", r.slot, self.name,
+                        r.stats["error"])
+            r.proc.kill()
         elif r.state in ("ready", "draining"):
             beat_age = now - r.last_beat
             step_age = r.stats.get("step_age", 0.0) + beat_age

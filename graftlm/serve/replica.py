@@ -29,7 +29,8 @@ def stats(engine, last_step: list[float]) -> dict:
             "hit": getattr(cache, "hit_tokens", 0), "query": getattr(cache, "query_tokens", 0),
             "resident": len(adapters.resident), "loads": adapters.loads,
             "evictions": getattr(adapters, "evictions", 0), "adapters": sorted(adapters.paths),
-            "step_age": time.monotonic() - last_step[0]}
+            "step_age": time.monotonic() - last_step[0],
+            "error": None if engine.error is None else f"{type(engine.error).__name__}: {engine.error}"}
 
 
 def serve(args: dict) -> None:
