@@ -155,6 +155,9 @@ def update_cluster(cluster_id: str, *, unit_count: int | None = None, name: str 
         raise GraftError(f"unit_count must be an integer from 1 to {MAX_UNIT_COUNT}", param="unit_count")
     with session() as s:
         c = get_cluster_row(s, cluster_id)
+        if c.project_id is None and scope.current() is not None:
+            raise Conflict(f"cluster {c.id} is the instance's shared local fine-tuning cluster; projects use it "
+                           "but cannot change it", param="dedicated_ai_cluster_id", code="cluster_shared")
         if name is not None:
             c.name = name
         if unit_count is not None and unit_count != c.unit_count:
