@@ -209,3 +209,79 @@ def test_a_two_unit_cluster_trains_on_two_ranks_and_survives_kill_9_of_a_rank(cl
     steps = sorted(e.data["step"] for e in events if e.type == "metrics")
     assert steps == list(range(1, 16))  # 19 train examples, batch 4: 5 steps x 3 epochs, each logged once
     assert done.fine_tuned_model
+
+
+def wait_steps_past(client, job_id, step: int, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not metric_steps(client, job_id) or metric_steps(client, job_id)[-1] < step:
+        assert time.time() < deadline, f"no step past {step}"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow  # ~12-15 min on 2 loaded CPU cores: a local Ray and 4 Ray Train groups of 2 workers (1-3 min each)
+@pytest.mark.timeout(1800)
+def test_ray_places_a_jobs_ranks_and_kill_9_pause_and_cancel_work_as_with_torchrun(client, tiny_model, monkeypatch):
+    """GRAFT_RAY_ADDRESS set: the scheduler places a 2-unit job's ranks as Ray Train TorchTrainer workers
+    (ScalingConfig(num_workers=2), one Ray CPU a rank). Rank 0 beats the job's heartbeat; kill -9 of the worker
+    holding rank 1 fails the trainer, the scheduler requeues and the new group resumes from the last checkpoint;
+    pause checkpoints and every worker exits; resume continues at that step; cancel ends both workers."""
+    ray = pytest.importorskip("ray")
+    from graftlm.clusters.clusters import create_cluster
+    from graftlm.jobs.worker import rank_pids
+    from graftlm.store.db import session
+    from graftlm.store.models import FineTuningJob
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        monkeypatch.setenv("GRAFT_RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+        monkeypatch.setenv("GRAFT_RAY_USE_GPU", "0")
+        cluster = create_cluster("FINE_TUNING", unit_count=2)["id"]
+        fid = upload(client, toy_dataset(24))
+
+        # kill -9 of rank 1 mid-job: requeued, resumed from its checkpoint, succeeds, each step logged once
+        job = create(client, fid, cluster=cluster, training_method="lora", n_epochs=3, batch_size=4,
+                     learning_rate=0.01, log_model_metrics_interval_in_steps=1, checkpoint_interval_steps=1)
+        deadline = time.time() + 300
+        while True:
+            ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
+            pid = rank_pids(job.id).get(1) if ckpts else None
+            if pid and alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                killed_after = max(c.step_number for c in ckpts)
+                break
+            assert time.time() < deadline, "no checkpoint"
+            time.sleep(0.05)
+        done = wait_job(client, job.id, timeout=600)
+        assert done.status == "succeeded", done.error
+        events = client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+        messages = [e.message for e in events]
+        assert any("requeued to resume from the last checkpoint" in m for m in messages), messages
+        groups = [e for e in events if e.message.startswith("distributed: 2 ranks (ray), strategy ddp")]
+        assert len(groups) == 2 and all(len(e.data["rank_peak_memory_bytes"]) == 2 for e in groups)
+        resumed = [e.data["step"] for e in events if e.message.startswith("resumed from step")]
+        assert resumed and resumed[0] >= killed_after - 1  # lost at most one checkpoint interval
+        assert sorted(e.data["step"] for e in events if e.type == "metrics") == list(range(1, 16))
+        with session() as s:
+            assert s.get(FineTuningJob, job.id).heartbeat_at > done.created_at  # rank 0 beat through Ray
+
+        # pause -> every worker exits with a checkpoint; resume continues there; cancel ends both workers
+        job = create(client, fid, cluster=cluster, training_method="lora", n_epochs=20, batch_size=4,
+                     learning_rate=0.01, log_model_metrics_interval_in_steps=1, checkpoint_interval_steps=1000)
+        wait_steps_past(client, job.id, 2)
+        client.fine_tuning.jobs.pause(job.id)
+        paused = wait_job(client, job.id, statuses=("paused", "failed", "succeeded"), timeout=300)
+        assert paused.status == "paused", paused.error
+        at = wait_event(client, job.id, "training paused at step").data["step"]
+        assert ranks_gone(job.id, timeout=120), "a Ray worker outlived the pause"
+        assert [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data] == [at]
+        client.fine_tuning.jobs.resume(job.id)
+        assert wait_event(client, job.id, "resumed from step", timeout=300).data["step"] == at
+        wait_steps_past(client, job.id, at + 2)
+        client.fine_tuning.jobs.cancel(job.id)
+        done = wait_job(client, job.id, timeout=300)
+        assert done.status == "cancelled", done.error
+        assert ranks_gone(job.id, timeout=120), "a Ray worker outlived the cancel"
+        steps = metric_steps(client, job.id)
+        assert steps == list(range(1, steps[-1] + 1)) and steps[-1] < 100
+    finally:
+        ray.shutdown()

@@ -90,8 +90,12 @@ def weights_close(dir_a, dir_b, name, rel):
 
 @pytest.fixture(scope="module")
 def lora_one_rank(base, tmp_path_factory):
+    # module-scoped fixtures are set up before the function-scoped fp32 one: set the dtype here too, or this
+    # baseline trains in the machine's default dtype (bf16 autocast where supported) and the fp32 ranks miss it
     out = tmp_path_factory.mktemp("one") / "lora"
-    return out, one_rank(base, out, LORA)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRAFT_DTYPE", "float32")
+        return out, one_rank(base, out, LORA)
 
 
 def test_ddp_two_ranks_equal_one_rank(base, tmp_path, lora_one_rank):
@@ -157,6 +161,24 @@ def test_resume_at_another_world_size(base, tmp_path, lora_one_rank):
     ckpt = tmp_path / "b" / "checkpoints" / "step-000003"
     resumed = two_ranks(base, tmp_path / "b", LORA, tmp_path, resume_from=str(ckpt))
     assert_close({s: v for s, v in curve(resumed).items() if s > 3}, {4: curve(one)[4], 5: curve(one)[5]}, 1e-5)
+
+
+def test_kill_9_while_an_async_checkpoint_is_written_resumes_from_the_one_before(base, tmp_path, lora_one_rank):
+    """Checkpoints are written in the background (dcp.async_save) by default: both ranks are killed (SIGKILL)
+    right after step 3's write started. Step 3 never became a checkpoint (only its temporary directory is
+    there), step 2 is the newest complete one, and 2 ranks resuming from it give the uninterrupted curve."""
+    _, one = lora_one_rank
+    out = tmp_path / "killed"
+    proc = launch_two(base, out, {**LORA, "checkpoint_interval_steps": 1}, tmp_path, kill_in_async_save=3)
+    assert proc.returncode != 0
+    from graftlm.train.checkpoint import latest_checkpoint
+    assert latest_checkpoint(out).name == "step-000002"
+    assert (out / "checkpoints" / ".tmp-step-000003").is_dir()  # the write had started
+    resumed = two_ranks(base, out, {**LORA, "checkpoint_interval_steps": 1}, tmp_path,
+                        resume_from=str(latest_checkpoint(out)))
+    assert any(e.get("message") == "resumed from step 2" for e in resumed)
+    assert_close({s: v for s, v in curve(resumed).items() if s > 2}, {s: curve(one)[s] for s in (3, 4, 5)}, 1e-5)
+    assert latest_checkpoint(out).name == "step-000005"  # the resumed run's own async saves were put in place
 
 
 def test_a_hung_rank_is_caught_by_the_collective_timeout(base, tmp_path):

@@ -9,7 +9,9 @@ or on DDP ranks and the other way round. (Checkpoints from before DCP hold ``opt
 resume in one process.) The learning-rate schedule is a pure function of the step and the data order a
 pure function of (seed, epoch, step), so neither needs more state. Each checkpoint is written to a
 temporary directory and renamed into place by rank 0 once every rank has written its shards, so a
-kill -9 (of any rank) leaves either the whole checkpoint or none.
+kill -9 (of any rank) leaves either the whole checkpoint or none. By default the shards are written in the
+background (``dcp.async_save``, a ``PendingCheckpoint`` the loop finishes one step later), which cut the
+training thread's stall per checkpoint (bench/dcp_async.py); GRAFT_ASYNC_CHECKPOINT=0 writes them inline.
 """
 
 from __future__ import annotations
@@ -87,10 +89,69 @@ def _dcp_options(strict: bool = True):
 ADAPTER_DIR = "adapter"  # a checkpoint's servable adapter (PEFT format), when the method has one
 
 
-def save_checkpoint(root: Path, model, optimizer, state: dict, run_info: dict, export=None, ranks=None) -> Path:
+ASYNC_ENV = "GRAFT_ASYNC_CHECKPOINT"  # "0": every checkpoint written before training goes on (the old way)
+
+
+def async_default() -> bool:
+    """Whether checkpoints are written in the background (``dcp.async_save``): yes unless GRAFT_ASYNC_CHECKPOINT=0
+    (bench/dcp_async.py measured the training thread's stall per checkpoint on 2 gloo ranks; see the README)."""
+    return os.environ.get(ASYNC_ENV, "1") not in ("0", "false", "no")
+
+
+_CKPT_GROUPS: dict = {}
+
+
+def _ckpt_group():
+    """A gloo group for async_save's background collectives, so they never interleave with the training
+    thread's on the default group (the DCP docs' advice); created once per process group, by every rank."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    key = id(dist.group.WORLD)
+    if key not in _CKPT_GROUPS:
+        _CKPT_GROUPS[key] = dist.new_group(backend="gloo")
+    return _CKPT_GROUPS[key]
+
+
+class PendingCheckpoint:
+    """A checkpoint whose DCP shards are still being written by a background thread (each rank's own). Its
+    directory is still the temporary one: ``finish()`` (every rank, at the same point of the run) waits for
+    the shards, then rank 0 renames it into place, so a kill -9 before that leaves the previous checkpoint as
+    the newest complete one (at most one interval lost, as with synchronous saves)."""
+
+    def __init__(self, future, tmp: Path, path: Path, ranks):
+        self.future, self.tmp, self.path, self.ranks = future, tmp, path, ranks
+
+    def finish(self) -> Path:
+        try:
+            self.future.result()
+            self.ranks.barrier()  # every rank's shards (and rank 0's .metadata) are on disk
+            if self.ranks.main:
+                _into_place(self.tmp, self.path)
+        except BaseException:
+            if self.ranks.main:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        self.ranks.barrier()
+        return self.path
+
+
+def _into_place(tmp: Path, path: Path) -> None:
+    old = path.parent / f".old-{path.name}"
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(root: Path, model, optimizer, state: dict, run_info: dict, export=None, ranks=None,
+                    asynchronous: bool = False):
     """Every rank calls it (DCP is a collective); rank 0 writes the metadata and renames it into place.
     ``export(dir, weights)``, if given, also saves the servable adapter into ``dir`` (``<checkpoint>/adapter``)
-    from the gathered trainable ``weights``, so the checkpoint can be registered as a model."""
+    from the gathered trainable ``weights``, so the checkpoint can be registered as a model. With
+    ``asynchronous`` the shards are staged (copied) now and written in the background: it returns a
+    PendingCheckpoint whose ``finish()`` puts it in place; else it returns the checkpoint's path."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -106,7 +167,12 @@ def save_checkpoint(root: Path, model, optimizer, state: dict, run_info: dict, e
     try:
         weights = full_state(model, {n for n, p in model.named_parameters() if p.requires_grad})
         model_sd, optim_sd = get_state_dict(model, optimizer, options=_dcp_options())
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
+        future = None
+        if asynchronous:  # staged into CPU copies before it returns: the next optimizer step may change the weights
+            future = dcp.async_save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"),
+                                    process_group=_ckpt_group())
+        else:
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
         if ranks.main:
             if export is not None:
                 export(tmp / ADAPTER_DIR, weights)
@@ -114,15 +180,14 @@ def save_checkpoint(root: Path, model, optimizer, state: dict, run_info: dict, e
             torch.save(rng_state(), tmp / "rng.pt")
             (tmp / "state.json").write_text(json.dumps(state, indent=1))
             (tmp / "run_info.json").write_text(json.dumps(run_info, indent=1))
-            old = path.parent / f".old-{path.name}"
-            if path.exists():
-                os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            if future is None:
+                _into_place(tmp, path)
     except BaseException:
         if ranks.main:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if future is not None:
+        return PendingCheckpoint(future, tmp, path, ranks)
     ranks.barrier()
     return path
 

@@ -4,7 +4,9 @@ The spec: ``{"config": {...}, "base_model_path", "train_examples", "valid_exampl
 "events": "events.jsonl", "resume_from": null, "stop_after_step": null}``. Rank 0 appends the loop's events
 to ``events`` (one JSON object a line, with the wall-clock ``time`` it was written) and writes ``result.json`` into ``out_dir``. ``stop_after_step`` pauses
 the run after that step (a checkpoint every rank writes), for resume tests; ``hang: {"rank": r, "step": s}``
-makes rank r stop responding in step s (a fault drill for ``distributed.timeout_seconds``). A rank that fails
+makes rank r stop responding in step s (a fault drill for ``distributed.timeout_seconds``);
+``kill_in_async_save: s`` makes every rank SIGKILL itself as soon as step s's background checkpoint write has
+started (a drill for crash-safety of ``dcp.async_save``). A rank that fails
 prints ``rank R of W: error`` and exits 1. Jobs launch the same loop through
 ``graftlm.jobs.worker``; this entry point is for tests, benchmarks and hand-made runs.
 """
@@ -48,6 +50,18 @@ def run_spec(spec: dict) -> dict:
                 time.sleep(3600)
             return step_once(run, state)
         loop.train_step = hanging_step
+    if spec.get("kill_in_async_save"):
+        import signal
+
+        import graftlm.train.checkpoint as ckpt
+        save_once = ckpt.save_checkpoint
+
+        def save_then_die(root, model, optimizer, state, *args, **kwargs):
+            saved = save_once(root, model, optimizer, state, *args, **kwargs)
+            if state["step"] == spec["kill_in_async_save"] and isinstance(saved, ckpt.PendingCheckpoint):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return saved
+        ckpt.save_checkpoint = save_then_die
     result = train(spec["config"], spec["base_model_path"], spec["train_examples"], spec.get("valid_examples"),
                    spec["out_dir"], on_event=on_event, should_stop=should_stop, resume_from=spec.get("resume_from"))
     out = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}

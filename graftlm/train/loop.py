@@ -265,6 +265,7 @@ class Run:
     net: torch.nn.Module | None = None  # the model's TargetLogits, wrapped by DDP or FSDP2 over ranks
     started: float = field(default_factory=time.time)
     throughput_since: tuple[float, int] = (0.0, 0)  # (perf_counter, trained tokens) at the last metrics event
+    pending: tuple | None = None  # (PendingCheckpoint, step, metrics, steps to keep): being written in the background
 
     @property
     def checkpoints(self) -> Path:
@@ -288,6 +289,7 @@ def train(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[dict
     run.throughput_since = (time.perf_counter(), state.trained_tokens)
     while state.step < run.total_steps:
         metrics = train_step(run, state)
+        finish_pending(run)  # the last checkpoint's shards were written (in the background) during this step
         at_eval = is_eval_step(run, state.step)
         stop_early = False
         if at_eval and run.valid_set:
@@ -560,20 +562,39 @@ def maybe_checkpoint(run: Run, state: TrainState, at_eval: bool) -> None:
         checkpoint(run, state)
 
 
+def finish_pending(run: Run) -> None:
+    """Put a checkpoint written in the background into place (every rank), then prune and announce it."""
+    if run.pending is None:
+        return
+    pending, step, metrics, keep = run.pending
+    run.pending = None
+    announce_checkpoint(run, pending.finish(), step, metrics, keep)
+
+
+def announce_checkpoint(run: Run, path: Path, step: int, metrics: dict, keep: set) -> None:
+    if run.ranks.main:
+        ckpt.prune(run.checkpoints, keep)
+    run.emit({"type": "checkpoint", "data": {"step": step, "path": str(path), "metrics": metrics}})
+
+
 def checkpoint(run: Run, state: TrainState) -> Path:
-    """Save the step (keeping only it and the best one) and announce it."""
+    """Save the step (keeping only it and the best one) and announce it once it is in place: at once, or,
+    written in the background (``dcp.async_save``, the default), at the next step."""
+    finish_pending(run)
     # an adapter method's checkpoints carry their adapter, so each can be served as a model (full weights: not)
     export = None if run.method.ADAPTER_TYPE == "full" else (
         lambda d, weights: run.method.save(run.model, d, tokenizer=run.tokenizer,
                                            state_dict=weights if run.ranks.distributed else None))
-    path = ckpt.save_checkpoint(run.checkpoints, run.model, run.optimizer,
-                                {**asdict(state), "last_saved_step": state.step}, run.info, export=export,
-                                ranks=run.ranks)
+    saved = ckpt.save_checkpoint(run.checkpoints, run.model, run.optimizer,
+                                 {**asdict(state), "last_saved_step": state.step}, run.info, export=export,
+                                 ranks=run.ranks, asynchronous=ckpt.async_default())
     state.last_saved_step = state.step
-    if run.ranks.main:
-        ckpt.prune(run.checkpoints, {state.step, state.best_step})
-    run.emit({"type": "checkpoint", "data": {"step": state.step, "path": str(path), "metrics": state.metrics}})
-    return path
+    keep = {state.step, state.best_step}
+    if isinstance(saved, ckpt.PendingCheckpoint):
+        run.pending = (saved, state.step, dict(state.metrics or {}), keep)
+        return saved.path
+    announce_checkpoint(run, saved, state.step, state.metrics, keep)
+    return saved
 
 
 def announce_early_stop(run: Run, state: TrainState) -> None:
@@ -587,10 +608,11 @@ def announce_early_stop(run: Run, state: TrainState) -> None:
 
 def interrupt(run: Run, state: TrainState, request: str) -> TrainResult:
     """Pause (checkpoint this step unless it just was) or cancel (keep the latest checkpoint)."""
+    finish_pending(run)
     if request == "pause" and state.last_saved_step != state.step:
-        path = checkpoint(run, state)  # every rank: the request was agreed on
-    else:
-        path = ckpt.latest_checkpoint(run.out_dir)
+        checkpoint(run, state)  # every rank: the request was agreed on
+        finish_pending(run)
+    path = ckpt.latest_checkpoint(run.out_dir)
     status = "paused" if request == "pause" else "cancelled"
     run.say(f"training {status} at step {state.step}", step=state.step)
     return result(run, state, status, None, path, state.metrics)
@@ -598,6 +620,7 @@ def interrupt(run: Run, state: TrainState, request: str) -> TrainResult:
 
 def finish(run: Run, state: TrainState) -> TrainResult:
     """The result: the best evaluated weights when validated, else the last ones, saved by the method."""
+    finish_pending(run)
     if state.best_step is not None and state.best_step != state.step:
         best_dir = run.checkpoints / f"{ckpt.PREFIX}{state.best_step:06d}"
         if run.ranks.distributed:
