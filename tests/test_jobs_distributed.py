@@ -218,8 +218,8 @@ def wait_steps_past(client, job_id, step: int, timeout: float = 300) -> None:
         time.sleep(0.2)
 
 
-@pytest.mark.slow  # ~12-15 min on 2 loaded CPU cores: a local Ray and 4 Ray Train groups of 2 workers (1-3 min each)
-@pytest.mark.timeout(1800)
+@pytest.mark.slow  # ~12-20 min on 2 loaded CPU cores: a local Ray and 4 Ray Train groups of 2 workers (1-4 min each)
+@pytest.mark.timeout(2400)
 def test_ray_places_a_jobs_ranks_and_kill_9_pause_and_cancel_work_as_with_torchrun(client, tiny_model, monkeypatch):
     """GRAFT_RAY_ADDRESS set: the scheduler places a 2-unit job's ranks as Ray Train TorchTrainer workers
     (ScalingConfig(num_workers=2), one Ray CPU a rank). Rank 0 beats the job's heartbeat; kill -9 of the worker
@@ -239,9 +239,9 @@ def test_ray_places_a_jobs_ranks_and_kill_9_pause_and_cancel_work_as_with_torchr
         fid = upload(client, toy_dataset(24))
 
         # kill -9 of rank 1 mid-job: requeued, resumed from its checkpoint, succeeds, each step logged once
-        job = create(client, fid, cluster=cluster, training_method="lora", n_epochs=3, batch_size=4,
+        job = create(client, fid, cluster=cluster, training_method="lora", n_epochs=6, batch_size=4,
                      learning_rate=0.01, log_model_metrics_interval_in_steps=1, checkpoint_interval_steps=1)
-        deadline = time.time() + 300
+        deadline = time.time() + 900  # a Ray Train group takes minutes to start on a loaded 2-core machine
         while True:
             ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
             pid = rank_pids(job.id).get(1) if ckpts else None
@@ -249,6 +249,8 @@ def test_ray_places_a_jobs_ranks_and_kill_9_pause_and_cancel_work_as_with_torchr
                 os.kill(pid, signal.SIGKILL)
                 killed_after = max(c.step_number for c in ckpts)
                 break
+            status = client.fine_tuning.jobs.retrieve(job.id).status
+            assert status in ("queued", "running", "validating_files"), (status, "ended before the kill")
             assert time.time() < deadline, "no checkpoint"
             time.sleep(0.05)
         done = wait_job(client, job.id, timeout=600)
@@ -260,7 +262,7 @@ def test_ray_places_a_jobs_ranks_and_kill_9_pause_and_cancel_work_as_with_torchr
         assert len(groups) == 2 and all(len(e.data["rank_peak_memory_bytes"]) == 2 for e in groups)
         resumed = [e.data["step"] for e in events if e.message.startswith("resumed from step")]
         assert resumed and resumed[0] >= killed_after - 1  # lost at most one checkpoint interval
-        assert sorted(e.data["step"] for e in events if e.type == "metrics") == list(range(1, 16))
+        assert sorted(e.data["step"] for e in events if e.type == "metrics") == list(range(1, 31))
         with session() as s:
             assert s.get(FineTuningJob, job.id).heartbeat_at > done.created_at  # rank 0 beat through Ray
 
