@@ -431,3 +431,36 @@ def test_the_readme_two_team_walkthrough_runs_as_written(live_server, tiny_model
     exec(compile(code, "README two-team block", "exec"), {})
     out = CliRunner().invoke(cli, ["audit", "--project", "team-b", "--outcome", "failed"], env={"COLUMNS": "300"})
     assert "DELETE /v1/dedicated_ai_clusters/{cluster_id}" in out.output and "404" in out.output
+
+
+def test_a_job_trained_in_a_project_registers_its_models_and_usage_there(live_server, tiny_model):
+    """The worker acts for the instance (no project), so it must give the custom model, its checkpoint models and
+    the job's usage span the job's project, not `default`. Trains one tiny LoRA epoch (~15 s on a quiet core, as
+    test_checkpoint_models does)."""
+    from openai import NotFoundError, OpenAI
+
+    from graftlm.keys.projects import create_project
+    from graftlm.keys.service import create_key
+    from graftlm.store.db import session
+    from graftlm.store.models import Model, UsageRecord
+    from tests.test_jobs import hyper, toy_dataset, upload, wait_job
+
+    create_project("team-a")
+    create_project("team-b")
+    a = OpenAI(base_url=live_server, api_key=create_key("a", project="team-a")[0], max_retries=0, timeout=60)
+    b = OpenAI(base_url=live_server, api_key=create_key("b", project="team-b")[0], max_retries=0, timeout=60)
+    job = a.fine_tuning.jobs.create(model="tiny", training_file=upload(a, toy_dataset()), suffix="toy",
+                                    method=hyper(training_method="lora", n_epochs=1, batch_size=4))
+    job = wait_job(a, job.id)
+    assert job.status == "succeeded", job.error
+    with session() as s:
+        custom = {m.id: m.project_id for m in s.query(Model).filter(Model.kind == "custom")}
+        spans = {u.project_id for u in s.query(UsageRecord).filter(UsageRecord.job_id == job.id)}
+    assert custom and set(custom.values()) == {"team-a"} and job.fine_tuned_model in custom
+    assert spans == {"team-a"}
+    assert job.fine_tuned_model in {m.id for m in a.models.list().data}
+    assert not set(custom) & {m.id for m in b.models.list().data}
+    with pytest.raises(NotFoundError):
+        b.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(NotFoundError):
+        b.fine_tuning.jobs.retrieve(job.id)
