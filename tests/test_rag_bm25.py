@@ -40,10 +40,15 @@ def kb_(dim=4):
                          dimension=dim, created_at=0.0)
 
 
-def rows(doc_id, text, meta=None, dim=4):
+def rows(doc_id, text, meta=None, dim=4, vector=None):
     return DocumentRows(doc_id=doc_id, metadata=meta or {}, n_chars=len(text),
                         chunks=[Chunk(index=0, text=text, start=0, end=len(text), n_tokens=len(text.split()))],
-                        vectors=np.ones((1, dim), dtype=np.float32) / 2)
+                        vectors=np.ones((1, dim), dtype=np.float32) / 2 if vector is None else vector[None])
+
+
+def text_vector(text: str, dim: int = 4) -> np.ndarray:
+    v = np.random.default_rng(abs(hash(text)) % 2 ** 32).standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
 
 
 def by_doc(store, kb, query, limit=10, filters=None):
@@ -141,7 +146,7 @@ def test_random_ingest_replace_delete_keep_bm25_equal_to_a_fresh_index(tmp_path,
         op, doc = rng.random(), f"d{rng.randrange(8)}"
         if op < 0.65:
             text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 12)))
-            store.replace_documents(kb, [rows(doc, text)])
+            store.replace_documents(kb, [rows(doc, text, vector=text_vector(text))])
             live[doc] = text
         else:
             assert store.delete_document(kb, doc) == (doc in live)
@@ -154,5 +159,9 @@ def test_random_ingest_replace_delete_keep_bm25_equal_to_a_fresh_index(tmp_path,
                 if live else {}
             assert by_doc(store, kb, query, limit=20) == pytest.approx({d: s for d, s in ref.items() if s > 0},
                                                                       rel=1e-5), (step, query)
+            for doc, text in list(live.items())[:3]:  # dense: each live chunk is its own nearest neighbour
+                (hit, sim), *_ = store.dense(kb, text_vector(text), 1, {})
+                assert store.fetch(kb, [hit])[hit]["document_id"] in {d for d, t in live.items() if t == text}
+                assert sim == pytest.approx(1.0, abs=1e-5)
     store.drop_kb(kb)
     assert not (tmp_path / "index" / kb.id).exists()
