@@ -50,6 +50,11 @@ def intent_set(n: int, seed: int, labels: int = 8) -> list[dict]:
     return out
 
 
+def numbers(text: str, kind) -> list:
+    """A comma-separated list ("" for none)."""
+    return [kind(x) for x in text.split(",") if x.strip()]
+
+
 def old_rule(n: int) -> tuple[int, int]:
     """The rule before this sweep: batch 4/8/16, epochs for about 100 steps, 3 to 10."""
     batch = 4 if n < 100 else 8 if n < 1000 else 16
@@ -64,6 +69,7 @@ def main() -> None:
     ap.add_argument("--grid-lr", default="1e-3,2e-3,4e-3")
     ap.add_argument("--grid-epochs", default="3,4")
     ap.add_argument("--grid-batch", default="1,2,4,8")
+    ap.add_argument("--auto-lr", default="", help="also train auto's epochs and batch at these learning rates")
     ap.add_argument("--out", default=str(ROOT / "bench/results/auto_rule.json"))
     args = ap.parse_args()
     import torch
@@ -83,13 +89,15 @@ def main() -> None:
         e, b = old_rule(n)  # with its learning rate: 2e-3 x sqrt(batch / 8)
         configs[f"old auto ({e} ep, batch {b})"] = {"n_epochs": e, "batch_size": b,
                                                      "learning_rate": float(f"{2e-3 * math.sqrt(b / 8):.3g}")}
-        for e in (int(x) for x in args.grid_epochs.split(",")):
-            for b in (int(x) for x in args.grid_batch.split(",")):
-                for lr in (float(x) for x in args.grid_lr.split(",")):
+        for e in numbers(args.grid_epochs, int):
+            for b in numbers(args.grid_batch, int):
+                for lr in numbers(args.grid_lr, float):
                     configs[f"{e} ep, batch {b}, lr {lr:g}"] = {"n_epochs": e, "batch_size": b, "learning_rate": lr}
         picked = auto.resolve(parse_config({}), {"examples": n}, 64)[0]
         configs[f"new auto ({picked.total_training_epochs} ep, batch {picked.training_batch_size}, "
                 f"lr {picked.learning_rate:g})"] = {}
+        for lr in numbers(args.auto_lr, float):  # auto's epochs and batch at other learning rates
+            configs[f"auto epochs and batch, lr {lr:g}"] = {"learning_rate": lr}
         for seed in (int(s) for s in args.seeds.split(",")):
             data = intent_set(n, seed=seed, labels=args.labels)
             for name, hp in configs.items():

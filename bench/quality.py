@@ -61,6 +61,7 @@ JOB_RUNGS = {  # rung -> (training_method, hyperparameters): everything else is 
     "tfew-ls": ("tfew", {"label_set_losses": True}), "lora-ls": ("lora", {"label_set_losses": True}),
 }
 SCORING = {"banking8": (["label_accuracy"], 8), "travel10": (["label_accuracy"], 8),
+           "clinc150": (["label_accuracy"], 12),
            "hotel-json": (["json_fields", "exact_match"], 48)}  # scorers (the first is the score), max tokens
 BASE = "smollm2-135m-instruct"
 
@@ -82,24 +83,34 @@ def build_set(name: str, work: Path) -> tuple[Path, Path | None, Path, Path]:
         return ROOT / "examples/clinc150/train.jsonl", None, test, test
     if name == "hotel-json":
         return build_hotel_json(work)
-    if name != "travel10":
+    if name not in ("travel10", "clinc150"):
         raise SystemExit(f"unknown set {name}")
     data = json.loads((SOURCE / "data_small.json").read_text())
-    system = ("You classify travel requests. Answer with exactly one intent label from this list and nothing "
-              "else: " + ", ".join(TRAVEL) + ".")
+    if name == "travel10":
+        intents, per_test, per_valid = TRAVEL, 10, 2
+        system = ("You classify travel requests. Answer with exactly one intent label from this list and nothing "
+                  "else: " + ", ".join(TRAVEL) + ".")
+    else:  # every intent (or a seeded subset of CLINC150_INTENTS of them), 10-shot
+        everything = sorted({lab for _, lab in data["train"]})
+        count = int(os.environ.get("CLINC150_INTENTS", len(everything)))
+        intents = sorted(random.Random(150).sample(everything, count)) if count < len(everything) else everything
+        per_test, per_valid = (5 if count >= 100 else 10), 1  # test queries per intent (all 150: 750)
+        system = ("You classify requests to a virtual assistant. Answer with exactly one intent label from this "
+                  "list and nothing else: " + ", ".join(intents) + ".")
     rng = random.Random(2019)
 
     def pick(split: str, per: int, instruction: bool) -> list[dict]:
-        chosen = {i: rng.sample([t for t, lab in data[split] if lab == i], per) for i in TRAVEL}
-        rows = [chat_row(system, chosen[i][k], i) for k in range(per) for i in TRAVEL]
+        chosen = {i: rng.sample([t for t, lab in data[split] if lab == i], per) for i in intents}
+        rows = [chat_row(system, chosen[i][k], i) for k in range(per) for i in intents]
         return rows if instruction else [{"messages": r["messages"][1:]} for r in rows]
 
     # fine-tuned models learn the task from the examples: no instruction in their data (5x fewer tokens)
-    train, valid = pick("train", 10, False), pick("val", 2, False)
-    test = pick("test", 10, True)
-    return (write_jsonl(work / "travel10-train.jsonl", train), write_jsonl(work / "travel10-valid.jsonl", valid),
-            write_jsonl(work / "travel10-test.jsonl", test),
-            write_jsonl(work / "travel10-test-plain.jsonl", [{"messages": r["messages"][1:]} for r in test]))
+    train, valid = pick("train", 10, False), pick("val", per_valid, False)
+    test = pick("test", per_test, True)
+    tag = name if name == "travel10" else f"clinc150-{len(intents)}"
+    return (write_jsonl(work / f"{tag}-train.jsonl", train), write_jsonl(work / f"{tag}-valid.jsonl", valid),
+            write_jsonl(work / f"{tag}-test.jsonl", test),
+            write_jsonl(work / f"{tag}-test-plain.jsonl", [{"messages": r["messages"][1:]} for r in test]))
 
 
 HOTEL_PHRASINGS = [
@@ -240,22 +251,25 @@ def main() -> None:
                     help="score a job already created (by an interrupted run) instead of creating one")
     ap.add_argument("--checkpoint", action="append", default=[], metavar="RUNG=JOB_ID:STEP",
                     help="score a LoRA job's checkpoint (an interrupted job's best so far) as RUNG")
+    ap.add_argument("--job-rung", action="append", default=[], metavar='RUNG=METHOD:{"hyperparameter": value}',
+                    help="one more fine-tuning rung: the method with these hyperparameters over the defaults")
     ap.add_argument("--peft-first", action="store_true",
                     help="train the PEFT baseline before waiting for the product's jobs (they overlap on the CPU)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/quality.json"))
+    ap.add_argument("--work", default=str(ROOT / "bench/out/quality"), help="data and adapters (one per concurrent run)")
     args = ap.parse_args()
     from graftlm import fm
     from graftlm.evals import prompts as P
     from graftlm.evals.run import run_eval
     from graftlm.models.catalog import get_model, pull
 
-    work = ROOT / "bench/out/quality"
+    work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     train_path, valid_path, test_path, plain_test_path = build_set(args.set, work)
     base = pull(BASE)
     rungs = [r.strip() for r in args.rungs.split(",") if r.strip()]
     train, tests, plain = (P.load_examples(p) for p in (train_path, test_path, plain_test_path))
-    index = P.ExampleIndex(train)
+    index = P.ExampleIndex(train) if "few-shot" in rungs else None  # embeds the training queries
     results, started = {}, time.time()
 
     scorers, max_tokens = SCORING[args.set]
@@ -287,6 +301,11 @@ def main() -> None:
         out = checkpoint_adapter(base["path"], job_id, int(step), work / f"{rung}-{args.set}")
         evaluate(rung, register_adapter(f"bench:{rung}-{args.set}", base, out), job=job_id, step=int(step),
                  hyperparameters=json.loads((out / "bench_config.json").read_text()))
+    for item in args.job_rung:
+        rung, _, spec = item.partition("=")
+        method, _, hp = spec.partition(":")
+        JOB_RUNGS[rung] = (method, json.loads(hp or "{}"))
+        rungs.append(rung)
     reuse = dict(item.split("=", 1) for item in args.reuse)
     jobs = {rung: fm.get(job_id) for rung, job_id in reuse.items()}
     if "peft" in rungs and args.peft_first:
@@ -312,7 +331,8 @@ def main() -> None:
 
     path = Path(args.out)
     saved = json.loads(path.read_text()) if path.exists() else {}
-    results = {**saved.get(args.set, {}).get("rungs", {}), **results}  # greedy scores: deterministic across runs
+    key = args.set if args.set != "clinc150" else f"clinc150-{len(train) // 10}"  # intents: 10 examples each
+    results = {**saved.get(key, {}).get("rungs", {}), **results}  # greedy scores: deterministic across runs
     ratios = {}
     for name, r in results.items():
         for ref in ("peft", "few-shot"):
@@ -322,9 +342,9 @@ def main() -> None:
         if oci and "training_s" in r:
             ratios[f"{name} training time / {name}-oci"] = round(r["training_s"] / oci["training_s"], 2)
     for k, v in ratios.items():
-        print(f"[quality] {args.set} {k}: {v:.3f}")
-    saved[args.set] = {"rungs": results, "ratios": ratios,
-                       "train": str(train_path.relative_to(ROOT)), "n_train": len(train), "n_test": len(tests), "base_model": BASE, "cpu": cpu_name(),
+        print(f"[quality] {key} {k}: {v:.3f}")
+    saved[key] = {"rungs": results, "ratios": ratios,
+                       "train": train_path.name, "n_train": len(train), "n_test": len(tests), "base_model": BASE, "cpu": cpu_name(),
                        "torch_threads": __import__("torch").get_num_threads(), "wall_s": round(time.time() - started),
                        "date": time.strftime("%Y-%m-%d"), "python": platform.python_version()}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,17 +6,25 @@ The rule (deterministic: the same dataset, method and model give the same picks;
   most 4/3 of OCI's default run (a step's compute is proportional to its examples); a run sees at least
   400 examples (more epochs below 100 examples, at most 10); above 10,000 examples fewer than 3, so that
   a run sees at most 30,000 examples.
-- batch size: the largest power of two, from 2 to 16, that still gives about 100 optimizer steps over those
-  epochs (100 examples: batch 4; 200: 8; 1,000: 16). Small sets get more steps from smaller batches
-  instead of more epochs: the previous rule (batch 4/8/16, epochs for ~100 steps) trained 8 epochs at
-  100 examples, 2.7x OCI's cost. bench/auto_rule.py measures the trade on a tiny model (README).
-- learning rate: the method's base x min(1, 576 / hidden_size) x sqrt(batch / 8) above batch 8 (the
-  base at and below 8), times ``learning_rate_multiplier`` when given. The LoRA and T-Few bases come
-  from runs on SmolLM2-135M (hidden 576, fp32 CPU) on the CLINC150 banking slice (LoRA at 2e-3: 0.887
-  exact label accuracy, at OCI's 2e-4: 0.725; T-Few at 1e-2: 0.838), checked on held-out travel intents
-  by bench/quality.py (README). Vanilla's 5e-5 is a common full fine-tuning rate for small models, not
-  yet measured here. Wider models get proportionally smaller rates (the usual width scaling), larger
-  batches sqrt-scaled ones.
+- batch size: the largest power of two, from 8 (OCI's batch) to 16, that still gives about 100 optimizer
+  steps over those epochs (100 examples: 8; 1,000: 16). With a batch of at least OCI's, a run makes at
+  most 4/3 of OCI's steps, each no dearer than OCI's, so from 100 examples up it costs at most 4/3 of
+  OCI's default run in any measure. The previous rule went down to batch 2 for ~100 steps on small sets:
+  measured on SmolLM2-135M (bench/auto_cost.py, travel10, 1 torch thread, CPU seconds), a 4-example step
+  costs 1.22x per example an 8-example one, so that rule's run projected to 1.63x OCI's (this rule's
+  1.26x; the wall-clock ratios of that machine, 1.77x and 1.17x, measured its load, not the steps).
+- learning rate: the method's base x min(1, 576 / hidden_size) x sqrt(batch / min(8, b100)), where b100
+  is the ~100-step batch above (a power of two from 2 to 16), times ``learning_rate_multiplier`` when
+  given. Above batch 8 that is the usual sqrt(batch / 8) scaling (Adam's square-root rule); where the
+  floor of 8 replaces a smaller ~100-step batch (below 200 examples) it raises the rate by the same rule
+  for the steps given up (100 examples: batch 8 at 2e-3 x sqrt(2)). The LoRA and T-Few bases come from
+  runs on SmolLM2-135M (hidden 576, fp32 CPU) on the CLINC150 banking slice (LoRA at 2e-3: 0.887 exact
+  label accuracy, at OCI's 2e-4: 0.725; T-Few at 1e-2: 0.838); the rule is checked on held-out travel
+  intents by bench/quality.py (README). On the tiny proxy model (bench/auto_rule.py) batch 8 with fewer
+  steps learns less than batch 4 at 100 examples (0.73 vs 1.00 exact match at this rate, 0.86 at 2x the
+  base): the tiny model needs steps more than the 135M model does (README). Vanilla's 5e-5 is a common full
+  fine-tuning rate for small models, not yet measured here. Wider models get proportionally smaller rates
+  (the usual width scaling).
 - no learning-rate probe: the picks cost nothing beyond the run itself.
 
 Training-set statistics (examples, target tokens, distinct completions) are reported with the picks.
@@ -27,7 +35,7 @@ from __future__ import annotations
 import math
 
 from graftlm.train.batching import IGNORE_INDEX, target_count
-from graftlm.train.config import AUTO_BASE_LEARNING_RATE, FineTuneConfig
+from graftlm.train.config import AUTO_BASE_LEARNING_RATE, AUTO_MAX_LR_SCALE, FineTuneConfig
 REFERENCE_HIDDEN = 576  # SmolLM2-135M, where the bases were measured
 OCI_EPOCHS = 3  # what auto replaces: OCI's default run is 3 epochs
 SMALL_SET = 300  # below this many examples, one more epoch than OCI (cost 4/3 of its run)
@@ -35,7 +43,9 @@ MIN_EXAMPLES_SEEN = 400  # a run sees at least this many examples (only matters 
 MAX_EPOCHS = 10
 MAX_EXAMPLES_SEEN = 30_000
 TARGET_STEPS = 100  # the batch size is chosen for about this many optimizer steps
-MIN_BATCH, MAX_BATCH = 2, 16
+MIN_BATCH, MAX_BATCH = 8, 16  # OCI's batch is the floor: a smaller step costs more per example here
+STEPS_BATCH_MIN = 2  # the ~100-step batch goes down to 2
+MAX_LR_FACTOR = AUTO_MAX_LR_SCALE  # the batch factor of the learning rate is at most 2
 
 
 def dataset_stats(encoded: list[dict]) -> dict:
@@ -55,16 +65,28 @@ def auto_epochs(n: int) -> int:
     return min(MAX_EPOCHS, max(epochs, math.ceil(MIN_EXAMPLES_SEEN / n)))
 
 
-def auto_batch_size(n: int, epochs: int) -> int:
-    """The largest power of two that still gives about 100 optimizer steps, between 2 and 16."""
+def steps_batch(n: int, epochs: int) -> int:
+    """The power of two from 2 to 16 that gives about 100 optimizer steps over ``epochs`` of ``n`` examples."""
     per_step = max(epochs * n / TARGET_STEPS, 1)
-    return min(MAX_BATCH, max(MIN_BATCH, 2 ** int(math.log2(per_step))))
+    return min(MAX_BATCH, max(STEPS_BATCH_MIN, 2 ** int(math.log2(per_step))))
 
 
-def auto_learning_rate(method: str, hidden_size: int, batch: int) -> float:
-    """The method's base x min(1, 576 / hidden) x sqrt(batch / 8) above batch 8 (the base below)."""
+def auto_batch_size(n: int, epochs: int) -> int:
+    """The ~100-step batch, but at least OCI's 8 (a smaller step costs more per example on a CPU)."""
+    return max(MIN_BATCH, steps_batch(n, epochs))
+
+
+def auto_learning_rate(method: str, hidden_size: int, batch: int, steps: int | None = None) -> float:
+    """The method's base x min(1, 576 / hidden) x the batch factor (``batch_factor``)."""
     width = min(1.0, REFERENCE_HIDDEN / hidden_size)
-    return AUTO_BASE_LEARNING_RATE[method] * width * math.sqrt(max(batch, 8) / 8)
+    return AUTO_BASE_LEARNING_RATE[method] * width * batch_factor(batch, steps)
+
+
+def batch_factor(batch: int, steps: int | None = None) -> float:
+    """sqrt(batch / 8) (the square-root rule for Adam) x 100 / steps when a run makes fewer than ~100
+    optimizer steps (the batch floor of 8 gives them up on small sets), at most 2."""
+    short = TARGET_STEPS / steps if steps and steps < TARGET_STEPS else 1.0
+    return min(MAX_LR_FACTOR, math.sqrt(max(batch, MIN_BATCH) / MIN_BATCH) * short)
 
 
 def resolve(cfg: FineTuneConfig, stats: dict, hidden_size: int) -> tuple[FineTuneConfig, dict]:
@@ -82,17 +104,20 @@ def resolve(cfg: FineTuneConfig, stats: dict, hidden_size: int) -> tuple[FineTun
                f"at least {MIN_EXAMPLES_SEEN} examples seen, at most {MAX_EPOCHS} epochs and "
                f"{MAX_EXAMPLES_SEEN:,} examples seen")
         picks["total_training_epochs"] = {"value": epochs, "why": why}
-    batch = cfg.training_batch_size
+    batch, wanted = cfg.training_batch_size, steps_batch(n, epochs)
     if batch is None:
         batch = update["training_batch_size"] = auto_batch_size(n, epochs)
         picks["training_batch_size"] = {"value": batch, "why": f"about {TARGET_STEPS} optimizer steps over "
-                                        f"{epochs} epochs of {n} examples, a power of two from "
-                                        f"{MIN_BATCH} to {MAX_BATCH}"}
+                                        f"{epochs} epochs of {n} examples at batch {wanted}, a power of two "
+                                        f"from {MIN_BATCH} (OCI's) to {MAX_BATCH}"}
     if cfg.learning_rate is None:
         base = AUTO_BASE_LEARNING_RATE[cfg.training_method]
-        lr = auto_learning_rate(cfg.training_method, hidden_size, batch)
+        steps = cfg.max_steps or epochs * math.ceil(max(n, 1) / batch)
+        lr = auto_learning_rate(cfg.training_method, hidden_size, batch, steps)
         why = (f"{cfg.training_method} base {base:g} x min(1, {REFERENCE_HIDDEN}/{hidden_size} hidden) "
-               f"x sqrt(max({batch}, 8)/8 batch)")
+               f"x {batch_factor(batch, steps):.3g} (sqrt({max(batch, MIN_BATCH)}/{MIN_BATCH}) for batch {batch}"
+               + (f" x {TARGET_STEPS}/{steps} steps" if steps < TARGET_STEPS else "")
+               + f", at most {MAX_LR_FACTOR:g})")
         if isinstance(cfg.learning_rate_multiplier, float):
             lr *= cfg.learning_rate_multiplier
             why += f" x learning_rate_multiplier {cfg.learning_rate_multiplier:g}"

@@ -35,7 +35,7 @@ Defaults = Literal["auto", "oci"]
 
 OCI_GENERAL_DEFAULTS = {"total_training_epochs": 3, "training_batch_size": 8, "warmup_ratio": 0.03}
 AUTO_GENERAL_DEFAULTS = {"warmup_ratio": 0.1}  # epochs, batch size, learning rate: graftlm.train.auto
-AUTO_MAX_LR_SCALE = 2.0  # the auto learning rate is at most 2x the method's auto base (batch 32)
+AUTO_MAX_LR_SCALE = 2.0  # the auto learning rate is at most 2x the method's auto base (graftlm.train.auto)
 # per-method tables, from each method's module
 DEFAULT_LEARNING_RATE = {m: get_method(m).OCI_LEARNING_RATE for m in METHODS}  # OCI's
 AUTO_BASE_LEARNING_RATE = {m: get_method(m).AUTO_BASE_LEARNING_RATE for m in METHODS}  # see graftlm.train.auto
