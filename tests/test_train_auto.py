@@ -58,13 +58,13 @@ def test_auto_rule_is_deterministic_and_explicit_values_win():
     sizes = (24, 48, 100, 299, 300, 1000, 10000, 20000)
     assert [auto.auto_epochs(n) for n in sizes] == [10, 9, 4, 4, 3, 3, 3, 1]
     assert [auto.steps_batch(n, auto.auto_epochs(n)) for n in sizes] == [2, 4, 4, 8, 8, 16, 16, 16]
-    assert [auto.auto_batch_size(n, auto.auto_epochs(n)) for n in sizes] == [8, 8, 8, 8, 8, 16, 16, 16]
+    assert [auto.auto_batch_size(n, auto.auto_epochs(n)) for n in sizes] == [2, 8, 8, 8, 8, 16, 16, 16]
     # the cost goal: from 100 examples up, a run sees at most 4/3 of the examples OCI's 3-epoch run sees, in
     # at most 4/3 of its optimizer steps, each of at least OCI's 8 examples (so at most 4/3 of its time)
     assert max(auto.auto_epochs(n) / 3 for n in range(100, 30001, 7)) == pytest.approx(4 / 3)
     steps = lambda n: auto.auto_epochs(n) * -(-n // auto.auto_batch_size(n, auto.auto_epochs(n)))  # noqa: E731
     assert max(steps(n) / (3 * -(-n // 8)) for n in range(100, 30001, 7)) <= 4 / 3
-    assert min(auto.auto_batch_size(n, auto.auto_epochs(n)) for n in range(1, 30001, 7)) == 8
+    assert min(auto.auto_batch_size(n, auto.auto_epochs(n)) for n in range(48, 30001, 7)) == 8
     # the rate: x sqrt(batch / 8), and x 100 / steps for a run of fewer than ~100 steps (the batch floor of 8
     # gives them up on small sets), at most 2x the base
     assert auto.auto_learning_rate("lora", 576, 8, 100) == auto.auto_learning_rate("lora", 576, 8, 300) == 2e-3
@@ -85,7 +85,7 @@ def test_auto_picks_are_reported_and_recorded(tmp_path, base):
     assert recorded == said[0]["data"]["auto_hyperparameters"]
     assert recorded["train_stats"]["examples"] == 12 and recorded["train_stats"]["distinct_completions"] == 4
     assert result.run_info["config"]["learning_rate"] == recorded["picks"]["learning_rate"]["value"]
-    assert result.run_info["config"]["training_batch_size"] == 8  # 12 examples: 10 epochs, batch 8 (the floor)
+    assert result.run_info["config"]["training_batch_size"] == 2  # 12 examples: 10 epochs, batch 2 (below 48: no floor)
 
 
 def greedy_exact_match(model_dir, base, examples) -> float:
