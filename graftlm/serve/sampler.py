@@ -1,4 +1,5 @@
-"""Sampling parameters and the sampler: greedy rows in one argmax, others per row with their own generator."""
+"""Sampling parameters and the sampler: greedy rows in one argmax, the other rows in one batched pass
+(``sample_rows``), each seeded row drawing from its own generator; ``sample_row`` is the one-row reference."""
 
 from __future__ import annotations
 
@@ -86,11 +87,12 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
     """Choose one token per row of fp32 logits [B, V] (already penalized, biased and masked by a grammar);
     logprobs are of the model's own distribution, ``raw`` (the logits before those changes) when given."""
     raw = logits if raw is None else raw
-    tokens = logits.argmax(dim=-1)
-    for row, p in enumerate(params):
-        if not is_greedy(p):
-            tokens[row] = sample_row(logits[row], p, generators[row])
-    chosen = tokens.tolist()
+    chosen = logits.argmax(dim=-1).tolist()
+    sampled = [i for i, p in enumerate(params) if not is_greedy(p)]
+    if sampled:
+        picks = sample_rows(logits[sampled], [params[i] for i in sampled], [generators[i] for i in sampled])
+        for i, token in zip(sampled, picks):
+            chosen[i] = token
     want = [i for i, p in enumerate(params) if p.logprobs is not None]
     logprobs: list[TokenLogprob | None] = [None] * len(params)
     if want:
@@ -104,29 +106,68 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
     return chosen, logprobs
 
 
-def sample_row(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
-    """Sample one token from one row of logits [V], safe for every temperature/top_p/top_k the params admit.
+NUCLEUS_PREFIX = 256  # top_p looks for its nucleus among a row's top 256 tokens first (a full sort if it is wider)
 
-    In float64 and relative to the row's maximum, so dividing by a tiny temperature gives 0 for the best
-    token and -inf (never nan) for the rest; the best token always survives top-k and top-p, so the
-    distribution handed to multinomial is never empty or nan. A row whose logits are not finite falls
-    back to its argmax.
+
+def sample_rows(logits: torch.Tensor, params: list[SamplingParams],
+                generators: list[torch.Generator | None]) -> list[int]:
+    """One token per row of logits [B, V], safe for every temperature/top_p/top_k the params admit, for the
+    whole batch at once.
+
+    In float64 and relative to each row's maximum, so dividing by a tiny temperature gives 0 for the best
+    token and -inf (never nan) for the rest; the best token always survives top-k and top-p, so no
+    distribution drawn from is empty or nan. A row whose logits are not finite gets its argmax. top_p keeps
+    the smallest prefix of the tokens by probability that reaches it, found among the row's top
+    ``NUCLEUS_PREFIX`` tokens (a full sort only for rows whose nucleus is wider). A seeded row draws with
+    torch.multinomial from its own generator, so its token does not depend on the rest of the batch; the
+    other rows share one inverse-CDF draw. Row by row with a full sort and a multinomial each, 32 rows of
+    SmolLM2's 49k vocabulary took 0.5 s (temperature) to 2.0 s (top_p) on a loaded 2-core EPYC (1 thread).
     """
     x = logits.double().nan_to_num(nan=-math.inf)  # a nan logit is never chosen (argmax would pick it)
-    best = int(x.argmax())
-    if not torch.isfinite(x[best]):  # +inf: that token; every logit -inf or nan: nothing better to do
-        return torch.tensor(best)
-    x = (x - x[best]) / p.temperature
-    if p.top_k and p.top_k < x.numel():
-        kth = x.topk(p.top_k).values[-1]
-        x = x.masked_fill(x < kth, -math.inf)
-    if p.top_p < 1:
-        sorted_x, order = x.sort(descending=True)
-        probs = sorted_x.softmax(-1)
-        drop = probs.cumsum(-1) - probs >= p.top_p  # keep the smallest prefix reaching top_p
-        drop[0] = False  # the best token, even when top_p is below every probability
-        x = x.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), -math.inf)
+    b, vocab = x.shape
+    best = x.argmax(dim=-1)
+    top = x.gather(1, best[:, None])
+    usable = torch.isfinite(top[:, 0])  # +inf best: that token; every logit -inf or nan: nothing better to do
+    temperature = torch.tensor([p.temperature for p in params], dtype=x.dtype, device=x.device)
+    x = torch.where(usable[:, None], x - top, 0.0) / temperature[:, None]
+    ks = [p.top_k if p.top_k and p.top_k < vocab else 0 for p in params]
+    if any(ks):
+        kth = x.topk(max(ks), dim=-1).values.gather(
+            1, torch.tensor([max(k, 1) - 1 for k in ks], device=x.device)[:, None])
+        on = torch.tensor([k > 0 for k in ks], device=x.device)
+        x = x.masked_fill((x < kth) & on[:, None], -math.inf)
+    nucleus = [i for i, p in enumerate(params) if p.top_p < 1]
+    if nucleus:
+        sub = x[nucleus]
+        probs = sub.softmax(-1)
+        top_p = torch.tensor([params[i].top_p for i in nucleus], dtype=x.dtype, device=x.device)[:, None]
+        values, order = probs.topk(min(vocab, NUCLEUS_PREFIX), dim=-1)
+        keep = values.cumsum(-1) - values < top_p  # the mass before a token is still short of top_p
+        keep[:, 0] = True  # the best token, even when top_p is below every probability
+        wide = keep[:, -1] & (values.shape[1] < vocab)  # the nucleus may go on past the prefix: sort it all
+        mask = torch.zeros_like(sub, dtype=torch.bool).scatter(1, order, keep)
+        for j in wide.nonzero()[:, 0].tolist():
+            v, o = probs[j].sort(descending=True, stable=True)
+            k = v.cumsum(-1) - v < top_p[j]
+            k[0] = True
+            mask[j] = torch.zeros_like(k).scatter(0, o, k)
+        x[nucleus] = sub.masked_fill(~mask, -math.inf)
     probs = x.softmax(-1)
-    if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
-        return torch.tensor(best)
-    return torch.multinomial(probs, 1, generator=generator)[0]
+    usable &= torch.isfinite(probs).all(-1) & (probs.sum(-1) > 0)
+    chosen, ok = best.tolist(), usable.tolist()
+    shared = [i for i in range(b) if ok[i] and generators[i] is None]
+    if shared:
+        cdf = probs[shared].cumsum(-1)
+        u = torch.rand(len(shared), 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+        picks = torch.searchsorted(cdf, u, right=True).clamp(max=vocab - 1)[:, 0].tolist()
+        for i, token in zip(shared, picks):
+            chosen[i] = token
+    for i in range(b):
+        if ok[i] and generators[i] is not None:
+            chosen[i] = int(torch.multinomial(probs[i], 1, generator=generators[i])[0])
+    return chosen
+
+
+def sample_row(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+    """``sample_rows`` for one row of logits [V]."""
+    return torch.tensor(sample_rows(logits[None], [p], [generator])[0])
