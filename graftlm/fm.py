@@ -74,7 +74,7 @@ def shutdown() -> None:
     stop_scheduler()
 
 
-def _upload(client, path: str | None, param: str) -> str | None:
+def _upload(client, path: str | None, param: str, data_policy: str | None = None) -> str | None:
     if path is None:
         return None
     if path.startswith("file-"):
@@ -84,10 +84,10 @@ def _upload(client, path: str | None, param: str) -> str | None:
     if client is not None:
         with open(path, "rb") as fh:
             return _call(client, "POST", "/files", files={"file": (Path(path).name, fh)},
-                         data={"purpose": "fine-tune"})["id"]
+                         data={"purpose": "fine-tune"} | ({"data_policy": data_policy} if data_policy else {}))["id"]
     from graftlm.files.service import upload_local
 
-    return upload_local(path)
+    return upload_local(path, data_policy=data_policy)
 
 
 def create(model: str, train_data_path: str, *, register_to: str | None = None,
@@ -109,8 +109,9 @@ def create(model: str, train_data_path: str, *, register_to: str | None = None,
         with client:
             spec = JobSpec.parse({"model": model, "suffix": register_to, "seed": seed, "hyperparameters": hyper,
                                   "dedicated_ai_cluster_id": cluster,
-                                  "training_file": _upload(client, train_data_path, "train_data_path"),
-                                  "validation_file": _upload(client, eval_data_path, "eval_data_path")})
+                                  "training_file": _upload(client, train_data_path, "train_data_path", data_policy),
+                                  "validation_file": _upload(client, eval_data_path, "eval_data_path",
+                                                             data_policy)})
             return Run.from_job(_call(client, "POST", "/fine_tuning/jobs", json=spec.model_dump(exclude_none=True)))
     from graftlm.clusters.clusters import resolve_cluster_id
     from graftlm.jobs import service
@@ -118,8 +119,8 @@ def create(model: str, train_data_path: str, *, register_to: str | None = None,
 
     spec = JobSpec.parse({"model": model, "suffix": register_to, "seed": seed, "hyperparameters": hyper,
                           "dedicated_ai_cluster_id": resolve_cluster_id(cluster) if cluster else None,
-                          "training_file": _upload(None, train_data_path, "train_data_path"),
-                          "validation_file": _upload(None, eval_data_path, "eval_data_path")})
+                          "training_file": _upload(None, train_data_path, "train_data_path", data_policy),
+                          "validation_file": _upload(None, eval_data_path, "eval_data_path", data_policy)})
     job = service.submit_job(spec)
     ensure_scheduler()
     return Run.from_job(job)

@@ -341,3 +341,30 @@ def test_the_projects_policy_applies_and_a_request_cannot_loosen_it():
     with session() as s:
         assert s.query(File).count() == 0
     assert blob_files() == []
+
+
+def test_cli_validate_lists_findings_without_values_and_reject_fails(tmp_path):
+    from typer.testing import CliRunner
+
+    from graftlm.cli import app
+
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(all_formats_bytes())
+    runner = CliRunner()
+    result = runner.invoke(app, ["data", "validate", str(path)])
+    assert result.exit_code == 0, result.output  # warn: valid, with warnings
+    assert "14 personal-data findings" in result.output and "payment_card" in result.output
+    for value in PLANTED.values():
+        assert value not in result.output
+    assert runner.invoke(app, ["data", "validate", str(path), "--data-policy", "reject"]).exit_code == 1
+    clean = tmp_path / "ok.jsonl"
+    clean.write_text(json.dumps(clean_row("chat", 1)) + "\n")
+    assert runner.invoke(app, ["data", "validate", str(clean), "--data-policy", "reject"]).exit_code == 0
+
+
+def test_batch_flags_agree_with_per_line_gates():
+    lines = [json.dumps({"text": v}).encode() for vs in MORE.values() for v in vs]
+    lines += [json.dumps({"text": t}).encode() for t in NOT_PERSONAL] + [None, b"", b'"jane\\u0040example.com"']
+    flagged = pii.flag_lines(lines)
+    assert flagged == {i for i, raw in enumerate(lines) if raw and pii.gates(raw)}
+    assert all(i in flagged for i in range(sum(len(vs) for vs in MORE.values())))

@@ -27,10 +27,16 @@ def validate(file: str, model: Optional[str] = typer.Option(None, help="tokenize
              format: Optional[str] = typer.Option(None, "--format", help="prompt_completion|chat|sharegpt|text|preference"),
              epochs: int = typer.Option(3, help="epochs for the training-token estimate"),
              context_length: Optional[int] = typer.Option(None, help="override the model's context length"),
+             data_policy: str = typer.Option("warn", "--data-policy",
+                                             help="warn: personal data is a warning; reject: it fails the check "
+                                                  "(exit 1), as an upload under reject would"),
              json: bool = typer.Option(False, "--json")):
-    """Check a JSONL dataset; exit 0 when valid, 1 when not."""
+    """Check a JSONL dataset (structure, tokens, personal data); exit 0 when valid, 1 when not."""
     from graftlm.data.validate import validate_file
+    from graftlm.errors import GraftError
 
+    if data_policy not in ("warn", "redact", "reject"):
+        raise GraftError(f"--data-policy must be warn, redact or reject, got {data_policy!r}", param="data_policy")
     tokenizer, ctx = load_tokenizer(model) if model else (None, None)
     report = validate_file(file, fmt=format, tokenizer=tokenizer, context_length=context_length or ctx,
                            epochs=epochs)
@@ -38,7 +44,10 @@ def validate(file: str, model: Optional[str] = typer.Option(None, help="tokenize
         print_json(report)
     else:
         print_report(file, report)
-    raise typer.Exit(0 if report["valid"] else 1)
+        if report["finding_count"] and data_policy != "reject":
+            console.print("personal data is a warning under data policy warn; upload with --data-policy redact to "
+                          "store a copy with placeholders, or reject to refuse such files")
+    raise typer.Exit(0 if report["valid"] and not (data_policy == "reject" and report["finding_count"]) else 1)
 
 
 def print_report(file: str, report: dict) -> None:
@@ -52,6 +61,15 @@ def print_report(file: str, report: dict) -> None:
         total = report.get("error_count", len(report["errors"]))
         if total > len(report["errors"]):
             console.print(f"... {total - len(report['errors'])} more errors not listed")
+    if report.get("findings"):
+        table = Table("line", "field", "personal data (value not shown)")
+        for f in report["findings"]:
+            table.add_row(str(f["line"] or ""), f.get("field") or "", f["kind"])
+        console.print(table)
+        total = report["finding_count"]
+        by_kind = ", ".join(f"{n} {kind}" for kind, n in report["findings_by_kind"].items())
+        console.print(f"{total} personal-data finding{'s' if total != 1 else ''}: {by_kind}"
+                      + (f" ({total - len(report['findings'])} not listed)" if total > len(report["findings"]) else ""))
     stats = Table("statistic", "value")
     for key, value in stat_rows(shown_stats(report.get("stats", {}))):
         stats.add_row(key, value)

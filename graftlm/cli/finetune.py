@@ -36,6 +36,9 @@ def create(model: Optional[str] = typer.Option(None, "--model"),
                                                  "name): the job trains on one rank per unit"),
            config: Optional[str] = typer.Option(None, "--config", help="YAML job spec with the same fields"),
            set_: list[str] = typer.Option([], "--set", help="any hyperparameter as name=value"),
+           data_policy: Optional[str] = typer.Option(None, "--data-policy",
+                                                     help="for local files: warn | redact | reject (personal data; "
+                                                          "default: the project's policy, warn)"),
            watch: bool = typer.Option(False, "--watch", help="run here and show progress")):
     """Create a fine-tuning job (embedded: runs on this machine's GRAFT_HOME); --cluster puts it on a
     FINE_TUNING cluster's ranks."""
@@ -53,7 +56,7 @@ def create(model: Optional[str] = typer.Option(None, "--model"),
     else:
         spec = JobSpec.parse({k: v for k, v in fields.items() if v is not None})
     hyper = (spec.hyperparameters or {}) | {k: v for k, v in flags.items() if v is not None}
-    to_id = lambda f: f if f.startswith("file-") else upload_local(f)  # noqa: E731
+    to_id = lambda f: f if f.startswith("file-") else uploaded(f, data_policy)  # noqa: E731
     spec = spec.model_copy(update={"hyperparameters": hyper, "training_file": to_id(spec.training_file),
                                    "validation_file": to_id(spec.validation_file) if spec.validation_file else None})
     job = service.submit_job(spec)
@@ -65,6 +68,21 @@ def create(model: Optional[str] = typer.Option(None, "--model"),
     elif not embedded.scheduler_running():
         console.print("the job starts when a scheduler picks it up: keep [bold]graft serve[/] or "
                       "[bold]graft worker[/] running (or pass --watch to run it here)")
+
+
+def uploaded(path: str, data_policy: str | None) -> str:
+    """Upload a local dataset under the data policy and say what it did with personal data."""
+    from graftlm.files.service import get_file
+
+    file_id = upload_local(path, data_policy=data_policy)
+    record = get_file(file_id)
+    sensitive = record.get("sensitive_data") or {}
+    if sensitive.get("redacted_by_kind"):
+        counts = ", ".join(f"{n} {k}" for k, n in sensitive["redacted_by_kind"].items())
+        console.print(f"{path}: personal data replaced by placeholders in the stored copy ({counts})")
+    elif record.get("status_details"):
+        console.print(f"[yellow]{path}: {record['status_details']}[/]")
+    return file_id
 
 
 def time_left(job: dict, at: float) -> str:

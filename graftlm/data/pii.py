@@ -24,7 +24,9 @@ import math
 import re
 import string
 import zlib
+from bisect import bisect_right
 from collections import Counter
+from itertools import accumulate
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
@@ -73,6 +75,7 @@ CARD = re.compile(r"(?<![\d.,-])\d(?:[ -]?\d){12,18}(?![\d]|[.,-]\d)")
 SSN = re.compile(r"(?<![\d-])\d{3}([- ])\d{2}\1\d{4}(?![\d]|-\d)")
 IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d|\w)")
 IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])")
+PHONE_CANDIDATE = re.compile(r"(?<![\w+])\+?\(?\d[\d ().\-/]{5,}\d(?!\w)")
 PHONE_WORDS = re.compile(r"(?i)\b(?:phone|tel|call|mobile|cell|fax|whatsapp|sms|text me|reach me)\b(?:\W+\w{1,4}){0,3}\W*$")
 VERSION_BEFORE = re.compile(r"(?i)(?:\bv|version|ver\.?|release|build)\s*$")
 DIGIT = re.compile(r"\d")
@@ -102,9 +105,9 @@ ALL_GATES = 15
 
 
 def gates(raw: bytes) -> int:
-    """Which detector families can match in these bytes (a bit set; 0: none). JSON escapes (\\u0040, \\/) could
-    hide a character from the gates, so a line holding one opens them all."""
-    if b"\\" in raw and (b"\\u" in raw or b"\\/" in raw):
+    """Which detector families can match in these bytes (a bit set; 0: none). A JSON escape (\\u0040) could hide
+    a character from the gates, so a line holding one opens them all."""
+    if b"\\u" in raw:
         return ALL_GATES
     g = GATE_EMAIL if b"@" in raw else 0
     if b"aaaaaaaaaaaaaaaaaaaa" in raw.translate(WORD_CHARS) or b"PRIVATE KEY" in raw:
@@ -117,6 +120,34 @@ def gates(raw: bytes) -> int:
         if b"h:h" in hexes or b"::" in hexes:
             g |= GATE_COLON
     return g
+
+
+def flag_lines(batch: list[bytes | None]) -> set[int]:
+    """The indices of the lines in a batch whose bytes pass some gate: the same test as ``gates`` per line, made
+    on the whole batch at once (one translate and one search per gate for a megabyte of lines, instead of
+    several per line: a clean line then costs well under a microsecond)."""
+    parts = [b"" if raw is None else raw for raw in batch]
+    blob = b"\n".join(parts)  # \n maps to a space in every table: no run crosses a line
+    starts = list(accumulate((len(p) + 1 for p in parts), initial=0))
+    flagged: set[int] = set()
+
+    def mark_each(text: bytes, needle: bytes) -> None:
+        at = text.find(needle)
+        while at != -1:
+            i = bisect_right(starts, at) - 1
+            flagged.add(i)
+            at = text.find(needle, starts[i + 1]) if i + 1 < len(starts) else -1
+
+    for needle in (b"@", b"PRIVATE KEY") + ((b"\\u",) if b"\\" in blob else ()):  # memchr first: cheap
+        mark_each(blob, needle)
+    mark_each(blob.translate(WORD_CHARS), b"aaaaaaaaaaaaaaaaaaaa")
+    for m in NUMBER_RUN.finditer(blob.translate(NUMBER_CHARS)):
+        flagged.add(bisect_right(starts, m.start()) - 1)
+    if blob.count(b":") > blob.count(b'":'):  # a colon that is not a JSON key's
+        hexes = blob.translate(HEX_CHARS)
+        mark_each(hexes, b"h:h")
+        mark_each(hexes, b"::")
+    return flagged
 
 
 def _luhn_card(digits: str) -> bool:
@@ -149,15 +180,24 @@ def _secret_like(token: str) -> bool:
     return _entropy(body) >= min(4.3, math.log2(len(body)) - 0.7)
 
 
-def _phones(text: str) -> Iterator[Finding]:
-    for m in phonenumbers.PhoneNumberMatcher(text, PHONE_REGION, leniency=phonenumbers.Leniency.VALID):
-        start, end = m.start, m.end
-        raw = m.raw_string
-        if start > 0 and text[start - 1] in ".,":  # the tail of a decimal number (3.14159265358)
+def _phones(text: str, found: list[Finding]) -> Iterator[Finding]:
+    """libphonenumber on each digit run that could be a phone number (and is not already another finding):
+    the matcher costs ~1 ms a call, so it never sees a whole text, a date or a number of the wrong length."""
+    for c in PHONE_CANDIDATE.finditer(text):
+        start, end = c.span()
+        if any(f.start <= start and end <= f.end for f in found):
             continue
-        if not raw.startswith("+") and raw.isdigit() and not PHONE_WORDS.search(text[max(0, start - 40):start]):
-            continue  # a bare digit run is an id or an amount unless the text says it is a number to call
-        yield Finding("phone", start, end)
+        digits = sum(ch.isdigit() for ch in c.group())
+        if not (7 <= digits <= 15 if c.group().startswith("+") else 10 <= digits <= 11):
+            continue  # without a country code a number is read as US: 10 digits, or 11 with the leading 1
+        lo = max(0, start - 1)
+        for m in phonenumbers.PhoneNumberMatcher(text[lo:end], PHONE_REGION, leniency=phonenumbers.Leniency.VALID):
+            s, e, raw = lo + m.start, lo + m.end, m.raw_string
+            if s > 0 and text[s - 1] in ".,":  # the tail of a decimal number (3.14159265358)
+                continue
+            if not raw.startswith("+") and raw.isdigit() and not PHONE_WORDS.search(text[max(0, s - 40):s]):
+                continue  # a bare digit run is an id or an amount unless the text says it is a number to call
+            yield Finding("phone", s, e)
 
 
 def find(text: str) -> list[Finding]:
@@ -185,7 +225,7 @@ def find(text: str) -> list[Finding]:
         for m in IPV4.finditer(text):
             if _valid_ip(m.group()) and not VERSION_BEFORE.search(text[max(0, m.start() - 12):m.start()]):
                 found.append(Finding("ip_address", m.start(), m.end()))
-        found += list(_phones(text))
+        found += list(_phones(text, found))
     if g & GATE_COLON:
         for m in IPV6.finditer(text):
             ip = m.group()

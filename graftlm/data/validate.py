@@ -40,8 +40,11 @@ def detect_file_format(lines: list[ParsedLine]) -> str | None:
     return max(counts, key=lambda f: (counts[f], -first[f]))
 
 
-def scan(path: str | Path, fmt: str | None = None) -> Iterator[tuple[int, bytes | None, object, list, str | None]]:
+def scan(path: str | Path, fmt: str | None = None, flagged: set | None = None
+         ) -> Iterator[tuple[int, bytes | None, object, list, str | None]]:
     """``(line, raw_bytes, value, errors, file_format)`` per line; the format is auto-detected unless given.
+    With a ``flagged`` set, each batch of lines first puts there the line numbers that may hold personal data
+    (graftlm.data.pii.flag_lines).
 
     Detection reads the first DETECT_WINDOW lines (majority wins); if none of them has a known
     format, the first later line that has one sets it. The loop is flat on purpose: it is the
@@ -55,6 +58,9 @@ def scan(path: str | Path, fmt: str | None = None) -> Iterator[tuple[int, bytes 
     n = 0
     try:
         for batch in iter_line_batches(path):
+            if flagged is not None:
+                flagged.clear()
+                flagged.update(n + 1 + i for i in pii.flag_lines(batch))
             for raw in batch:
                 n += 1
                 try:
@@ -109,8 +115,8 @@ def _duplicates(hashes: array) -> int:
 
 def scan_line(obj, raw: bytes | None) -> list[tuple[str | None, str]]:
     """``[(field, kind)]`` of the personal data in one line; a line that is not JSON is scanned as text. The
-    line's bytes pass the detectors' gates first, so a clean line costs a few microseconds."""
-    if raw is None or not pii.gates(raw):
+    line is one that graftlm.data.pii.flag_lines flagged."""
+    if raw is None:
         return []
     return pii.scan_value(obj) if obj is not NOT_PARSED else pii.scan_raw_line(raw)
 
@@ -154,9 +160,10 @@ def validate_file(path: str | Path, fmt: str | None = None, tokenizer=None, cont
     add_hash = hashes.append
     findings: list = []
     by_kind: Counter = Counter()
-    for n, raw, obj, errs, file_format in scan(path, fmt):
+    flagged: set | None = set() if scan_personal_data else None
+    for n, raw, obj, errs, file_format in scan(path, fmt, flagged):
         lines += 1
-        if scan_personal_data:
+        if flagged and n in flagged:
             for field, kind in scan_line(obj, raw):
                 by_kind[kind] += 1
                 if len(findings) < max_findings:

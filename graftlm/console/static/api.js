@@ -91,7 +91,7 @@ export async function* streamEvents(path, body, signal) {
 }
 
 // Multipart upload with progress (fetch cannot report upload progress; XMLHttpRequest can).
-export function uploadFile(file, purpose, onProgress) {
+export function uploadFile(file, purpose, onProgress, dataPolicy) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/v1/files");
@@ -107,6 +107,7 @@ export function uploadFile(file, purpose, onProgress) {
     xhr.onerror = () => reject(new ApiError(0, { error: { message: "network error during upload" } }));
     const form = new FormData();
     form.append("purpose", purpose);
+    if (dataPolicy) form.append("data_policy", dataPolicy);
     form.append("file", file, file.name);
     xhr.send(form);
   });

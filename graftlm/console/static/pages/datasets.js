@@ -56,6 +56,9 @@ export async function render(root, ctx) {
 function uploadCard(onUploaded) {
   const input = h("input", { type: "file", id: "upload-input", accept: ".jsonl,.gz,.json,.txt" });
   const purpose = select([["fine-tune", "fine-tune (validated)"], ["rag", "rag"], ["evals", "evals"]], { name: "purpose", id: "upload-purpose" });
+  const policy = select([["", "project's policy"], ["warn", "warn: store, report personal data"],
+    ["redact", "redact: store a copy with placeholders"], ["reject", "reject: refuse a file with personal data"]],
+    { name: "data_policy", id: "upload-data-policy" });
   const progress = h("progress", { max: "100", value: "0", "aria-label": "Upload progress", hidden: true });
   const status = h("div", { "aria-live": "polite" });
   const zone = h("div", { class: "dropzone", tabindex: "0", role: "button", id: "dropzone",
@@ -67,8 +70,11 @@ function uploadCard(onUploaded) {
     progress.value = 0;
     clear(status, `Uploading ${file.name}…`);
     try {
-      const record = await uploadFile(file, purpose.value, (p) => { progress.value = Math.round(p * 100); });
-      clear(status, h("span", { class: "ok" }, `Uploaded ${file.name} as ${record.id}.`));
+      const record = await uploadFile(file, purpose.value, (p) => { progress.value = Math.round(p * 100); },
+        purpose.value === "fine-tune" ? policy.value : "");
+      const redacted = Object.entries((record.sensitive_data || {}).redacted_by_kind || {});
+      clear(status, h("span", { class: "ok" }, `Uploaded ${file.name} as ${record.id}` + (redacted.length
+        ? `; personal data replaced by placeholders: ${redacted.map(([k, n]) => `${n} ${k}`).join(", ")}.` : ".")));
       await onUploaded(record);
     } catch (err) {
       clear(status, alertBox(err));
@@ -86,7 +92,8 @@ function uploadCard(onUploaded) {
   });
   input.addEventListener("change", () => { if (input.files.length) send(input.files[0]); input.value = ""; });
   return h("section", { class: "card" }, h("h2", {}, "Upload"),
-    h("div", { class: "row" }, field("Purpose", purpose), field("File", input)), zone, progress, status);
+    h("div", { class: "row" }, field("Purpose", purpose), field("Data policy", policy), field("File", input)),
+    zone, progress, status);
 }
 
 function renderReport(el, { file, report, model }, reshow) {
@@ -107,13 +114,14 @@ function renderReport(el, { file, report, model }, reshow) {
       { label: "Reason", value: (e) => e.message },
     ], errors, { caption: errors.length < report.error_count ? `first ${errors.length} of ${report.error_count}` : null }));
   }
-  const findings = report.pii || report.pii_findings || report.findings || [];
+  const findings = report.findings || [];
+  const found = report.finding_count || findings.length;
   if (findings.length) {
-    parts.push(h("h3", {}, `Personal data found (${findings.length})`), table([
-      { label: "Line", num: true, value: (f) => f.line },
+    parts.push(h("h3", {}, `Personal data found (${found})`), table([
+      { label: "Line", num: true, value: (f) => f.line || "—" },
       { label: "Field", value: (f) => h("code", {}, f.field || "—") },
-      { label: "Kind", value: (f) => f.kind || f.type },
-    ], findings));
+      { label: "Kind", value: (f) => f.kind },
+    ], findings, { caption: findings.length < found ? `first ${findings.length} of ${found}` : null }));
   }
   const s = report.stats || {};
   parts.push(h("h3", {}, "Statistics"), kv([
