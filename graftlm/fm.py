@@ -94,11 +94,12 @@ def create(model: str, train_data_path: str, *, register_to: str | None = None,
            training_duration: str | None = None, learning_rate: float | None = None,
            training_method: str | None = None, method: str | None = None, task_type: str | None = None,
            eval_data_path: str | None = None, context_length: int | None = None, seed: int | None = None,
-           cluster: str | None = None, **hyperparameters) -> Run:
+           cluster: str | None = None, data_policy: str | None = None, **hyperparameters) -> Run:
     """Start a fine-tuning run; returns at once (``fm.wait(run)`` blocks until it ends). The request is a
     graftlm.jobs.spec.JobSpec; a hyperparameter left out takes the schema's default (training_method lora).
     ``cluster`` (a FINE_TUNING cluster's id; embedded, also a unique id prefix or its name) runs it on one rank
-    per unit of the cluster (``dedicated_ai_cluster_id``)."""
+    per unit of the cluster (``dedicated_ai_cluster_id``). ``data_policy`` (warn | redact | reject) applies to
+    the local files it uploads (personal data in them, see the README's Personal data section)."""
     from graftlm.jobs.spec import JobSpec
 
     named = {"training_method": training_method or method, "task_type": task_type,

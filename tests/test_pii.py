@@ -25,7 +25,7 @@ PLANTED = {
 }
 MORE_SECRETS = ["ghp_" + "Ab3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF3hJ6", "AKIAIOSFODNN7EXAMPLE",
                 "xoxb-2048-4096-Zq8Xc7Vb6Nm5Lk4Jh3Gf", "token Zx9Qm2LpR7vT4nW8kY3sB6dF1hJ5gC0a",
-                "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----",
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw\n-----END RSA PRIVATE KEY-----",
                 "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"]
 MORE = {"phone": ["(415) 555-2671", "+44 20 7946 0958", "+49 30 901820", "call me on 2025550123"],
         "payment_card": ["378282246310005", "5555-5555-5555-4444", "6011111111111117"],
