@@ -97,6 +97,7 @@ def test_index_follows_deletes_and_reloads_from_disk(tmp_path, approx, monkeypat
     assert store.consistency(kb)["ann"] == 490
     store.close()
     assert any((tmp_path / "index" / kb.id).glob("dense.*/dense.usearch"))
+    assert (tmp_path / "index").stat().st_mode & 0o077 == 0  # derived from the documents: as private as they are
     monkeypatch.setattr(SQLiteBackend, "_build", lambda *a, **k: pytest.fail("rebuilt instead of loading"))
     again = SQLiteBackend(path)
     assert again.dense(kb, vectors[25], 1, {})[0][0] == rowid0 + 25

@@ -353,7 +353,9 @@ class SQLiteBackend:
         """Write ``ix`` beside the database and record it; prune log rows both saved indexes hold."""
         if self._root is None:
             return
+        self._root.mkdir(mode=0o700, parents=True, exist_ok=True)  # derived from the documents: private too
         root = self._root / kb_id
+        root.mkdir(mode=0o700, exist_ok=True)
         tmp = root / f".{kind}.{os.getpid()}.{threading.get_ident()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         ix.save(tmp)
