@@ -109,6 +109,6 @@ def test_path_like_file_names_stay_metadata(http, graft_home):
     r = http.post("/v1/files", files={"file": ("../../../../tmp/evil.jsonl", b'{"text": "x"}\n')},
                   data={"purpose": "fine-tune"})
     assert r.status_code == 200, r.text
-    stored = [p for p in (graft_home / "blobs").rglob("*") if p.is_file()]
+    stored = [p for p in (graft_home / "blobs").rglob("*") if p.is_file() and not p.name.startswith(".")]  # not the lock
     assert len(stored) == 1 and stored[0].name != "evil.jsonl"  # content-addressed inside the home
     assert not (graft_home.parent / "tmp" / "evil.jsonl").exists()
