@@ -259,7 +259,8 @@ def test_ray_places_a_jobs_ranks_and_kill_9_pause_and_cancel_work_as_with_torchr
         messages = [e.message for e in events]
         assert any("requeued to resume from the last checkpoint" in m for m in messages), messages
         groups = [e for e in events if e.message.startswith("distributed: 2 ranks (ray), strategy ddp")]
-        assert len(groups) == 2 and all(len(e.data["rank_peak_memory_bytes"]) == 2 for e in groups)
+        # 2 groups (before and after the kill), more if Ray's memory monitor also ended one on a crowded machine
+        assert len(groups) >= 2 and all(len(e.data["rank_peak_memory_bytes"]) == 2 for e in groups)
         resumed = [e.data["step"] for e in events if e.message.startswith("resumed from step")]
         assert resumed and resumed[0] >= killed_after - 1  # lost at most one checkpoint interval
         assert sorted(e.data["step"] for e in events if e.type == "metrics") == list(range(1, 31))
