@@ -21,9 +21,10 @@ The rule (deterministic: the same dataset, method and model give the same picks;
   ``learning_rate_multiplier`` when given. sqrt(batch / 8) is the square-root rule for Adam above OCI's
   batch; 100 / steps pays back, in rate, the steps the batch floor gives up on small sets (100 examples:
   52 steps, 1.92x). Measured: on the tiny proxy (bench/auto_rule.py, 4 labels, 2 seeds) batch 8 at 48
-  and 100 examples reached 0.69 / 0.73 exact match at the base rate x sqrt(2) and 1.00 / 0.86 at 2x (the
-  batch-4 rule: 1.00 / 1.00); on SmolLM2-135M travel10 (bench/quality.py), LoRA at batch 8 for 52 steps
-  scored 0.91 at 2.83e-3 and 0.92 at 4e-3, the hand-set PEFT loop 0.87 (README). The LoRA and T-Few bases come from runs on
+  and 100 examples reached 0.69 / 0.53 exact match at the base rate, 0.91 / 0.73 at x sqrt(2) and 1.00 /
+  0.91 at 2x (the batch-4 rule: 1.00 / 1.00); on SmolLM2-135M travel10 (bench/quality.py), LoRA at batch 8 for 52 steps
+  scored 0.91 at 2.83e-3, 0.92 at 4e-3 and 0.97 at this rule's 3.85e-3 (T-Few 0.82 at 1.41e-2, 0.89 at
+  1.92e-2), the hand-set PEFT loop 0.87 (README). The LoRA and T-Few bases come from runs on
   SmolLM2-135M (hidden 576, fp32 CPU) on the CLINC150 banking slice (LoRA at 2e-3: 0.887 exact label
   accuracy, at OCI's 2e-4: 0.725; T-Few at 1e-2: 0.838). Vanilla's 5e-5 is a common full fine-tuning rate
   for small models, not yet measured here. Wider models get proportionally smaller rates (the usual width
