@@ -226,3 +226,32 @@ def test_a_dead_or_hung_replica_is_replaced(replicas, fault):
     assert replicas.generate([(PROMPTS[1], greedy(3), "lora3")])[0].completion_tokens == 3
     assert time.time() - killed_at < (10 if fault == "kill" else 10 + replicas.hang_s)
     assert wait_for(lambda: serving(replicas), 300)
+
+
+@pytest.mark.slow  # a local Ray (2 CPUs) and two actors that each import torch: ~1-2 min on 2 busy cores
+def test_replicas_as_ray_actors(model, tmp_path):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
+    try:
+        rs = ReplicaSet(model.path, units=2, dtype="float32", max_batch_size=2, max_seq_len=256, threads=1,
+                        name="ray", ray_address="auto")
+        try:
+            assert all(type(r.proc).__name__ == "RayReplica" for r in rs.replicas)
+            for i in range(4):
+                rs.register_adapter(f"lora{i}", model.loras[i])
+            engine = Engine(model.path, dtype="float32", max_seq_len=256)
+            engine.register_adapter("lora1", model.loras[1])
+            rows = [(PROMPTS[0], greedy(8), None), (PROMPTS[1], greedy(8), "lora1")]
+            assert [o.token_ids for o in rs.generate(rows)] == [o.token_ids for o in engine.generate(rows)]
+            engine.stop()
+            for i in range(4):  # multiplexed by adapter: each on exactly one actor
+                rs.generate([(PROMPTS[2], greedy(2), f"lora{i}")])
+            on = replica_adapters(rs)
+            assert all(sum(f"lora{i}" in names for names in on.values()) == 1 for i in range(4)), on
+            os.kill(rs.replicas[0].proc.pid, signal.SIGKILL)  # a dead actor is replaced too
+            assert wait_for(lambda: rs.restarts == 1 and serving(rs), 300)
+        finally:
+            rs.stop()
+    finally:
+        ray.shutdown()

@@ -117,7 +117,8 @@ class HostingRuntime:
         replicas = ReplicaSet(model_path, units=units, dtype=dtype, max_batch_size=self.max_batch_size,
                               max_queue=self.max_queue, max_seq_len=min(context_length or MAX_SEQ_LEN, MAX_SEQ_LEN),
                               kv_cache_bytes=get_settings().kv_cache_bytes, threads=replica_threads(units),
-                              name=key, devices=replica_devices(), hang_s=get_settings().replica_hang_s)
+                              name=key, devices=replica_devices(), hang_s=get_settings().replica_hang_s,
+                              ray_address=os.environ.get("GRAFT_RAY_ADDRESS") or None)
         log.info("%d serving replica(s) for %s up in %.2f s (%s, %s)", units, key, time.perf_counter() - started,
                  replicas.dtype, replicas.device)
         return replicas

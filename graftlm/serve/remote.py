@@ -86,6 +86,7 @@ class Replica:
 
         self.owner, self.slot, self.threads = owner, slot, threads
         self.state = "starting"  # → ready → (draining) → dead
+        self.killed = False  # the watcher killed it (hung, or never started); its death is being awaited
         self.adapters: set[str] = set()
         self.records: dict[int, Record] = {}
         self.stats: dict = {}
@@ -96,22 +97,30 @@ class Replica:
         ctx = zmq.Context.instance()
         self.commands = ctx.socket(zmq.PUSH)
         self.commands.setsockopt(zmq.LINGER, 0)
-        self.commands.bind(f"ipc://{self._dir}/c")
         self.events = ctx.socket(zmq.PULL)
         self.events.setsockopt(zmq.LINGER, 0)
-        self.events.bind(f"ipc://{self._dir}/e")
-        self._send_lock = threading.Lock()
         o = owner
+        if o.ray_address is None:  # a local process: ipc:// sockets in a private directory
+            commands, events = f"ipc://{self._dir}/c", f"ipc://{self._dir}/e"
+            self.commands.bind(commands)
+            self.events.bind(events)
+        else:  # a Ray actor, maybe on another machine: TCP on this node's address
+            host = ray_node_ip()
+            commands = f"tcp://{host}:{self.commands.bind_to_random_port('tcp://*')}"
+            events = f"tcp://{host}:{self.events.bind_to_random_port('tcp://*')}"
+        self._send_lock = threading.Lock()
         device = o.devices[slot % len(o.devices)] if o.devices else None
         args = {"model": str(o.model_path), "dtype": o.dtype_arg, "device": device, "threads": threads,
                 "max_batch_size": o.max_batch_size, "max_seq_len": o.max_seq_len, "max_queue": o.max_queue,
-                "kv_cache_bytes": o.kv_cache_bytes, "commands": f"ipc://{self._dir}/c",
-                "events": f"ipc://{self._dir}/e"}
-        env = dict(os.environ)
-        if threads and not (device or "").startswith("cuda"):
-            env["OMP_NUM_THREADS"] = str(threads)
-        self.proc = subprocess.Popen([sys.executable, "-m", "graftlm.serve.replica", json.dumps(args)], env=env,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                "kv_cache_bytes": o.kv_cache_bytes, "commands": commands, "events": events}
+        if o.ray_address is not None:
+            self.proc = RayReplica(args, o.ray_address, threads, device)
+        else:
+            env = dict(os.environ)
+            if threads and not (device or "").startswith("cuda"):
+                env["OMP_NUM_THREADS"] = str(threads)
+            self.proc = subprocess.Popen([sys.executable, "-m", "graftlm.serve.replica", json.dumps(args)],
+                                         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         self._thread = threading.Thread(target=self._receive, name=f"replica-{slot}-rx", daemon=True)
         self._thread.start()
 
@@ -213,6 +222,68 @@ class Replica:
         os.rmdir(self._dir) if os.path.isdir(self._dir) and not os.listdir(self._dir) else None
 
 
+def ray_node_ip() -> str:
+    import ray
+
+    return ray.util.get_node_ip_address()
+
+
+class RayReplica:
+    """A replica as a Ray actor (GRAFT_RAY_ADDRESS): Ray places it (``num_cpus`` = its threads, a GPU when
+    the replicas get GPUs); inside, the same ``serve.replica.serve`` loop connects back over TCP. Quacks like
+    the ``Popen`` of a local replica for the watcher: ``poll``, ``kill``, ``wait``, ``pid``."""
+
+    def __init__(self, args: dict, address: str, threads: int | None, device: str | None):
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        actor = ray.remote(num_cpus=threads or 1, num_gpus=1 if (device or "").startswith("cuda") else 0,
+                           max_restarts=0)(_ReplicaActor)
+        if device and device.startswith("cuda"):
+            args = dict(args, device="cuda")  # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU
+        self.actor = actor.remote()
+        self.pid = ray.get(self.actor.pid.remote(), timeout=START_TIMEOUT_S)
+        self._run = self.actor.run.remote(args)
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        import ray
+
+        if self.returncode is None:
+            done, _ = ray.wait([self._run], timeout=0)
+            if done:
+                try:
+                    ray.get(done[0])
+                    self.returncode = 0
+                except Exception:  # noqa: BLE001 - the actor died (killed, or its process ended)
+                    self.returncode = -9
+        return self.returncode
+
+    def kill(self) -> None:
+        import ray
+
+        ray.kill(self.actor, no_restart=True)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = time.monotonic() + (timeout or 1e9)
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("ray replica", timeout)
+            time.sleep(0.05)
+        return self.returncode
+
+
+class _ReplicaActor:
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, args: dict) -> None:
+        from graftlm.serve.replica import serve
+
+        serve(args)
+
+
 class ReplicaAdapters:
     """``Engine.adapters`` as the hosting runtime and the metrics see it, over every replica."""
 
@@ -247,14 +318,14 @@ class ReplicaSet:
                  max_batch_size: int = 32, max_seq_len: int = 2048, max_queue: int = 64,
                  kv_cache_bytes: int | None = None, threads: int | None = None, name: str = "replicas",
                  devices: list[str] | None = None, hang_s: float = 30.0, overload: int | None = None,
-                 wait: bool = True):
+                 wait: bool = True, ray_address: str | None = None):
         from transformers import AutoTokenizer
 
         self.model_path, self.name = Path(model_path), name
         self.dtype_arg = dtype
         self.max_batch_size, self.max_seq_len, self.max_queue = max_batch_size, max_seq_len, max_queue
         self.kv_cache_bytes, self.threads, self.devices = kv_cache_bytes, threads, devices
-        self.hang_s = hang_s
+        self.hang_s, self.ray_address = hang_s, ray_address
         self.overload = overload or max_batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.eos_ids = eos_token_ids(self.model_path, self.tokenizer)
@@ -275,7 +346,11 @@ class ReplicaSet:
         self._monitor = threading.Thread(target=self._watch, name=f"{name}-monitor", daemon=True)
         self._monitor.start()
         if wait:
-            self.wait_ready(units)
+            try:
+                self.wait_ready(units)
+            except BaseException:
+                self.stop()
+                raise
 
     # --- the engine surface ------------------------------------------------------------------------
 
@@ -509,12 +584,16 @@ class ReplicaSet:
             if r.state != "dead":
                 self._died(r, f"its process ended (exit status {r.proc.returncode})")
             return
+        if r.killed:
+            return  # waiting for the kill to land (poll above reports it)
         if r.state == "starting" and now - r.started > START_TIMEOUT_S:
+            r.killed = True
             log.warning("replica %d of %s did not start within %g s; killing it", r.slot, self.name, START_TIMEOUT_S)
             r.proc.kill()
         elif r.state in ("ready", "draining") and r.stats.get("error"):
             log.warning("replica %d of %s: its engine loop failed (%s); replacing it", r.slot, self.name,
                         r.stats["error"])
+            r.killed = True
             r.proc.kill()
         elif r.state in ("ready", "draining"):
             beat_age = now - r.last_beat
@@ -522,6 +601,7 @@ class ReplicaSet:
             if beat_age > self.hang_s or step_age > self.hang_s:
                 log.warning("replica %d of %s stopped stepping (heartbeat %.1f s, step %.1f s ago); replacing it",
                             r.slot, self.name, beat_age, step_age)
+                r.killed = True
                 r.proc.kill()
 
     def _died(self, r: Replica, why: str) -> None:
