@@ -110,7 +110,10 @@ def replica_adapters(rs) -> dict[int, set[str]]:
     return {r.slot: set(r.stats.get("adapters", ())) for r in rs.replicas}
 
 
-def test_affinity_on_the_replicas_themselves(replicas):
+def test_affinity_on_the_replicas_themselves(replicas, model):
+    for i, path in enumerate(model.loras):  # forget where the earlier tests' batches put them
+        replicas.unregister_adapter(f"lora{i}")
+        replicas.register_adapter(f"lora{i}", path)
     for _ in range(2):
         for i in range(4):
             replicas.generate([(PROMPTS[0], greedy(2), f"lora{i}")])

@@ -165,7 +165,10 @@ class Replica:
     def _on(self, msg: list) -> None:
         op = msg[0]
         self.last_beat = time.monotonic()
-        if op == "hb":
+        if op == "B":  # one engine step's deltas and closes
+            for item in msg[1]:
+                self._on(item)
+        elif op == "hb":
             self.stats = msg[1]
         elif op == "d":
             rec = self.records.get(msg[1])

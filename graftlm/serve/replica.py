@@ -64,12 +64,23 @@ def serve(args: dict) -> None:
                     max_queue=args["max_queue"], kv_cache_bytes=args.get("kv_cache_bytes"), threads=threads)
     last_step = [time.monotonic()]
     step = engine.step
+    outbox: list = []  # what the engine thread's current step published: one message per step, not per row
 
     def timed_step() -> bool:
         try:
             return step()
         finally:
             last_step[0] = time.monotonic()
+            if outbox:
+                batch = outbox[:]
+                outbox.clear()
+                send(["B", batch])
+
+    def emit(msg) -> None:
+        if threading.current_thread() is engine._thread:
+            outbox.append(msg)
+        else:  # a failure published by another thread (stop): at once
+            send(msg)
     engine.step = timed_step
     engine.start()
     send(["ready", {"dtype": str(engine.dtype).removeprefix("torch."), "device": str(engine.device),
@@ -92,12 +103,12 @@ def serve(args: dict) -> None:
         def listener(item) -> None:
             handle = holder[0] if holder else None
             if isinstance(item, BaseException):
-                send(["c", rid, None, encode_error(item), None])
+                emit(["c", rid, None, encode_error(item), None])
             elif item.finish_reason is not None:
                 output = handle._output if handle is not None else None
-                send(["c", rid, encode_delta(item), None, encode_output(output)])
+                emit(["c", rid, encode_delta(item), None, encode_output(output)])
             else:
-                send(["d", rid, encode_delta(item)])
+                emit(["d", rid, encode_delta(item)])
                 return
             handles.pop(rid, None)
         return listener
