@@ -71,6 +71,9 @@ def test_auto_rule_is_deterministic_and_explicit_values_win():
     assert auto.auto_learning_rate("lora", 576, 8, 52) == pytest.approx(2e-3 * 100 / 52)
     assert auto.auto_learning_rate("lora", 576, 16, 200) == pytest.approx(2e-3 * 2 ** 0.5)
     assert auto.auto_learning_rate("lora", 576, 8, 10) == auto.auto_learning_rate("lora", 576, 64, 100) == 4e-3
+    # below 48 examples the batch is the ~100-step one, so no steps factor (12 examples: batch 2, 60 steps)
+    twelve, _ = auto.resolve(parse_config({}), {**stats, "examples": 12}, 576)
+    assert (twelve.training_batch_size, twelve.learning_rate) == (2, 2e-3)
     hundred, _ = auto.resolve(parse_config({}), {**stats, "examples": 100}, 576)
     assert (hundred.training_batch_size, hundred.total_training_epochs, hundred.learning_rate) == (8, 4, 3.85e-3)
 

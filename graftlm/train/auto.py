@@ -20,7 +20,7 @@ The rule (deterministic: the same dataset, method and model give the same picks;
   run makes fewer than 100 optimizer steps, the batch-and-steps factor at most 2, times
   ``learning_rate_multiplier`` when given. sqrt(batch / 8) is the square-root rule for Adam above OCI's
   batch; 100 / steps pays back, in rate, the steps the batch floor gives up on small sets (100 examples:
-  52 steps, 1.92x). Measured: on the tiny proxy (bench/auto_rule.py, 4 labels, 2 seeds) batch 8 at 48
+  52 steps, 1.92x); only a batch above the ~100-step one gets it (below 48 examples: none). Measured: on the tiny proxy (bench/auto_rule.py, 4 labels, 2 seeds) batch 8 at 48
   and 100 examples reached 0.69 / 0.53 exact match at the base rate, 0.91 / 0.73 at x sqrt(2) and 1.00 /
   0.91 at 2x (the batch-4 rule: 1.00 / 1.00); on SmolLM2-135M travel10 (bench/quality.py), LoRA at batch 8 for 52 steps
   scored 0.91 at 2.83e-3, 0.92 at 4e-3 and 0.97 at this rule's 3.85e-3 (T-Few 0.82 at 1.41e-2, 0.89 at
@@ -119,7 +119,8 @@ def resolve(cfg: FineTuneConfig, stats: dict, hidden_size: int) -> tuple[FineTun
                                         f"from {MIN_BATCH} (OCI's) to {MAX_BATCH}"}
     if cfg.learning_rate is None:
         base = AUTO_BASE_LEARNING_RATE[cfg.training_method]
-        steps = cfg.max_steps or epochs * math.ceil(max(n, 1) / batch)
+        # the steps factor pays back what a batch above the ~100-step one gives up (the floor, or a given batch)
+        steps = (cfg.max_steps or epochs * math.ceil(max(n, 1) / batch)) if batch > wanted else TARGET_STEPS
         lr = auto_learning_rate(cfg.training_method, hidden_size, batch, steps)
         why = (f"{cfg.training_method} base {base:g} x min(1, {REFERENCE_HIDDEN}/{hidden_size} hidden) "
                f"x {batch_factor(batch, steps):.3g} (sqrt({max(batch, MIN_BATCH)}/{MIN_BATCH}) for batch {batch}"
