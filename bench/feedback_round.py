@@ -24,7 +24,6 @@ import json
 import os
 import random
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -100,23 +99,6 @@ def admin_key() -> str:
     return settings.admin_key or ensure_admin_key() or (settings.home / "admin.key").read_text().strip()
 
 
-def start_server() -> tuple[str, object]:
-    import socket
-
-    import uvicorn
-
-    from graftlm.api.app import create_app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", server
-
-
 def is_right(answer: str, label: str) -> bool:
     from graftlm.evals.scorers import label_accuracy
 
@@ -167,7 +149,10 @@ def main() -> None:
     name = f"feedback-{int(started)}"  # a fresh endpoint: its logs are this round's only
     ep = endpoints.create_endpoint(tfew, cluster["id"], name, log_requests=True, log_retention_days=1)
     key = admin_key()
-    url, server = start_server()
+    from graftlm.testing.live import serve_in_thread
+
+    live = serve_in_thread()
+    url = live.origin
     log(f"asking {len(queries)} feedback queries through endpoint {name} ({url})")
     right = 0
     with httpx.Client(base_url=url, timeout=600, headers={"Authorization": f"Bearer {key}"}) as http:
@@ -199,7 +184,7 @@ def main() -> None:
     built = json.loads(r.output)
     log(f"from-logs: {built['stats']}")
     files = built["files"]
-    server.should_exit = True
+    live.stop()
     trained = {"before": tfew}
     jobs = {}
     epochs = {"n_epochs": args.epochs} if args.epochs else {}

@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,12 +26,6 @@ from pathlib import Path
 from workloads import cpu_name
 
 RESULTS = Path(__file__).parent / "results" / "logging.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def logging_cost_ms(endpoint: dict, max_tokens: int, n: int = 2000) -> float:
@@ -70,12 +62,12 @@ def main() -> None:
     os.environ.update(GRAFT_HOME=str(home), GRAFT_ADMIN_KEY="gk-bench", GRAFT_DTYPE="float32",
                       TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     import httpx
-    import uvicorn
 
     from graftlm.api.app import create_app
     from graftlm.clusters import clusters, endpoints
     from graftlm.models.catalog import import_model
     from graftlm.observe import logs
+    from graftlm.testing.live import serve_in_thread
     from graftlm.testing.models import build_smollm_shaped_llama
 
     base = import_model(build_smollm_shaped_llama(home / "base-src", layers=args.layers), "bench-base")
@@ -83,13 +75,8 @@ def main() -> None:
     endpoints.create_endpoint(base["id"], cluster["id"], "plain")
     logged_ep = endpoints.create_endpoint(base["id"], cluster["id"], "logged", log_requests=True)
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(run_scheduler=False), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", timeout=600,
+    live = serve_in_thread(create_app(run_scheduler=False))
+    client = httpx.Client(base_url=f"{live.origin}/v1", timeout=600,
                           headers={"Authorization": "Bearer gk-bench"},
                           limits=httpx.Limits(max_connections=args.concurrency))
     prompts = [f"request {i}: tell me something about the number {i * 7}" for i in range(args.requests)]
@@ -125,7 +112,7 @@ def main() -> None:
 
     with session() as s:
         rows = s.scalar(select(func.count()).select_from(RequestLog))
-    server.should_exit = True
+    live.stop()
 
     cost_ms = logging_cost_ms(logged_ep, args.max_tokens)
     plain, logged = statistics.median(speeds["plain"]), statistics.median(speeds["logged"])

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -107,12 +106,6 @@ def mixed_ratio(args, model_path, prompts, adapters, threads) -> dict:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def api_p99(args, model_path, mode: str) -> dict:
     """p99 of GET /v1/models while 32 streams decode through a hosting endpoint (`graft serve` subprocess)."""
     import httpx
@@ -122,6 +115,8 @@ def api_p99(args, model_path, mode: str) -> dict:
            "GRAFT_DTYPE": "float32", "PYTHONPATH": str(ROOT), "GRAFT_WARM_ENDPOINTS": "false"}
     subprocess.run([sys.executable, "-m", "graftlm.cli", "models", "import", str(model_path), "--name", "base"],
                    env=env, check=True, stdout=subprocess.DEVNULL)
+    from graftlm.testing.live import free_port
+
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "graftlm.cli", "serve", "--port", str(port), "--log-level",
                              "warning"], env=env, stdout=subprocess.DEVNULL)

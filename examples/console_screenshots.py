@@ -14,11 +14,8 @@ import json
 import os
 import re
 import secrets
-import socket
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -30,19 +27,6 @@ KEY = os.environ.setdefault("GRAFT_ADMIN_KEY", "gk-" + secrets.token_urlsafe(16)
 WAIT = 600_000  # ms: training on a shared CPU
 
 
-def start_server() -> str:
-    import uvicorn
-
-    from graftlm.api.app import create_app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}"
 
 
 def base_model(name: str) -> str:
@@ -74,7 +58,9 @@ def main() -> int:
     expect.set_options(timeout=WAIT)
     args.out.mkdir(parents=True, exist_ok=True)
     base = base_model(args.model)
-    origin = start_server()
+    from graftlm.testing.live import serve_in_thread
+
+    origin = serve_in_thread().origin
     question = "how much money do i have in my checking account"
     with sync_playwright() as p:
         browser = launch(p)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 
 import pytest
 
@@ -59,31 +56,14 @@ def tiny_model(tiny_model_dir):
     return import_model(tiny_model_dir, "tiny")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def live_server(graft_home):
     """A real uvicorn server on a free port; yields its base URL (…/v1)."""
-    import uvicorn
+    from graftlm.testing.live import serve_in_thread
 
-    from graftlm.api.app import create_app
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        if time.time() > deadline:
-            raise RuntimeError("server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=10)
+    live = serve_in_thread()
+    yield f"{live.origin}/v1"
+    live.stop()
 
 
 @pytest.fixture
